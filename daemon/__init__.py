@@ -1,0 +1,1 @@
+"""The aiovirtd server: listeners, clients, framing, dispatch and configuration."""

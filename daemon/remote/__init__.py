@@ -1,0 +1,1 @@
+"""Handlers of libvirt's REMOTE and QEMU programs, one module per object kind."""

@@ -1,0 +1,1 @@
+"""Hypervisor and host-resource drivers. They know nothing of the wire protocol."""
