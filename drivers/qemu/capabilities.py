@@ -19,6 +19,8 @@ from pathlib import Path
 
 from qemu.qmp import QMPClient
 
+from drivers import host
+
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 30.0
@@ -88,3 +90,270 @@ class QemuCaps:
             cpu_models=list(data["cpu_models"]),
             package=data.get("package", ""),
         )
+
+
+def _version_number(v: dict) -> int:
+    return v["major"] * 1_000_000 + v["minor"] * 1_000 + v["micro"]
+
+
+def _machines(reply: list[dict]) -> dict[str, MachineInfo]:
+    """Machine types in QEMU's order with the default first, as libvirt lists them.
+
+    "none" is a probing aid, not something a guest runs on, so it is left out.
+    """
+    found = [
+        MachineInfo(
+            name=m["name"],
+            alias=m.get("alias"),
+            max_cpus=m.get("cpu-max", 1),
+            is_default=bool(m.get("is-default")),
+            deprecated=bool(m.get("deprecated")),
+        )
+        for m in reply
+        if m["name"] != "none"
+    ]
+    found.sort(key=lambda m: not m.is_default)  # stable: keeps QEMU's order otherwise
+    return {m.name: m for m in found}
+
+
+async def _quiet_disconnect(qmp: QMPClient) -> None:
+    """Close our end; QEMU closing its end first (after "quit") is not an error."""
+    try:
+        await qmp.disconnect()
+    except (EOFError, OSError):
+        pass
+
+
+async def _query(emulator: str, arch: str) -> QemuCaps:
+    """Start ``emulator`` with no machine, ask it what it knows over QMP, and stop it.
+
+    The monitor runs over a socketpair: no socket path, no race waiting for it to appear.
+    """
+    ours, theirs = socket.socketpair()
+    proc = await asyncio.create_subprocess_exec(
+        emulator,
+        "-machine", "none",
+        "-accel", "kvm", "-accel", "tcg",
+        "-nodefaults", "-nographic", "-S", "-display", "none",
+        "-chardev", f"socket,id=probe,fd={theirs.fileno()}",
+        "-mon", "chardev=probe,mode=control",
+        pass_fds=[theirs.fileno()],
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    theirs.close()
+    qmp = QMPClient(f"probe-{arch}")
+    try:
+        await qmp.connect(ours)
+        version = await qmp.execute("query-version")
+        kvm = await qmp.execute("query-kvm")
+        machines = await qmp.execute("query-machines")
+        cpus = await qmp.execute("query-cpu-definitions")
+        await qmp.execute("quit")
+        await _quiet_disconnect(qmp)
+    except BaseException:
+        proc.kill()
+        await _quiet_disconnect(qmp)
+        raise
+    finally:
+        ours.close()
+        await proc.wait()
+    return QemuCaps(
+        emulator=emulator,
+        arch=arch,
+        version=_version_number(version["qemu"]),
+        kvm_usable=bool(kvm["present"] and kvm["enabled"]),
+        machines=_machines(machines),
+        cpu_models=[c["name"] for c in cpus],
+        package=version.get("package", ""),
+    )
+
+
+def _cache_key(emulator: str) -> dict:
+    st = os.stat(emulator)
+    # /dev/kvm's mode decides whether KVM is usable, so a chmod invalidates too.
+    try:
+        kvm = os.stat("/dev/kvm")
+        kvm_key = [kvm.st_mode, kvm.st_ctime_ns]
+    except OSError:
+        kvm_key = None
+    return {"path": emulator, "mtime": st.st_mtime_ns, "size": st.st_size, "kvm": kvm_key}
+
+
+def _atomic_write(path: Path, data: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+async def probe(emulator: str, arch: str, cache_dir: Path | None = None) -> QemuCaps:
+    """Capabilities of ``emulator``, from the cache when the binary has not changed."""
+    key = _cache_key(emulator)
+    cache = cache_dir / "capabilities" / f"{Path(emulator).name}.json" if cache_dir else None
+    if cache is not None:
+        try:
+            data = json.loads(cache.read_text())
+            if data.get("key") == key:
+                return QemuCaps.from_json(data["caps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    caps = await asyncio.wait_for(_query(emulator, arch), PROBE_TIMEOUT)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(cache, json.dumps({"key": key, "caps": caps.to_json()}))
+    return caps
+
+
+async def probe_all(cache_dir: Path | None = None) -> dict[str, QemuCaps]:
+    """Capabilities of every installed emulator we know, by guest architecture."""
+    found = {arch: path for arch, path in EMULATORS.items() if shutil.which(path)}
+    results = await asyncio.gather(*(probe(p, a, cache_dir) for a, p in found.items()))
+    return dict(zip(found, results))
+
+
+# -- capabilities XML ----------------------------------------------------------
+
+_WORDSIZE = {"x86_64": 64, "i686": 32, "aarch64": 64, "ppc64": 64, "ppc64le": 64, "s390x": 64}
+
+
+def _host_uuid() -> str:
+    """The machine id written as a UUID: stable across restarts, unlike a random one."""
+    try:
+        mid = Path("/etc/machine-id").read_text().strip()
+        if len(mid) == 32:
+            return f"{mid[:8]}-{mid[8:12]}-{mid[12:16]}-{mid[16:20]}-{mid[20:]}"
+    except OSError:
+        pass
+    return "00000000-0000-0000-0000-000000000000"
+
+
+def _host_cpu_xml(cpu: host.HostCPU) -> list[str]:
+    out = ["    <cpu>", f"      <arch>{cpu.arch}</arch>"]
+    if cpu.model:
+        out.append(f"      <model>{cpu.model}</model>")
+    if cpu.vendor:
+        out.append(f"      <vendor>{cpu.vendor}</vendor>")
+    if cpu.microcode is not None:
+        out.append(f"      <microcode version='{cpu.microcode}'/>")
+    if cpu.family is not None and cpu.model_number is not None:
+        out.append(
+            f"      <signature family='{cpu.family}' model='{cpu.model_number}'"
+            f" stepping='{cpu.stepping or 0}'/>"
+        )
+    if cpu.tsc_frequency:
+        out.append(f"      <counter name='tsc' frequency='{cpu.tsc_frequency}' scaling='no'/>")
+    out.append(
+        f"      <topology sockets='{cpu.sockets}' dies='{cpu.dies}'"
+        f" cores='{cpu.cores}' threads='{cpu.threads}'/>"
+    )
+    if cpu.phys_bits:
+        out.append(f"      <maxphysaddr mode='emulate' bits='{cpu.phys_bits}'/>")
+    out += [f"      <feature name='{f}'/>" for f in cpu.features]
+    out += [f"      <pages unit='KiB' size='{size}'/>" for size in cpu.page_sizes]
+    out.append("    </cpu>")
+    return out
+
+
+def _topology_xml(cells: list[host.NumaCell]) -> list[str]:
+    out = ["    <topology>", f"      <cells num='{len(cells)}'>"]
+    for cell in cells:
+        out.append(f"        <cell id='{cell.id}'>")
+        out.append(f"          <memory unit='KiB'>{cell.memory}</memory>")
+        out += [
+            f"          <pages unit='KiB' size='{size}'>{count}</pages>"
+            for size, count in cell.pages.items()
+        ]
+        if cell.distances:
+            out.append("          <distances>")
+            out += [
+                f"            <sibling id='{node}' value='{value}'/>"
+                for node, value in cell.distances
+            ]
+            out.append("          </distances>")
+        out.append(f"          <cpus num='{len(cell.cpus)}'>")
+        out += [
+            f"            <cpu id='{c.id}' socket_id='{c.socket_id}' die_id='{c.die_id}'"
+            f" core_id='{c.core_id}' siblings='{c.siblings}'/>"
+            for c in cell.cpus
+        ]
+        out += ["          </cpus>", "        </cell>"]
+    out += ["      </cells>", "    </topology>"]
+    return out
+
+
+def _guest_xml(caps: QemuCaps) -> list[str]:
+    out = [
+        "  <guest>",
+        "    <os_type>hvm</os_type>",
+        f"    <arch name='{caps.arch}'>",
+        f"      <wordsize>{_WORDSIZE.get(caps.arch, 64)}</wordsize>",
+        f"      <emulator>{caps.emulator}</emulator>",
+    ]
+    for m in caps.machines.values():
+        deprecated = " deprecated='yes'" if m.deprecated else ""
+        out.append(f"      <machine maxCpus='{m.max_cpus}'{deprecated}>{m.name}</machine>")
+        if m.alias:
+            out.append(
+                f"      <machine canonical='{m.name}' maxCpus='{m.max_cpus}'{deprecated}>"
+                f"{m.alias}</machine>"
+            )
+    out.append("      <domain type='qemu'/>")
+    if caps.kvm_usable:
+        out.append("      <domain type='kvm'/>")
+    out += ["    </arch>", "    <features>"]
+    if caps.arch == "i686":
+        out += ["      <pae/>", "      <nonpae/>"]
+    out += [
+        "      <acpi default='on' toggle='yes'/>",
+        "      <apic default='on' toggle='no'/>",
+        "      <cpuselection/>",
+        "      <deviceboot/>",
+        "      <disksnapshot default='on' toggle='no'/>",
+        "    </features>",
+        "  </guest>",
+    ]
+    return out
+
+
+def capabilities_xml(
+    all_caps: dict[str, QemuCaps],
+    cpu: host.HostCPU,
+    cells: list[host.NumaCell],
+    host_uuid: str | None = None,
+) -> str:
+    """The document ``virsh capabilities`` prints, for the emulators we probed.
+
+    Only what this daemon really does is claimed: no migration transports and
+    no security driver beyond "none" (guests run as the daemon's user).
+    """
+    iommu = "yes" if any(Path("/sys/kernel/iommu_groups").glob("*")) else "no"
+    out = [
+        "<capabilities>",
+        "",
+        "  <host>",
+        f"    <uuid>{host_uuid or _host_uuid()}</uuid>",
+        *_host_cpu_xml(cpu),
+        "    <power_management/>",
+        f"    <iommu support='{iommu}'/>",
+        *(_topology_xml(cells) if cells else []),
+        "    <secmodel>",
+        "      <model>none</model>",
+        "      <doi>0</doi>",
+        "    </secmodel>",
+        "  </host>",
+        "",
+    ]
+    # libvirt lists i686 before x86_64; keep a fixed order whatever the probe order was.
+    for arch in sorted(all_caps, key=lambda a: (a != "i686", a)):
+        out += _guest_xml(all_caps[arch])
+        out.append("")
+    out.append("</capabilities>")
+    return "\n".join(out) + "\n"
