@@ -1,0 +1,696 @@
+"""Facts about the host for the connection-level calls and the capabilities XML.
+
+Everything is read from /proc and /sys the way libvirtd 9.0 reads it, so that
+``virsh nodeinfo``, ``freecell``, ``hostname`` and ``sysinfo`` print the same
+numbers against us as against libvirtd. Each function takes ``root`` (a
+directory standing in for ``/``) so tests can point it at a fake tree.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+_DMIDECODE_TYPES = "0,1,2,3,4,11,17"
+
+
+# -- small readers -----------------------------------------------------------
+
+
+def _read(root: str, path: str) -> str | None:
+    try:
+        return Path(root, path.lstrip("/")).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _read_int(root: str, path: str, default: int) -> int:
+    text = _read(root, path)
+    if text is None:
+        return default
+    return int(text.strip())
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """Parse a kernel CPU/node list such as ``0-3,8,10-11``."""
+    result: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        result.update(range(int(lo), int(hi or lo) + 1))
+    return result
+
+
+def format_cpu_list(ids: set[int]) -> str:
+    """Format ids the way libvirt prints a bitmap: ``0-3,8``."""
+    runs: list[str] = []
+    ordered = sorted(ids)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        runs.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(runs)
+
+
+def _numbered(root: str, path: str, prefix: str) -> list[int]:
+    """The N of every ``prefixN`` entry in a sysfs directory, sorted."""
+    try:
+        names = os.listdir(Path(root, path.lstrip("/")))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    pattern = re.compile(re.escape(prefix) + r"(\d+)$")
+    return sorted(int(m.group(1)) for n in names if (m := pattern.match(n)))
+
+
+def host_arch() -> str:
+    """The host architecture as libvirt names it (``virArchFromHost``)."""
+    machine = os.uname().machine
+    if re.fullmatch(r"i[3-6]86", machine):
+        return "i686"
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+# -- hostname ----------------------------------------------------------------
+
+
+def hostname() -> str:
+    """The host name as ``virGetHostname`` gives it.
+
+    A name that is already qualified (or is ``localhost*``) is returned as is;
+    otherwise the resolver's canonical name is used, unless resolution fails
+    or lands on ``localhost``. This may consult DNS, so async callers should
+    run it in a thread.
+    """
+    name = socket.gethostname()
+    if name.startswith("localhost") or "." in name:
+        return name
+    try:
+        infos = socket.getaddrinfo(name, None, flags=socket.AI_CANONNAME)
+    except (OSError, UnicodeError):
+        return name
+    canon = infos[0][3] if infos else ""
+    if not canon or canon.startswith("localhost"):
+        return name
+    return canon
+
+
+# -- memory ------------------------------------------------------------------
+
+
+def _node_ids(root: str) -> list[int]:
+    return _numbered(root, "/sys/devices/system/node", "node")
+
+
+def _node_meminfo(root: str, node: int) -> tuple[int, int]:
+    """(MemTotal, MemFree) of a NUMA node in bytes, as libnuma reports them."""
+    text = _read(root, f"/sys/devices/system/node/node{node}/meminfo")
+    if text is None:
+        raise VirError(
+            ErrorCode.INTERNAL_ERROR,
+            f"internal error: Failed to query NUMA free memory for node: {node}",
+        )
+    total = free = 0
+    for line in text.splitlines():
+        m = re.search(r"(\d+)\s*kB", line)
+        if not m:
+            continue
+        if "MemTotal" in line:
+            total = int(m.group(1)) << 10
+        elif "MemFree" in line:
+            free = int(m.group(1)) << 10
+    return total, free
+
+
+def _proc_meminfo(root: str) -> tuple[int, int]:
+    """(MemTotal, MemFree) in bytes for a host without NUMA nodes in sysfs."""
+    values = {}
+    for line in (_read(root, "/proc/meminfo") or "").splitlines():
+        key, _, rest = line.partition(":")
+        if rest.strip().endswith("kB"):
+            values[key] = int(rest.split()[0]) << 10
+    return values.get("MemTotal", 0), values.get("MemFree", 0)
+
+
+def _memory(root: str) -> tuple[int, int]:
+    nodes = _node_ids(root)
+    if not nodes:
+        return _proc_meminfo(root)
+    total = free = 0
+    for node in nodes:
+        t, f = _node_meminfo(root, node)
+        total += t
+        free += f
+    return total, free
+
+
+def free_memory(root: str = "/") -> int:
+    """Free memory of the whole host in bytes (``virNodeGetFreeMemory``)."""
+    return _memory(root)[1]
+
+
+def cells_free_memory(start: int, maxcells: int, root: str = "/") -> list[int]:
+    """Free bytes of NUMA cells ``start`` .. ``start + maxcells - 1``.
+
+    Cells past the last one are silently dropped; a start past it is an error,
+    as in ``virNodeGetCellsFreeMemory``.
+    """
+    nodes = _node_ids(root)
+    last = nodes[-1] if nodes else 0
+    if start > last:
+        raise VirError(
+            ErrorCode.INTERNAL_ERROR,
+            f"internal error: start cell {start} out of range (0-{last})",
+        )
+    end = min(start + maxcells - 1, last)
+    if not nodes:
+        return [_proc_meminfo(root)[1]] if start <= end else []
+    result = []
+    for node in range(start, end + 1):
+        result.append(_node_meminfo(root, node)[1] if node in nodes else 0)
+    return result
+
+
+# -- CPU topology (nodeinfo) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """The fields of ``virNodeInfo``; memory in KiB, mhz truncated."""
+
+    model: str
+    memory: int
+    cpus: int
+    mhz: int
+    nodes: int
+    sockets: int
+    cores: int
+    threads: int
+
+
+def _cpu_mhz(root: str, arch: str) -> int:
+    """The last ``cpu MHz`` line of /proc/cpuinfo, fraction dropped."""
+    prefix = {
+        "x86_64": "cpu MHz",
+        "i686": "cpu MHz",
+        "ppc64": "clock",
+        "ppc64le": "clock",
+        "s390x": "cpu MHz dynamic",
+        "loongarch64": "CPU MHz",
+    }.get(arch)
+    mhz = 0
+    if prefix is None:
+        return mhz
+    for line in (_read(root, "/proc/cpuinfo") or "").splitlines():
+        if not line.startswith(prefix):
+            continue
+        rest = line[len(prefix):].lstrip()
+        if not rest.startswith(":"):
+            continue
+        m = re.match(r"\s*(\d+)(?:[.\s]|$)", rest[1:])
+        if m:
+            mhz = int(m.group(1))
+    return mhz
+
+
+def _cpu_topology_file(root: str, cpu: int, name: str) -> str | None:
+    return _read(root, f"/sys/devices/system/cpu/cpu{cpu}/topology/{name}")
+
+
+def cpu_socket(root: str, cpu: int) -> int:
+    value = _read_int(root, f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id", 0)
+    return max(value, 0)
+
+
+def cpu_die(root: str, cpu: int) -> int:
+    value = _read_int(root, f"/sys/devices/system/cpu/cpu{cpu}/topology/die_id", 0)
+    return max(value, 0)
+
+
+def cpu_core(root: str, cpu: int) -> int:
+    return _read_int(root, f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id", 0)
+
+
+def cpu_siblings(root: str, cpu: int) -> set[int]:
+    text = _cpu_topology_file(root, cpu, "thread_siblings_list")
+    return parse_cpu_list(text) if text is not None else {cpu}
+
+
+def _present_online(root: str) -> tuple[set[int], set[int]]:
+    listed = set(_numbered(root, "/sys/devices/system/cpu", "cpu"))
+    present_text = _read(root, "/sys/devices/system/cpu/present")
+    present = parse_cpu_list(present_text) if present_text is not None else listed
+    online_text = _read(root, "/sys/devices/system/cpu/online")
+    online = parse_cpu_list(online_text) if online_text is not None else present
+    return present, online
+
+
+def _scan_cpus(
+    cpus: list[int], present: set[int], online: set[int], root: str
+) -> tuple[int, int, int, int, int]:
+    """(processors, sockets, cores, threads, offline) of one node's CPUs."""
+    members = sorted(c for c in cpus if c in present)
+    alive = [c for c in members if c in online]
+    sockets: dict[int, set[int]] = {}
+    threads = 0
+    for cpu in alive:
+        cores = sockets.setdefault(cpu_socket(root, cpu), set())
+        cores.add(cpu_core(root, cpu))
+        threads = max(threads, len(cpu_siblings(root, cpu)))
+    max_cores = max((len(c) for c in sockets.values()), default=0)
+    return len(alive), len(sockets), max_cores, threads, len(members) - len(alive)
+
+
+def node_info(root: str = "/") -> NodeInfo:
+    """What ``virNodeGetInfo`` reports (``virsh nodeinfo``)."""
+    arch = host_arch()
+    present, online = _present_online(root)
+    cpus = nodes = sockets = cores = threads = offline = 0
+    for node in _node_ids(root):
+        node_cpus = _numbered(root, f"/sys/devices/system/node/node{node}", "cpu")
+        n_cpus, n_sockets, n_cores, n_threads, n_off = _scan_cpus(
+            node_cpus, present, online, root
+        )
+        nodes += 1
+        cpus += n_cpus
+        offline += n_off
+        sockets = max(sockets, n_sockets)
+        cores = max(cores, n_cores)
+        threads = max(threads, n_threads)
+    if not (cpus and nodes):
+        all_cpus = _numbered(root, "/sys/devices/system/cpu", "cpu")
+        cpus, sockets, cores, threads, offline = _scan_cpus(all_cpus, present, online, root)
+        nodes = 1
+    for value, what in ((cpus, "CPUs"), (sockets, "sockets"), (threads, "threads")):
+        if value == 0:
+            raise VirError(ErrorCode.INTERNAL_ERROR, f"internal error: no {what} found")
+    if nodes * sockets * cores * threads != cpus + offline:
+        # libvirt's escape hatch for topologies nodeinfo cannot express.
+        nodes, sockets, cores, threads = 1, 1, cpus + offline, 1
+    return NodeInfo(
+        model=arch,
+        memory=_memory(root)[0] // 1024,
+        cpus=cpus,
+        mhz=_cpu_mhz(root, arch),
+        nodes=nodes,
+        sockets=sockets,
+        cores=cores,
+        threads=threads,
+    )
+
+
+# -- host CPU and NUMA cells (capabilities XML) ------------------------------
+
+# /proc/cpuinfo spells some CPUID features differently from libvirt's cpu_map.
+_FLAG_NAMES = {
+    "pclmulqdq": "pclmuldq",
+    "sse4_1": "sse4.1",
+    "sse4_2": "sse4.2",
+    "tsc_deadline_timer": "tsc-deadline",
+    "cr8_legacy": "cr8legacy",
+    "nonstop_tsc": "invtsc",
+    "sha_ni": "sha-ni",
+    "avx512_vpopcntdq": "avx512-vpopcntdq",
+    "avx512_bf16": "avx512-bf16",
+    "avx512_fp16": "avx512-fp16",
+    "avx512_4vnniw": "avx512-4vnniw",
+    "avx512_4fmaps": "avx512-4fmaps",
+    "avx512_vp2intersect": "avx512-vp2intersect",
+    "avx512_vnni": "avx512vnni",
+    "avx512_bitalg": "avx512bitalg",
+    "avx512_vbmi2": "avx512vbmi2",
+    "avx_vnni": "avx-vnni",
+    "virt_ssbd": "virt-ssbd",
+    "amd_ssbd": "amd-ssbd",
+    "amd_stibp": "amd-stibp",
+    "flush_l1d": "flush-l1d",
+    "arch_capabilities": "arch-capabilities",
+    "md_clear": "md-clear",
+    "spec_ctrl": "spec-ctrl",
+    "ibrs_enhanced": "ibrs-all",
+    "tsc_scale": "tsc-scale",
+    "vmcb_clean": "vmcb-clean",
+    "pausefilter": "pause-filter",
+    "nrip_save": "nrip-save",
+    "svm_lock": "svm-lock",
+}
+
+# Flags the kernel synthesises or keeps for itself; libvirt never reports them.
+_KERNEL_ONLY_FLAGS = frozenset(
+    "constant_tsc rep_good nopl xtopology cpuid extd_apicid tsc_known_freq "
+    "tsc_reliable nonstop_tsc_s3 aperfmperf arch_perfmon pebs bts art amd_dcm up "
+    "vmmcall cpb hw_pstate proc_feedback sme sev sev_es tpr_shadow flexpriority "
+    "ept vpid ept_ad pti retpoline retpoline_amd rsb_ctxsw use_ibpb use_ibrs_fw "
+    "ring3mwait cpuid_fault epb cat_l3 cdp_l3 invpcid_single mba cqm cqm_llc "
+    "cqm_occup_llc cqm_mbm_total cqm_mbm_local intel_ppin dtherm ida pln pts hwp "
+    "hwp_notify hwp_act_window hwp_epp hwp_pkg_req user_shstk".split()
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HostCPU:
+    """The host CPU as far as /proc and /sys tell it.
+
+    ``model`` stays None: libvirt names the closest cpu_map model from raw
+    CPUID data, which /proc/cpuinfo does not carry. ``features`` is every
+    CPUID feature the kernel lists, in libvirt's spelling, not the list
+    relative to a model that libvirt prints.
+    """
+
+    arch: str
+    vendor: str | None
+    model: str | None
+    microcode: int | None
+    family: int | None
+    model_number: int | None
+    stepping: int | None
+    tsc_frequency: int | None
+    sockets: int
+    dies: int
+    cores: int
+    threads: int
+    phys_bits: int | None
+    features: tuple[str, ...]
+    page_sizes: tuple[int, ...]
+
+
+_VENDORS = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD", "HygonGenuine": "Hygon"}
+
+
+def _first_cpuinfo_block(root: str) -> dict[str, str]:
+    block: dict[str, str] = {}
+    for line in (_read(root, "/proc/cpuinfo") or "").splitlines():
+        if not line.strip():
+            if block:
+                break
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            block.setdefault(key.strip(), value.strip())
+    return block
+
+
+def _maybe_int(text: str | None, base: int = 10) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text, base)
+    except ValueError:
+        return None
+
+
+def page_sizes(root: str = "/") -> tuple[int, ...]:
+    """Page sizes in KiB: the base page, then every huge page size."""
+    huge = []
+    for name in _listdir(root, "/sys/kernel/mm/hugepages"):
+        m = re.fullmatch(r"hugepages-(\d+)kB", name)
+        if m:
+            huge.append(int(m.group(1)))
+    return (os.sysconf("SC_PAGE_SIZE") // 1024, *sorted(huge))
+
+
+def _listdir(root: str, path: str) -> list[str]:
+    try:
+        return os.listdir(Path(root, path.lstrip("/")))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def host_cpu(root: str = "/") -> HostCPU:
+    """Facts for ``<host><cpu>`` of the capabilities XML."""
+    info = _first_cpuinfo_block(root)
+    flags = info.get("flags", "").split()
+    features = []
+    for flag in flags:
+        if flag in _KERNEL_ONLY_FLAGS:
+            continue
+        features.append(_FLAG_NAMES.get(flag, flag))
+    if "xsave" in flags and "osxsave" not in features:
+        # Linux turns XSAVE on whenever the CPU has it, which sets OSXSAVE.
+        features.append("osxsave")
+    tsc = None
+    if "constant_tsc" in flags and "nonstop_tsc" in flags and "cpu MHz" in info:
+        tsc = round(float(info["cpu MHz"]) * 1_000_000)
+    phys = re.match(r"(\d+) bits physical", info.get("address sizes", ""))
+    node = node_info(root)
+    return HostCPU(
+        arch=node.model,
+        vendor=_VENDORS.get(info.get("vendor_id", "")),
+        model=None,
+        microcode=_maybe_int(info.get("microcode"), 0),
+        family=_maybe_int(info.get("cpu family")),
+        model_number=_maybe_int(info.get("model")),
+        stepping=_maybe_int(info.get("stepping")),
+        tsc_frequency=tsc,
+        sockets=node.sockets * node.nodes,
+        dies=1,
+        cores=node.cores,
+        threads=node.threads,
+        phys_bits=int(phys.group(1)) if phys else None,
+        features=tuple(dict.fromkeys(features)),
+        page_sizes=page_sizes(root),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CellCPU:
+    id: int
+    socket_id: int
+    die_id: int
+    core_id: int
+    siblings: str
+
+
+@dataclass(frozen=True, slots=True)
+class NumaCell:
+    """One ``<cell>`` of the capabilities topology; memory in KiB."""
+
+    id: int
+    memory: int
+    pages: dict[int, int] = field(default_factory=dict)
+    distances: list[tuple[int, int]] = field(default_factory=list)
+    cpus: list[CellCPU] = field(default_factory=list)
+
+
+def numa_cells(root: str = "/") -> list[NumaCell]:
+    """The host NUMA cells with their memory, pages, distances and CPUs."""
+    cells = []
+    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
+    nodes = _node_ids(root)
+    _, online = _present_online(root)
+    for node in nodes:
+        base = f"/sys/devices/system/node/node{node}"
+        total, _ = _node_meminfo(root, node)
+        pages = {page_kib: total // 1024 // page_kib}
+        for name in _listdir(root, base + "/hugepages"):
+            m = re.fullmatch(r"hugepages-(\d+)kB", name)
+            if m:
+                count = _read_int(root, f"{base}/hugepages/{name}/nr_hugepages", 0)
+                pages[int(m.group(1))] = count
+        distances = []
+        dist_text = _read(root, base + "/distance")
+        if dist_text:
+            distances = list(zip(nodes, map(int, dist_text.split())))
+        cpus = [
+            CellCPU(
+                id=cpu,
+                socket_id=cpu_socket(root, cpu),
+                die_id=cpu_die(root, cpu),
+                core_id=cpu_core(root, cpu),
+                siblings=format_cpu_list(cpu_siblings(root, cpu)),
+            )
+            for cpu in _numbered(root, base, "cpu")
+            if cpu in online
+        ]
+        cells.append(NumaCell(node, total // 1024, dict(sorted(pages.items())), distances, cpus))
+    return cells
+
+
+# -- sysinfo (SMBIOS via dmidecode, like libvirtd) ---------------------------
+
+_SECTIONS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "BIOS Information",
+        "bios",
+        (("Vendor: ", "vendor"), ("Version: ", "version"),
+         ("Release Date: ", "date"), ("BIOS Revision: ", "release")),
+    ),
+    (
+        "System Information",
+        "system",
+        (("Manufacturer: ", "manufacturer"), ("Product Name: ", "product"),
+         ("Version: ", "version"), ("Serial Number: ", "serial"), ("UUID: ", "uuid"),
+         ("SKU Number: ", "sku"), ("Family: ", "family")),
+    ),
+    (
+        "Chassis Information",
+        "chassis",
+        (("Manufacturer: ", "manufacturer"), ("Version: ", "version"),
+         ("Serial Number: ", "serial"), ("Asset Tag: ", "asset"), ("SKU Number: ", "sku")),
+    ),
+)
+_BOARD_FIELDS = (
+    ("Manufacturer: ", "manufacturer"), ("Product Name: ", "product"),
+    ("Version: ", "version"), ("Serial Number: ", "serial"),
+    ("Asset Tag: ", "asset"), ("Location In Chassis: ", "location"),
+)
+_PROCESSOR_FIELDS = (
+    ("Socket Designation: ", "socket_destination"), ("Type: ", "type"),
+    ("Family: ", "family"), ("Manufacturer: ", "manufacturer"),
+    ("Signature: ", "signature"), ("Version: ", "version"),
+    ("External Clock: ", "external_clock"), ("Max Speed: ", "max_speed"),
+    ("Status: ", "status"), ("Serial Number: ", "serial_number"),
+    ("Part Number: ", "part_number"),
+)
+_MEMORY_FIELDS = (
+    ("Size: ", "size"), ("Form Factor: ", "form_factor"), ("Locator: ", "locator"),
+    ("Bank Locator: ", "bank_locator"), ("Type: ", "type"),
+    ("Type Detail: ", "type_detail"), ("Speed: ", "speed"),
+    ("Manufacturer: ", "manufacturer"), ("Serial Number: ", "serial_number"),
+    ("Part Number: ", "part_number"),
+)
+
+
+def _value_after(text: str, start: int, label: str) -> str | None:
+    """The rest of the line after the first ``label`` at or past ``start``.
+
+    Like libvirt, the search runs on to the end of the whole output, not
+    only the current section; trailing blanks are dropped and a blank
+    value counts as absent.
+    """
+    pos = text.find(label, start)
+    if pos < 0:
+        return None
+    pos += len(label)
+    eol = text.find("\n", pos)
+    value = (text[pos:] if eol < 0 else text[pos:eol]).rstrip()
+    return value or None
+
+
+def _fields(text: str, start: int, spec: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    found = {}
+    for label, name in spec:
+        value = _value_after(text, start, label)
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def _escape(value: str) -> str:
+    value = "".join(c for c in value if c >= " " or c in "\t\n\r")
+    return (
+        value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        .replace('"', "&quot;").replace("'", "&apos;")
+    )
+
+
+def _block(tag: str, entries: dict[str, str], order: tuple[tuple[str, str], ...]) -> str:
+    lines = [f"  <{tag}>\n"]
+    for _, name in order:
+        if name in entries:
+            lines.append(f"    <entry name='{name}'>{_escape(entries[name])}</entry>\n")
+    lines.append(f"  </{tag}>\n")
+    return "".join(lines)
+
+
+def _oem_strings(text: str, dmidecode: str) -> list[str] | None:
+    pos = text.find("OEM Strings")
+    if pos < 0:
+        return None
+    values = []
+    index = 1
+    for m in re.finditer(r"String (\d*):? ?([^\n]*)\n", text[pos:]):
+        value = m.group(2).rstrip()
+        if not value:
+            continue
+        if "." in value:
+            # dmidecode prints a newline inside a string as '.'; ask for the raw one.
+            raw = subprocess.run(
+                [dmidecode, "--dump", "--oem-string", str(index)],
+                capture_output=True, text=True, check=False,
+            )
+            value = raw.stdout
+        values.append(value)
+        index += 1
+    return values
+
+
+def format_sysinfo(text: str, dmidecode: str = "dmidecode") -> str:
+    """``<sysinfo type='smbios'>`` from ``dmidecode -q -t 0,1,2,3,4,11,17`` output."""
+    parts = []
+    for heading, tag, spec in _SECTIONS[:2]:
+        pos = text.find(heading)
+        if pos >= 0 and (entries := _fields(text, pos, spec)):
+            parts.append(_block(tag, entries, spec))
+    pos = text.find("Base Board Information")
+    while pos >= 0:
+        pos += len("Base Board Information")
+        if entries := _fields(text, pos, _BOARD_FIELDS):
+            parts.append(_block("baseBoard", entries, _BOARD_FIELDS))
+        pos = text.find("Base Board Information", pos)
+    heading, tag, spec = _SECTIONS[2]
+    pos = text.find(heading)
+    if pos >= 0 and (entries := _fields(text, pos, spec)):
+        parts.append(_block(tag, entries, spec))
+    pos = text.find("Processor Information")
+    while pos >= 0:
+        if entries := _fields(text, pos, _PROCESSOR_FIELDS):
+            parts.append(_block("processor", entries, _PROCESSOR_FIELDS))
+        pos = text.find("Processor Information", pos + len("Processor Information"))
+    pos = text.find("Memory Device")
+    while pos >= 0:
+        size = text.find("Size: ", pos)
+        eol = text.find("\n", size + 6) if size >= 0 else -1
+        empty_slot = size >= 0 and "No Module Installed".startswith(text[size + 6:eol])
+        if not empty_slot and (entries := _fields(text, pos, _MEMORY_FIELDS)):
+            parts.append(_block("memory_device", entries, _MEMORY_FIELDS))
+        pos = text.find("Memory Device", pos + len("Memory Device"))
+    oem = _oem_strings(text, dmidecode)
+    if oem is not None:
+        parts.append(
+            "  <oemStrings>\n"
+            + "".join(f"    <entry>{_escape(v)}</entry>\n" for v in oem)
+            + "  </oemStrings>\n"
+        )
+    if not parts:
+        return "<sysinfo type='smbios'/>\n"
+    return "<sysinfo type='smbios'>\n" + "".join(parts) + "</sysinfo>\n"
+
+
+@functools.cache
+def _host_sysinfo() -> str | None:
+    """Read SMBIOS once, as libvirtd does when its QEMU driver starts."""
+    dmidecode = shutil.which("dmidecode", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if dmidecode is None:
+        return None
+    result = subprocess.run(
+        [dmidecode, "-q", "-t", _DMIDECODE_TYPES],
+        capture_output=True, text=True, errors="replace", check=False,
+    )
+    if result.returncode != 0:
+        return None
+    return format_sysinfo(result.stdout, dmidecode)
+
+
+def sysinfo_xml() -> str:
+    """What ``virConnectGetSysinfo`` returns; raises as libvirtd's QEMU driver
+    does when SMBIOS cannot be read (no dmidecode, no /sys/firmware/dmi)."""
+    xml = _host_sysinfo()
+    if xml is None:
+        raise VirError(
+            ErrorCode.CONFIG_UNSUPPORTED,
+            "unsupported configuration: Host SMBIOS information is not available",
+            ErrorDomain.QEMU,
+        )
+    return xml
