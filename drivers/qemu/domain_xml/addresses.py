@@ -1,0 +1,314 @@
+"""Device addresses as libvirt's QEMU driver assigns them when a domain is defined.
+
+PCI slots follow libvirt's fixed device order so a guest sees the same layout under
+either daemon. On q35 every PCIe device gets its own pcie-root-port (plus one spare
+for hotplug); conventional PCI devices there are not supported yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .errors import xml_error
+from .model import (
+    Controller,
+    DeviceInfo,
+    DomainDef,
+    DriveAddress,
+    PciAddress,
+    UsbAddress,
+    VirtioSerialAddress,
+)
+from .parse import disk_index
+
+# Controllers for disks on a bus: units a controller has, and buses per controller.
+DRIVE_LAYOUT = {"ide": (2, 2), "fdc": (2, 1), "sata": (6, 1), "scsi": (7, 1)}
+_USB_PORTS = {
+    "piix3-uhci": 2, "piix4-uhci": 2, "ich9-uhci1": 2, "ich9-uhci2": 2, "ich9-uhci3": 2,
+    "ich9-ehci1": 6, "nec-xhci": 4, "qemu-xhci": 4, "vt82c686b-uhci": 2, "pci-ohci": 3,
+}  # fmt: skip
+_USB2_FUNCTION = {"ich9-ehci1": 7, "ich9-uhci1": 0, "ich9-uhci2": 1, "ich9-uhci3": 2}
+
+
+def is_q35(d: DomainDef) -> bool:
+    return (d.os.machine or "").startswith(("pc-q35", "q35"))
+
+
+def is_i440fx(d: DomainDef) -> bool:
+    m = d.os.machine or ""
+    return m == "pc" or m.startswith(("pc-i440fx", "pc-0.", "pc-1."))
+
+
+def assign_drive_addresses(d: DomainDef) -> None:
+    for disk in d.devices.disks:
+        if disk.info.address is not None or disk.bus not in DRIVE_LAYOUT:
+            continue
+        units, buses = DRIVE_LAYOUT[disk.bus]
+        index = disk_index(disk.target)
+        per_controller = units * buses
+        disk.info.address = DriveAddress(
+            controller=index // per_controller,
+            bus=(index % per_controller) // units,
+            target=0,
+            unit=index % units,
+        )
+
+
+def assign_virtio_serial_addresses(d: DomainDef) -> None:
+    used: set[tuple[int, int, int]] = set()
+    chrs = [c for c in d.devices.channels if c.target_type == "virtio"]
+    chrs += [c for c in d.devices.consoles if c.target_type == "virtio"]
+    for c in chrs:
+        a = c.info.address
+        if isinstance(a, VirtioSerialAddress):
+            used.add((a.controller, a.bus, a.port))
+    for c in d.devices.channels:
+        if c.target_type != "virtio" or c.info.address is not None:
+            continue
+        port = 1
+        while (0, 0, port) in used:
+            port += 1
+        used.add((0, 0, port))
+        c.info.address = VirtioSerialAddress(0, 0, port)
+
+
+def _usb_infos(d: DomainDef) -> Iterator[DeviceInfo]:
+    for i in d.devices.inputs:
+        if i.bus == "usb":
+            yield i.info
+    for s in d.devices.sounds:
+        if s.model == "usb":
+            yield s.info
+    for disk in d.devices.disks:
+        if disk.bus == "usb":
+            yield disk.info
+    for r in d.devices.redirdevs:
+        yield r.info
+
+
+def assign_usb_addresses(d: DomainDef) -> None:
+    usb = [c for c in d.devices.controllers if c.type == "usb" and c.model != "none"]
+    if not usb:
+        return
+    ports = {c.index: int(c.attrs.get("ports", 0)) or _USB_PORTS.get(c.model or "", 2) for c in usb}
+    used = {(i.address.bus, i.address.port) for i in _usb_infos(d) if isinstance(i.address, UsbAddress)}
+    for info in _usb_infos(d):
+        if info.address is not None:
+            continue
+        for bus in sorted(ports):
+            free = next((p for p in range(1, ports[bus] + 1) if (bus, str(p)) not in used), None)
+            if free is not None:
+                used.add((bus, str(free)))
+                info.address = UsbAddress(bus, str(free))
+                break
+
+
+class _PciBuses:
+    """Which (bus, slot, function) are taken, and the next free slot for a device."""
+
+    def __init__(self) -> None:
+        self.used: set[tuple[int, int, int]] = set()
+        self.root_slots = range(1, 32)
+
+    def take(self, addr: PciAddress) -> None:
+        self.used.add((addr.bus, addr.slot, addr.function))
+
+    def slot_free(self, bus: int, slot: int) -> bool:
+        return not any((bus, slot, f) in self.used for f in range(8))
+
+    def next_on_root(self, function: int = 0) -> PciAddress:
+        for slot in self.root_slots:
+            if self.slot_free(0, slot):
+                addr = PciAddress(bus=0, slot=slot, function=function)
+                self.take(addr)
+                return addr
+        raise xml_error("No more available PCI slots")
+
+
+def _wants_pci(info: DeviceInfo) -> bool:
+    return info.address is None
+
+
+def _pci_devices(d: DomainDef) -> Iterator[DeviceInfo]:
+    """Devices needing a PCI slot, in the order libvirt hands them out (primary video aside)."""
+    devs = d.devices
+    for net in devs.interfaces:
+        yield net.info
+    for s in devs.sounds:
+        if s.model not in ("sb16", "pcspk", "usb"):
+            yield s.info
+    for c in devs.controllers:
+        if c.type in ("pci", "fdc", "ccid") or (c.type == "usb" and c.model == "none"):
+            continue
+        if c.type == "ide" and c.index == 0:
+            continue
+        yield c.info
+    for disk in devs.disks:
+        if disk.bus == "virtio":
+            yield disk.info
+    if devs.memballoon is not None and devs.memballoon.model != "none":
+        yield devs.memballoon.info
+    for r in devs.rngs:
+        yield r.info
+    for w in devs.watchdogs:
+        if w.model == "i6300esb":
+            yield w.info
+    for v in devs.videos:
+        if v.model not in ("none", "ramfb"):
+            yield v.info
+    for i in devs.inputs:
+        if i.bus == "virtio":
+            yield i.info
+
+
+def _collect_existing(d: DomainDef, buses: _PciBuses) -> None:
+    for info in _all_infos(d):
+        if isinstance(info.address, PciAddress):
+            buses.take(info.address)
+
+
+def _all_infos(d: DomainDef) -> Iterator[DeviceInfo]:
+    devs = d.devices
+    for group in (devs.disks, devs.controllers, devs.interfaces, devs.sounds, devs.videos,
+                  devs.rngs, devs.watchdogs, devs.inputs, devs.serials, devs.channels,
+                  devs.redirdevs):  # fmt: skip
+        for dev in group:
+            yield dev.info
+    if devs.memballoon is not None:
+        yield devs.memballoon.info
+
+
+def assign_pci_addresses(d: DomainDef) -> None:
+    if is_i440fx(d):
+        _assign_i440fx(d)
+    elif is_q35(d):
+        _assign_q35(d)
+
+
+def _assign_i440fx(d: DomainDef) -> None:
+    buses = _PciBuses()
+    _collect_existing(d, buses)
+    for c in d.devices.controllers:
+        if c.info.address is None and c.index == 0:
+            if c.type == "usb" and c.model == "piix3-uhci":
+                c.info.address = PciAddress(0, 1, 2)
+            elif c.type == "ide":
+                c.info.address = PciAddress(0, 1, 1)
+    for function in range(4):  # PIIX3: ISA bridge, IDE, USB, power management
+        buses.used.add((0, 1, function))
+    _place_primary_video(d, buses, 2)
+    for info in _pci_devices(d):
+        if not _wants_pci(info):
+            continue
+        c = _controller_of(d, info)
+        if c is not None and c.model in _USB2_FUNCTION:
+            _place_usb2(d, c, buses)
+            continue
+        info.address = buses.next_on_root()
+
+
+def _controller_of(d: DomainDef, info: DeviceInfo) -> Controller | None:
+    for c in d.devices.controllers:
+        if c.info is info:
+            return c
+    return None
+
+
+def _place_usb2(d: DomainDef, c: Controller, buses: _PciBuses) -> None:
+    """USB2 companions share one slot, each at its model's function."""
+    function = _USB2_FUNCTION[c.model or ""]
+    for other in d.devices.controllers:
+        a = other.info.address
+        if other is not c and other.index == c.index and other.model in _USB2_FUNCTION and isinstance(a, PciAddress):
+            c.info.address = PciAddress(a.bus, a.slot, function)
+            buses.take(c.info.address)
+            return
+    c.info.address = buses.next_on_root(function)
+    if c.model == "ich9-uhci1":
+        c.info.address.multifunction = "on"
+
+
+def _place_primary_video(d: DomainDef, buses: _PciBuses, slot: int) -> None:
+    if not d.devices.videos:
+        return
+    video = d.devices.videos[0]
+    if video.model in ("none", "ramfb") or video.info.address is not None:
+        return
+    if buses.slot_free(0, slot):
+        video.info.address = PciAddress(0, slot, 0)
+        buses.take(video.info.address)
+    else:
+        video.info.address = buses.next_on_root()
+
+
+def _assign_q35(d: DomainDef) -> None:
+    buses = _PciBuses()
+    _collect_existing(d, buses)
+    for c in d.devices.controllers:
+        if c.type == "sata" and c.index == 0 and c.info.address is None:
+            c.info.address = PciAddress(0, 0x1F, 2)
+    for function in (0, 3):  # ISA bridge and SMBus, always present
+        buses.used.add((0, 0x1F, function))
+    buses.take(PciAddress(0, 0x1F, 2))
+    _place_primary_video(d, buses, 1)
+    for s in d.devices.sounds:
+        if s.model == "ich9" and s.info.address is None and buses.slot_free(0, 0x1B):
+            s.info.address = PciAddress(0, 0x1B, 0)
+            buses.take(s.info.address)
+            break
+
+    explicit_pci = [c for c in d.devices.controllers if c.type == "pci" and c.index > 0]
+    next_bus = max((c.index for c in explicit_pci), default=0) + 1
+    free_ports = [c.index for c in explicit_pci if c.model == "pcie-root-port"]
+    for c in explicit_pci:
+        if c.info.address is None:
+            c.info.address = buses.next_on_root()
+    taken_ports = {i.address.bus for i in _all_infos(d) if isinstance(i.address, PciAddress)}
+    free_ports = [p for p in free_ports if p not in taken_ports]
+    first_new = next_bus
+    for info in _pci_devices(d):
+        if not _wants_pci(info):
+            continue
+        if free_ports:
+            info.address = PciAddress(bus=free_ports.pop(0), slot=0)
+        else:
+            info.address = PciAddress(bus=next_bus, slot=0)
+            next_bus += 1
+    count = next_bus - first_new
+    if count and not explicit_pci:
+        count += 1  # one spare root port for hotplug
+    for index in range(first_new, first_new + count):
+        _add_root_port(d, buses, index)
+
+
+def _add_root_port(d: DomainDef, buses: _PciBuses, index: int) -> None:
+    """A pcie-root-port on bus 0; new ports fill the functions of one slot before the next."""
+    addr = None
+    for slot in buses.root_slots:
+        ports_here = [
+            c for c in d.devices.controllers
+            if c.model == "pcie-root-port" and isinstance(c.info.address, PciAddress)
+            and c.info.address.bus == 0 and c.info.address.slot == slot
+        ]  # fmt: skip
+        if ports_here and len(ports_here) < 8:
+            function = len(ports_here)
+            if (0, slot, function) not in buses.used:
+                addr = PciAddress(0, slot, function)
+                if function == 1:
+                    ports_here[0].info.address.multifunction = "on"
+                break
+        if not ports_here and buses.slot_free(0, slot):
+            addr = PciAddress(0, slot, 0)
+            break
+    if addr is None:
+        raise xml_error("No more available PCI slots")
+    buses.take(addr)
+    port = Controller(
+        type="pci",
+        index=index,
+        model="pcie-root-port",
+        model_name="pcie-root-port",
+        target={"chassis": str(index), "port": hex((addr.slot << 3) + addr.function)},
+    )
+    port.info.address = addr
+    d.devices.controllers.append(port)

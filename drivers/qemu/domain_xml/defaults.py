@@ -1,0 +1,315 @@
+"""What libvirt's QEMU driver fills in after parsing: checks against the emulator,
+defaults, and the devices a machine type brings implicitly.
+
+The order in which implicit controllers are added matters: it is the order
+``virsh dumpxml`` lists them in.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+
+from protocol.errors import ErrorDomain
+
+from .errors import unsupported, xml_error
+from .model import (
+    Audio,
+    CharDevice,
+    CharSource,
+    Controller,
+    Cpu,
+    DomainDef,
+    DriveAddress,
+    Input,
+    Memballoon,
+    Video,
+)
+from .parse import disk_index
+from ..capabilities import QemuCaps
+from . import addresses
+
+KNOWN_ARCHES = frozenset(
+    "aarch64 alpha armv6l armv7l armv7b cris i686 ia64 lm32 loongarch64 m68k microblaze "
+    "microblazeel mips mipsel mips64 mips64el openrisc parisc parisc64 ppc ppcle ppc64 "
+    "ppc64le ppcemb riscv32 riscv64 s390 s390x sh4 sh4eb sparc sparc64 unicore32 x86_64 "
+    "xtensa xtensaeb".split()
+)
+_BUS_BY_PREFIX = (("hd", "ide"), ("sd", "scsi"), ("vd", "virtio"), ("fd", "fdc"),
+                  ("xvd", "xen"), ("ubd", "uml"))  # fmt: skip
+_VIDEO_DEFAULTS = {
+    "cirrus": {"vram": "16384", "heads": "1"},
+    "vga": {"vram": "16384", "heads": "1"},
+    "bochs": {"vram": "16384", "heads": "1"},
+    "vmvga": {"vram": "16384", "heads": "1"},
+    "qxl": {"ram": "65536", "vram": "65536", "vgamem": "16384", "heads": "1"},
+    "virtio": {"heads": "1"},
+}
+FEATURE_ORDER = (
+    "acpi apic pae hap viridian privnet hyperv kvm pvspinlock capabilities pmu vmport gic "
+    "smm ioapic hpt vmcoreinfo htm nested-hv msrs ccf-assist xen cfpc sbbc ibs tcg "
+    "async-teardown".split()
+)
+
+
+def fill(d: DomainDef, caps: QemuCaps) -> None:
+    _check_emulator(d, caps)
+    if not d.uuid:
+        d.uuid = str(uuidlib.uuid4())
+    d.current_memory = min(d.current_memory, d.memory)
+    if d.vcpu_current is not None:
+        if d.vcpu_current > d.vcpus:
+            raise unsupported("maximum vCPU count must not be less than current vCPU count")
+        if d.vcpu_current == d.vcpus:
+            d.vcpu_current = None
+    if d.devices.emulator is None:
+        d.devices.emulator = caps.emulator
+    order = {name: i for i, name in enumerate(FEATURE_ORDER)}
+    d.features = sorted(
+        (f for f in d.features if f[0] in order), key=lambda f: order[f[0]]
+    )
+    _fill_cpu(d)
+    _fill_disks(d)
+    _fill_controllers(d)
+    _fill_interfaces(d)
+    _fill_chardevs(d)
+    _fill_inputs(d)
+    _fill_graphics(d)
+    _fill_videos(d)
+    if d.devices.memballoon is None:
+        d.devices.memballoon = Memballoon("virtio")
+    for rng in d.devices.rngs:
+        if rng.backend_model == "random" and not rng.backend_path:
+            rng.backend_path = "/dev/urandom"
+    _add_implicit_controllers(d)
+    addresses.assign_drive_addresses(d)
+    addresses.assign_virtio_serial_addresses(d)
+    addresses.assign_pci_addresses(d)
+    addresses.assign_usb_addresses(d)
+    if not d.os.boot_devs and not _any_boot_order(d):
+        d.os.boot_devs = ["hd"]
+
+
+def _check_emulator(d: DomainDef, caps: QemuCaps) -> None:
+    if d.type not in ("qemu", "kvm"):
+        raise unsupported(
+            f"Emulator '{caps.emulator}' does not support virt type '{d.type}'", ErrorDomain.QEMU
+        )
+    if d.os.type != "hvm":
+        raise unsupported(
+            f"Emulator '{caps.emulator}' does not support os type '{d.os.type}'", ErrorDomain.QEMU
+        )
+    arch = d.os.arch or caps.arch
+    if arch not in KNOWN_ARCHES:
+        raise unsupported(f"Unknown architecture {arch}")
+    if arch != caps.arch:
+        raise unsupported(f"No guest options available for arch '{arch}'", ErrorDomain.CAPABILITIES)
+    d.os.arch = arch
+    d.os.machine = caps.canonical_machine(d.os.machine)
+    if not caps.has_machine(d.os.machine) or not (
+        addresses.is_i440fx(d) or addresses.is_q35(d)
+    ):
+        raise xml_error("No PCI buses available")
+
+
+def _fill_cpu(d: DomainDef) -> None:
+    cpu = d.cpu or Cpu()
+    d.cpu = cpu
+    if cpu.mode == "custom":
+        if cpu.model is None:
+            cpu.model = "qemu64"
+            cpu.model_fallback = cpu.model_fallback or "forbid"
+            cpu.check = cpu.check or "none"
+        cpu.match = cpu.match or "exact"
+        cpu.check = cpu.check or "partial"
+        cpu.model_fallback = cpu.model_fallback or "allow"
+    elif cpu.mode == "host-model":
+        cpu.check = cpu.check or "partial"
+    elif cpu.mode in ("host-passthrough", "maximum"):
+        cpu.check = cpu.check or "none"
+        cpu.migratable = cpu.migratable or "on"
+    if cpu.topology is not None:
+        cpu.topology = {
+            "sockets": cpu.topology.get("sockets", 1),
+            "dies": cpu.topology.get("dies", 1),
+            "cores": cpu.topology.get("cores", 1),
+            "threads": cpu.topology.get("threads", 1),
+        }
+
+
+def _fill_disks(d: DomainDef) -> None:
+    seen: dict[str, str] = {}
+    for disk in d.devices.disks:
+        if not disk.bus:
+            disk.bus = next((bus for p, bus in _BUS_BY_PREFIX if disk.target.startswith(p)), "ide")
+        if disk.target in seen:
+            raise xml_error(
+                f"target '{disk.target}' duplicated for disk sources "
+                f"'{seen[disk.target]}' and '{disk.source or ''}'"
+            )
+        seen[disk.target] = disk.source or ""
+        driver = {"name": disk.driver.get("name", "qemu"), "type": disk.driver.get("type", "raw")}
+        driver.update(disk.driver)
+        disk.driver = driver
+
+
+def _default_usb_model(d: DomainDef) -> str:
+    return "qemu-xhci" if addresses.is_q35(d) else "piix3-uhci"
+
+
+def _next_index(d: DomainDef, ctype: str) -> int:
+    return max((c.index for c in d.devices.controllers if c.type == ctype), default=-1) + 1
+
+
+def _fill_controllers(d: DomainDef) -> None:
+    for c in d.devices.controllers:
+        if c.index == -1:
+            c.index = _next_index(d, c.type)
+        if c.model is None:
+            if c.type == "usb":
+                c.model = _default_usb_model(d)
+            elif c.type == "scsi":
+                c.model = "lsilogic"
+            elif c.type == "pci" and c.index == 0:
+                c.model = "pcie-root" if addresses.is_q35(d) else "pci-root"
+
+
+def _has_controller(d: DomainDef, ctype: str, index: int = 0) -> bool:
+    return any(c.type == ctype and c.index == index for c in d.devices.controllers)
+
+
+def _maybe_add(d: DomainDef, ctype: str, index: int = 0, model: str | None = None) -> None:
+    if not _has_controller(d, ctype, index):
+        d.devices.controllers.append(Controller(type=ctype, index=index, model=model))
+
+
+def _add_implicit_controllers(d: DomainDef) -> None:
+    """The machine's own controllers first, then those the devices need, as libvirt adds them."""
+    if not any(c.type == "usb" for c in d.devices.controllers):
+        _maybe_add(d, "usb", 0, _default_usb_model(d))
+    if addresses.is_q35(d):
+        _maybe_add(d, "sata", 0)
+        _maybe_add(d, "pci", 0, "pcie-root")
+    else:
+        _maybe_add(d, "pci", 0, "pci-root")
+    for bus, ctype, model in (("scsi", "scsi", "lsilogic"), ("fdc", "fdc", None),
+                              ("ide", "ide", None), ("sata", "sata", None)):  # fmt: skip
+        needed = set()
+        for disk in d.devices.disks:
+            if disk.bus == bus:
+                units, buses = addresses.DRIVE_LAYOUT[bus]
+                a = disk.info.address
+                needed.add(a.controller if isinstance(a, DriveAddress) else disk_index(disk.target) // (units * buses))
+        for index in sorted(needed):
+            _maybe_add(d, ctype, index, model)
+    if any(c.target_type == "virtio" for c in d.devices.channels + d.devices.consoles):
+        _maybe_add(d, "virtio-serial", 0)
+
+
+def _fill_interfaces(d: DomainDef) -> None:
+    for net in d.devices.interfaces:
+        if not net.mac:
+            net.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in os.urandom(3))
+        if net.model is None:
+            net.model = "rtl8139"
+
+
+def _fill_chardevs(d: DomainDef) -> None:
+    devs = d.devices
+    for i, s in enumerate(devs.serials):
+        s.target_type = s.target_type or "isa-serial"
+        s.target_port = i if s.target_port is None else s.target_port
+        if s.target_type == "isa-serial":
+            s.target_model = s.target_model or "isa-serial"
+    for i, c in enumerate(devs.consoles):
+        if c.target_type is None:
+            c.target_type = "serial"
+        if c.target_port is None:
+            c.target_port = 0 if c.target_type == "serial" else i
+    if devs.consoles and devs.consoles[0].target_type == "serial":
+        first = devs.consoles[0]
+        if not devs.serials:
+            devs.serials.append(
+                CharDevice(
+                    kind="serial",
+                    source=CharSource(first.source.type, dict(first.source.attrs)),
+                    target_type="isa-serial",
+                    target_port=0,
+                    target_model="isa-serial",
+                )
+            )
+        else:
+            first.source = CharSource(devs.serials[0].source.type, dict(devs.serials[0].source.attrs))
+    if devs.serials and not devs.consoles:
+        serial = devs.serials[0]
+        devs.consoles.append(
+            CharDevice(
+                kind="console",
+                source=CharSource(serial.source.type, dict(serial.source.attrs)),
+                target_type="serial",
+                target_port=serial.target_port,
+            )
+        )
+    for ch in devs.channels:
+        ch.target_type = ch.target_type or "virtio"
+
+
+def _fill_inputs(d: DomainDef) -> None:
+    for itype in ("mouse", "keyboard"):
+        if not any(i.type == itype and i.bus == "ps2" for i in d.devices.inputs):
+            d.devices.inputs.append(Input(itype, "ps2"))
+
+
+def _fill_graphics(d: DomainDef) -> None:
+    for g in d.devices.graphics:
+        a = g.attrs
+        port = a.get("port")
+        if g.type == "vnc":
+            if port in (None, "-1", "0") or a.get("autoport") == "yes":
+                g.attrs = {"port": "-1", "autoport": "yes", **{k: v for k, v in a.items() if k not in ("port", "autoport")}}
+            else:
+                g.attrs = {"port": port, "autoport": a.get("autoport", "no"), **{k: v for k, v in a.items() if k not in ("port", "autoport")}}
+        elif g.type == "spice":
+            autoport = a.get("autoport") == "yes"
+            if autoport:
+                g.attrs = {"autoport": "yes", **{k: v for k, v in a.items() if k not in ("port", "tlsPort", "autoport")}}
+            elif port is not None or a.get("tlsPort") is not None:
+                g.attrs = {k: v for k, v in a.items()}
+                g.attrs.setdefault("autoport", "no")
+            elif not g.listens and "listen" not in a:
+                g.listens = [{"type": "none"}]
+        if g.type in ("vnc", "spice"):
+            if not g.listens:
+                listen = {"type": "address"}
+                if "listen" in a:
+                    listen["address"] = a["listen"]
+                g.listens = [listen]
+            elif "listen" not in g.attrs and g.listens[0].get("type") == "address" and g.listens[0].get("address"):
+                g.attrs["listen"] = g.listens[0]["address"]
+    if not d.devices.audios:
+        kind = "spice" if any(g.type == "spice" for g in d.devices.graphics) else "none"
+        d.devices.audios.append(Audio(1, kind))
+
+
+def _fill_videos(d: DomainDef) -> None:
+    devs = d.devices
+    if not devs.videos and devs.graphics:
+        devs.videos.append(Video("default"))
+    for i, v in enumerate(devs.videos):
+        if v.model == "default":
+            v.model = "cirrus"
+        attrs = dict(_VIDEO_DEFAULTS.get(v.model, {}))
+        attrs.update(v.attrs)
+        v.attrs = attrs
+        if i == 0 and v.model != "none":
+            v.primary = True
+        elif v.model in ("vga", "cirrus", "vmvga", "bochs", "ramfb") and i > 0:
+            raise unsupported(f"video type '{v.model}' is only valid as primary video device")
+
+
+def _any_boot_order(d: DomainDef) -> bool:
+    devs = d.devices
+    return any(
+        dev.info.boot_order is not None
+        for dev in (*devs.disks, *devs.interfaces)
+    )

@@ -1,0 +1,362 @@
+"""DomainDef -> the XML text libvirtd prints for it, byte for byte.
+
+Built by appending strings to a list: several times faster than building and
+serialising a tree, and XMLDesc is on the hot path.
+"""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from .model import (
+    Address,
+    CharDevice,
+    DeviceInfo,
+    Disk,
+    DomainDef,
+    DriveAddress,
+    IsaAddress,
+    LiveState,
+    PciAddress,
+    UsbAddress,
+    VirtioSerialAddress,
+)
+
+_ESCAPES = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", "'": "&apos;", '"': "&quot;"})
+_DISK_DRIVER_ORDER = (
+    "name type cache error_policy rerror_policy io ioeventfd event_idx copy_on_read "
+    "discard iothread detect_zeroes queues queue_size".split()
+)
+_GRAPHICS_ORDER = {
+    "vnc": "port autoport websocket listen keymap sharePolicy passwd passwdValidTo connected".split(),
+    "spice": "port tlsPort autoport listen keymap defaultMode passwd passwdValidTo connected".split(),
+}
+_SPICE_CHILD_ORDER = "channel image jpeg zlib playback streaming mouse clipboard filetransfer gl".split()
+
+
+def esc(value: object) -> str:
+    return str(value).translate(_ESCAPES)
+
+
+def _attrs(pairs: dict[str, str], order: list[str] | tuple[str, ...] | None = None) -> str:
+    """Attributes in libvirt's order: ``order`` first, the rest as given."""
+    if order is None:
+        return "".join(f" {k}='{esc(v)}'" for k, v in pairs.items())
+    known = [k for k in order if k in pairs]
+    rest = [k for k in pairs if k not in order]
+    return "".join(f" {k}='{esc(pairs[k])}'" for k in known + rest)
+
+
+def format_domain(
+    d: DomainDef, *, inactive: bool = True, secure: bool = False, live: LiveState | None = None
+) -> str:
+    out: list[str] = []
+    w = out.append
+    domain_id = f" id='{live.id}'" if live is not None and not inactive else ""
+    w(f"<domain type='{d.type}'{domain_id}>\n")
+    w(f"  <name>{esc(d.name)}</name>\n")
+    w(f"  <uuid>{d.uuid}</uuid>\n")
+    if d.genid:
+        w(f"  <genid>{d.genid}</genid>\n")
+    if d.title is not None:
+        w(f"  <title>{esc(d.title)}</title>\n")
+    if d.description is not None:
+        w(f"  <description>{esc(d.description)}</description>\n")
+    if d.metadata:
+        w("  <metadata>\n")
+        for el in d.metadata:
+            w(_format_foreign(el, "    "))
+        w("  </metadata>\n")
+    if d.max_memory is not None:
+        slots = f" slots='{d.max_memory_slots}'" if d.max_memory_slots is not None else ""
+        w(f"  <maxMemory{slots} unit='KiB'>{d.max_memory}</maxMemory>\n")
+    w(f"  <memory unit='KiB'>{d.memory}</memory>\n")
+    w(f"  <currentMemory unit='KiB'>{d.current_memory}</currentMemory>\n")
+    cpuset = f" cpuset='{esc(d.vcpu_cpuset)}'" if d.vcpu_cpuset else ""
+    current = f" current='{d.vcpu_current}'" if d.vcpu_current is not None else ""
+    w(f"  <vcpu placement='{d.vcpu_placement}'{cpuset}{current}>{d.vcpus}</vcpu>\n")
+    if d.iothreads:
+        w(f"  <iothreads>{d.iothreads}</iothreads>\n")
+    _format_os(d, w)
+    if d.features:
+        w("  <features>\n")
+        for name, attrs in d.features:
+            w(f"    <{name}{_attrs(attrs)}/>\n")
+        w("  </features>\n")
+    _format_cpu(d, w)
+    _format_clock(d, w)
+    w(f"  <on_poweroff>{d.on_poweroff}</on_poweroff>\n")
+    w(f"  <on_reboot>{d.on_reboot}</on_reboot>\n")
+    w(f"  <on_crash>{d.on_crash}</on_crash>\n")
+    if d.pm:
+        w("  <pm>\n")
+        for key in ("suspend-to-mem", "suspend-to-disk"):
+            if key in d.pm:
+                w(f"    <{key} enabled='{d.pm[key]}'/>\n")
+        w("  </pm>\n")
+    _format_devices(d, w, inactive, secure, live)
+    w("</domain>\n")
+    return "".join(out)
+
+
+def _format_foreign(el: etree._Element, indent: str) -> str:
+    """Metadata as libxml2 re-indents it: one element per line, two spaces a level."""
+    copy = etree.fromstring(etree.tostring(el))
+    for node in copy.iter():
+        if len(node) and node.text is not None and not node.text.strip():
+            node.text = None
+        if node.tail is not None and not node.tail.strip():
+            node.tail = None
+    text = etree.tostring(copy, pretty_print=True, encoding="unicode")
+    return "".join(f"{indent}{line}\n" for line in text.rstrip("\n").split("\n"))
+
+
+def _format_os(d: DomainDef, w) -> None:
+    os = d.os
+    firmware = f" firmware='{os.firmware}'" if os.firmware else ""
+    w(f"  <os{firmware}>\n")
+    w(f"    <type arch='{os.arch}' machine='{os.machine}'>{os.type}</type>\n")
+    if os.loader is not None or os.loader_attrs:
+        order = ("readonly", "secure", "type", "format")
+        if os.loader:
+            w(f"    <loader{_attrs(os.loader_attrs, order)}>{esc(os.loader)}</loader>\n")
+        else:
+            w(f"    <loader{_attrs(os.loader_attrs, order)}/>\n")
+    if os.nvram is not None or os.nvram_attrs:
+        if os.nvram:
+            w(f"    <nvram{_attrs(os.nvram_attrs, ('template', 'format'))}>{esc(os.nvram)}</nvram>\n")
+        else:
+            w(f"    <nvram{_attrs(os.nvram_attrs, ('template', 'format'))}/>\n")
+    for tag, value in (("kernel", os.kernel), ("initrd", os.initrd), ("cmdline", os.cmdline), ("dtb", os.dtb)):
+        if value is not None:
+            w(f"    <{tag}>{esc(value)}</{tag}>\n")
+    for dev in os.boot_devs:
+        w(f"    <boot dev='{dev}'/>\n")
+    if os.bootmenu:
+        w(f"    <bootmenu{_attrs(os.bootmenu, ('enable', 'timeout'))}/>\n")
+    w("  </os>\n")
+
+
+def _format_cpu(d: DomainDef, w) -> None:
+    cpu = d.cpu
+    if cpu is None:
+        return
+    head = f"  <cpu mode='{cpu.mode}'"
+    if cpu.mode == "custom" and cpu.match:
+        head += f" match='{cpu.match}'"
+    if cpu.check:
+        head += f" check='{cpu.check}'"
+    if cpu.migratable:
+        head += f" migratable='{cpu.migratable}'"
+    body: list[str] = []
+    if cpu.model is not None:
+        fallback = f" fallback='{cpu.model_fallback}'" if cpu.model_fallback else ""
+        body.append(f"    <model{fallback}>{esc(cpu.model)}</model>\n")
+    if cpu.vendor:
+        body.append(f"    <vendor>{esc(cpu.vendor)}</vendor>\n")
+    if cpu.topology:
+        t = cpu.topology
+        body.append(
+            f"    <topology sockets='{t['sockets']}' dies='{t['dies']}' "
+            f"cores='{t['cores']}' threads='{t['threads']}'/>\n"
+        )
+    for f in cpu.features:
+        body.append(f"    <feature policy='{f.policy}' name='{esc(f.name)}'/>\n")
+    if cpu.numa:
+        body.append("    <numa>\n")
+        for cell in cpu.numa:
+            body.append(f"      <cell{_attrs(cell.attrs, ('id', 'cpus', 'memory', 'unit'))}/>\n")
+        body.append("    </numa>\n")
+    if body:
+        w(head + ">\n")
+        w("".join(body))
+        w("  </cpu>\n")
+    else:
+        w(head + "/>\n")
+
+
+def _format_clock(d: DomainDef, w) -> None:
+    c = d.clock
+    head = f"  <clock offset='{c.offset}'{_attrs(c.attrs)}"
+    if not c.timers:
+        w(head + "/>\n")
+        return
+    w(head + ">\n")
+    for t in c.timers:
+        w(f"    <timer{_attrs(t.attrs, ('name', 'track', 'tickpolicy', 'frequency', 'mode', 'present'))}/>\n")
+    w("  </clock>\n")
+
+
+def _addr(a: Address) -> str:
+    if isinstance(a, PciAddress):
+        multi = f" multifunction='{a.multifunction}'" if a.multifunction else ""
+        return (
+            f"<address type='pci' domain='0x{a.domain:04x}' bus='0x{a.bus:02x}' "
+            f"slot='0x{a.slot:02x}' function='0x{a.function:x}'{multi}/>"
+        )
+    if isinstance(a, DriveAddress):
+        return (
+            f"<address type='drive' controller='{a.controller}' bus='{a.bus}' "
+            f"target='{a.target}' unit='{a.unit}'/>"
+        )
+    if isinstance(a, UsbAddress):
+        return f"<address type='usb' bus='{a.bus}' port='{a.port}'/>"
+    if isinstance(a, VirtioSerialAddress):
+        return f"<address type='virtio-serial' controller='{a.controller}' bus='{a.bus}' port='{a.port}'/>"
+    if isinstance(a, IsaAddress):
+        iobase = f" iobase='0x{a.iobase:x}'" if a.iobase is not None else ""
+        irq = f" irq='0x{a.irq:x}'" if a.irq is not None else ""
+        return f"<address type='isa'{iobase}{irq}/>"
+    raise TypeError(a)
+
+
+def _info(info: DeviceInfo, ind: str, inactive: bool, boot: bool = True) -> str:
+    """Boot order, alias and address: the tail every device element shares."""
+    parts = []
+    if boot and info.boot_order is not None:
+        parts.append(f"{ind}<boot order='{info.boot_order}'/>\n")
+    if info.alias and (not inactive or info.alias.startswith("ua-")):
+        parts.append(f"{ind}<alias name='{esc(info.alias)}'/>\n")
+    if info.address is not None:
+        parts.append(f"{ind}{_addr(info.address)}\n")
+    return "".join(parts)
+
+
+def _element(tag: str, head_attrs: str, body: str, ind: str) -> str:
+    if body:
+        return f"{ind}<{tag}{head_attrs}>\n{body}{ind}</{tag}>\n"
+    return f"{ind}<{tag}{head_attrs}/>\n"
+
+
+def _format_disk(disk: Disk, inactive: bool) -> str:
+    i = "      "
+    body = [f"{i}<driver{_attrs(disk.driver, _DISK_DRIVER_ORDER)}/>\n"]
+    if disk.source is not None:
+        attr = "dev" if disk.type == "block" else "file"
+        body.append(f"{i}<source {attr}='{esc(disk.source)}'/>\n")
+    extra = _attrs(disk.target_extra, ("tray", "removable", "rotation_rate"))
+    body.append(f"{i}<target dev='{esc(disk.target)}' bus='{disk.bus}'{extra}/>\n")
+    if disk.readonly:
+        body.append(f"{i}<readonly/>\n")
+    if disk.shareable:
+        body.append(f"{i}<shareable/>\n")
+    if disk.serial is not None:
+        body.append(f"{i}<serial>{esc(disk.serial)}</serial>\n")
+    body.append(_info(disk.info, i, inactive))
+    return _element("disk", f" type='{disk.type}' device='{disk.device}'", "".join(body), "    ")
+
+
+def _format_chr(c: CharDevice, inactive: bool, live: LiveState | None, tty_attr: bool = False) -> str:
+    i = "      "
+    body = []
+    src = c.source
+    tty = ""
+    if src.type == "pty":
+        path = live.pty_paths.get(c.info.alias or "") if live is not None and not inactive else None
+        if path:
+            body.append(f"{i}<source path='{esc(path)}'/>\n")
+            if tty_attr:
+                tty = f" tty='{esc(path)}'"
+    elif src.attrs:
+        body.append(f"{i}<source{_attrs(src.attrs, ('mode', 'host', 'service', 'path', 'append'))}/>\n")
+    target = ""
+    if c.target_type is not None:
+        target += f" type='{c.target_type}'"
+    if c.target_name is not None:
+        target += f" name='{esc(c.target_name)}'"
+    if c.target_port is not None:
+        target += f" port='{c.target_port}'"
+    if c.target_model:
+        body.append(f"{i}<target{target}>\n{i}  <model name='{c.target_model}'/>\n{i}</target>\n")
+    elif target:
+        body.append(f"{i}<target{target}/>\n")
+    body.append(_info(c.info, i, inactive))
+    return _element(c.kind, f" type='{src.type}'{tty}", "".join(body), "    ")
+
+
+def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveState | None) -> None:
+    devs = d.devices
+    i = "      "
+    w("  <devices>\n")
+    if devs.emulator:
+        w(f"    <emulator>{esc(devs.emulator)}</emulator>\n")
+    for disk in devs.disks:
+        w(_format_disk(disk, inactive))
+    for c in devs.controllers:
+        head = f" type='{c.type}' index='{c.index}'"
+        if c.model:
+            head += f" model='{c.model}'"
+        head += _attrs(c.attrs, ("ports", "vectors"))
+        body = ""
+        if c.model_name:
+            body += f"{i}<model name='{c.model_name}'/>\n"
+        if c.driver:
+            body += f"{i}<driver{_attrs(c.driver, ('queues', 'cmd_per_lun', 'max_sectors', 'ioeventfd', 'iothread'))}/>\n"
+        if c.target:
+            body += f"{i}<target{_attrs(c.target, ('chassisNr', 'chassis', 'port', 'busNr', 'index'))}/>\n"
+        body += _info(c.info, i, inactive)
+        w(_element("controller", head, body, "    "))
+    for n in devs.interfaces:
+        body = f"{i}<mac address='{n.mac}'/>\n"
+        if n.source:
+            body += f"{i}<source{_attrs(n.source, ('network', 'portgroup', 'bridge', 'dev', 'mode'))}/>\n"
+        if n.target_dev:
+            body += f"{i}<target dev='{esc(n.target_dev)}'/>\n"
+        if n.model:
+            body += f"{i}<model type='{esc(n.model)}'/>\n"
+        if n.driver:
+            body += f"{i}<driver{_attrs(n.driver, ('name', 'txmode', 'ioeventfd', 'event_idx', 'queues', 'rx_queue_size', 'tx_queue_size'))}/>\n"
+        if n.link_state:
+            body += f"{i}<link state='{n.link_state}'/>\n"
+        if n.mtu is not None:
+            body += f"{i}<mtu size='{n.mtu}'/>\n"
+        body += _info(n.info, i, inactive)
+        w(_element("interface", f" type='{n.type}'", body, "    "))
+    for s in devs.serials:
+        w(_format_chr(s, inactive, live))
+    for c in devs.consoles:
+        w(_format_chr(c, inactive, live, tty_attr=True))
+    for c in devs.channels:
+        w(_format_chr(c, inactive, live))
+    for inp in devs.inputs:
+        w(_element("input", f" type='{inp.type}' bus='{inp.bus}'", _info(inp.info, i, inactive), "    "))
+    for g in devs.graphics:
+        attrs = dict(g.attrs)
+        if live is not None and not inactive and attrs.get("autoport") == "yes":
+            port = live.vnc_port if g.type == "vnc" else live.spice_port
+            if port is not None:
+                attrs["port"] = str(port)
+        if not secure:
+            attrs.pop("passwd", None)
+        body = "".join(f"{i}<listen{_attrs(ln, ('type', 'address', 'network', 'socket'))}/>\n" for ln in g.listens)
+        rank = {t: n for n, t in enumerate(_SPICE_CHILD_ORDER)}
+        for tag, cattrs in sorted(g.children, key=lambda c: rank.get(c[0], 99)):
+            body += f"{i}<{tag}{_attrs(cattrs)}/>\n"
+        w(_element("graphics", f" type='{g.type}'{_attrs(attrs, _GRAPHICS_ORDER.get(g.type))}", body, "    "))
+    for s in devs.sounds:
+        w(_element("sound", f" model='{s.model}'", _info(s.info, i, inactive), "    "))
+    for a in devs.audios:
+        w(f"    <audio id='{a.id}' type='{a.type}'/>\n")
+    for v in devs.videos:
+        model = f"{i}<model type='{v.model}'{_attrs(v.attrs, ('ram', 'vram', 'vram64', 'vgamem', 'heads'))}"
+        model += " primary='yes'/>\n" if v.primary else "/>\n"
+        w(_element("video", "", model + _info(v.info, i, inactive), "    "))
+    for r in devs.redirdevs:
+        w(_element("redirdev", f" bus='{r.bus}' type='{r.type}'", _info(r.info, i, inactive), "    "))
+    for wd in devs.watchdogs:
+        action = f" action='{wd.action}'" if wd.action else ""
+        w(_element("watchdog", f" model='{wd.model}'{action}", _info(wd.info, i, inactive), "    "))
+    mb = devs.memballoon
+    if mb is not None:
+        body = f"{i}<stats period='{mb.stats_period}'/>\n" if mb.stats_period is not None else ""
+        body += _info(mb.info, i, inactive)
+        w(_element("memballoon", f" model='{mb.model}'{_attrs(mb.attrs)}", body, "    "))
+    for r in devs.rngs:
+        body = f"{i}<rate{_attrs(r.rate, ('bytes', 'period'))}/>\n" if r.rate else ""
+        if r.backend_path:
+            body += f"{i}<backend model='{r.backend_model}'>{esc(r.backend_path)}</backend>\n"
+        else:
+            body += f"{i}<backend model='{r.backend_model}'/>\n"
+        body += _info(r.info, i, inactive)
+        w(_element("rng", f" model='{r.model}'", body, "    "))
+    w("  </devices>\n")
