@@ -97,7 +97,8 @@ def hostname() -> str:
     if name.startswith("localhost") or "." in name:
         return name
     try:
-        infos = socket.getaddrinfo(name, None, flags=socket.AI_CANONNAME)
+        flags = socket.AI_CANONNAME | getattr(socket, "AI_CANONIDN", 0)
+        infos = socket.getaddrinfo(name, None, flags=flags)
     except (OSError, UnicodeError):
         return name
     canon = infos[0][3] if infos else ""
@@ -453,7 +454,7 @@ def host_cpu(root: str = "/") -> HostCPU:
         model_number=_maybe_int(info.get("model")),
         stepping=_maybe_int(info.get("stepping")),
         tsc_frequency=tsc,
-        sockets=node.sockets * node.nodes,
+        sockets=node.sockets,
         dies=1,
         cores=node.cores,
         threads=node.threads,
@@ -515,6 +516,66 @@ def numa_cells(root: str = "/") -> list[NumaCell]:
         ]
         cells.append(NumaCell(node, total // 1024, dict(sorted(pages.items())), distances, cpus))
     return cells
+
+
+_CACHE_TYPES = {"Unified": "both", "Instruction": "code", "Data": "data"}
+_SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheBank:
+    """One ``<bank>`` of the capabilities ``<cache>``; size in bytes."""
+
+    id: int
+    level: int
+    type: str
+    size: int
+    cpus: str
+
+    def pretty_size(self) -> tuple[int, str]:
+        """The size in the largest unit that divides it, as libvirt prints it."""
+        value, unit = self.size, 0
+        while value and value % 1024 == 0 and unit < len(_SIZE_UNITS) - 1:
+            value //= 1024
+            unit += 1
+        return value, _SIZE_UNITS[unit]
+
+
+def _scaled(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([KMG]?)", text.strip())
+    if not m:
+        raise ValueError(f"bad size {text!r}")
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
+
+
+def cache_banks(root: str = "/") -> list[CacheBank]:
+    """Level 3 and higher caches of the online CPUs, each shared bank once."""
+    _, online = _present_online(root)
+    banks: list[CacheBank] = []
+    for cpu in sorted(online):
+        base = f"/sys/devices/system/cpu/cpu{cpu}/cache"
+        for index in sorted(n for n in _listdir(root, base) if n.startswith("index")):
+            files = {}
+            for name in ("level", "id", "type", "size", "shared_cpu_list"):
+                files[name] = _read(root, f"{base}/{index}/{name}")
+            if files["level"] is None or int(files["level"]) < 3:
+                continue
+            if any(v is None for v in files.values()):
+                continue
+            kind = files["type"].strip()
+            if kind not in _CACHE_TYPES:
+                raise VirError(ErrorCode.INTERNAL_ERROR,
+                               f"internal error: Unknown cache type '{kind}'")
+            bank = CacheBank(
+                id=int(files["id"]),
+                level=int(files["level"]),
+                type=_CACHE_TYPES[kind],
+                size=_scaled(files["size"]),
+                cpus=format_cpu_list(parse_cpu_list(files["shared_cpu_list"])),
+            )
+            if bank not in banks:
+                banks.append(bank)
+    return sorted(banks, key=lambda b: (b.level, b.id))
 
 
 # -- sysinfo (SMBIOS via dmidecode, like libvirtd) ---------------------------

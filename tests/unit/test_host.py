@@ -106,7 +106,7 @@ def test_host_cpu(tmp_path: Path) -> None:
     assert cpu.microcode == 0x5003604
     assert cpu.tsc_frequency == 2_100_000_000
     assert cpu.phys_bits == 46
-    assert (cpu.sockets, cpu.dies, cpu.cores, cpu.threads) == (2, 1, 2, 2)
+    assert (cpu.sockets, cpu.dies, cpu.cores, cpu.threads) == (1, 1, 2, 2)
     assert cpu.features == (
         "fpu", "sse4.1", "pclmuldq", "invtsc", "xsave", "avx512vnni", "osxsave",
     )
@@ -245,3 +245,22 @@ def test_real_host_is_sane() -> None:
     assert info.nodes * info.sockets * info.cores * info.threads >= info.cpus
     assert 0 < host.free_memory() <= info.memory * 1024
     assert host.hostname()
+
+
+def test_cache_banks(tmp_path: Path) -> None:
+    _fake_host(tmp_path)
+    for cpu in range(8):
+        for index, level, kind, size in ((0, 1, "Data", "32K"), (3, 3, "Unified", "16384K")):
+            base = f"/sys/devices/system/cpu/cpu{cpu}/cache/index{index}/"
+            _write(tmp_path, base + "level", f"{level}\n")
+            _write(tmp_path, base + "type", f"{kind}\n")
+            _write(tmp_path, base + "size", f"{size}\n")
+            _write(tmp_path, base + "id", f"{cpu // 4}\n")
+            _write(tmp_path, base + "shared_cpu_list", "0-3\n" if cpu < 4 else "4-7\n")
+    banks = host.cache_banks(str(tmp_path))
+    assert banks == [
+        host.CacheBank(0, 3, "both", 16 << 20, "0-3"),
+        host.CacheBank(1, 3, "both", 16 << 20, "4-7"),
+    ]
+    assert banks[0].pretty_size() == (16, "MiB")
+    assert host.CacheBank(0, 3, "both", 1536 << 10, "0").pretty_size() == (1536, "KiB")
