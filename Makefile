@@ -64,7 +64,7 @@ bench-deps: deps
 $(VENV)/.installed: pyproject.toml | deps
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@echo "installing aiovirtd and its test dependencies into $(VENV)"
-	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@$(VENV)/bin/python -m pip install -qq --disable-pip-version-check -e '.[test]'
 	@touch $@
 
 run: $(VENV)/.installed
