@@ -1,0 +1,102 @@
+"""A QMP monitor connection with deadlines and synchronous event delivery.
+
+``qemu.qmp`` queues events for readers; we want them handled in the order
+QEMU sent them, interleaved correctly with command replies, and without a
+queue growing while nobody reads. So events go to one callback, called from
+the library's reader as they arrive, and the default queue is switched off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
+from qemu.qmp.message import Message
+
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+log = logging.getLogger(__name__)
+
+COMMAND_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
+
+EventCallback = Callable[[str, dict[str, Any]], None]
+
+
+class _CallbackListener(EventListener):
+    """Hands every event to a callback instead of queueing it."""
+
+    def __init__(self, callback: EventCallback) -> None:
+        super().__init__()
+        self._callback = callback
+
+    def accept(self, event: Message) -> bool:
+        try:
+            self._callback(event["event"], dict(event.get("data", {})))
+        except Exception:  # a bug in a handler must not kill the monitor
+            log.exception("QMP event handler failed for %s", event.get("event"))
+        return False
+
+
+class Monitor:
+    """One QMP session to one QEMU."""
+
+    def __init__(self, name: str, on_event: EventCallback) -> None:
+        self.name = name
+        self.on_event = on_event
+        self._qmp = QMPClient(name)
+        self._qmp.events.event_filter = lambda _event: False
+        self._qmp.register_listener(_CallbackListener(on_event))
+
+    async def connect(self, path: str, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Connect and negotiate capabilities (``qmp_capabilities``)."""
+        try:
+            await asyncio.wait_for(self._qmp.connect(path), timeout)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def execute(
+        self, cmd: str, args: Mapping[str, Any] | None = None, timeout: float = COMMAND_TIMEOUT
+    ) -> Any:
+        """Run one command; QEMU errors and timeouts become ``VirError``."""
+        try:
+            return await asyncio.wait_for(self._qmp.execute(cmd, args), timeout)
+        except asyncio.TimeoutError:
+            raise VirError(
+                ErrorCode.OPERATION_TIMEOUT,
+                f"Timed out during operation: QEMU monitor command '{cmd}'"
+                f" got no answer within {timeout:g}s",
+                ErrorDomain.QEMU,
+            ) from None
+        except ExecuteError as e:
+            raise VirError(
+                ErrorCode.INTERNAL_ERROR,
+                f"internal error: unable to execute QEMU command '{cmd}': {e}",
+                ErrorDomain.QEMU,
+            ) from None
+        except QMPError as e:
+            raise VirError(
+                ErrorCode.OPERATION_FAILED,
+                f"operation failed: QEMU monitor of {self.name} failed: {e}",
+                ErrorDomain.QEMU,
+            ) from None
+        except (EOFError, OSError) as e:
+            raise VirError(
+                ErrorCode.OPERATION_FAILED,
+                "operation failed: domain is no longer running",
+                ErrorDomain.QEMU,
+            ) from e
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Disconnect, first letting the reader take in what QEMU already sent.
+
+        QEMU having gone away (EOF, reset) is the normal way this ends.
+        """
+        try:
+            await asyncio.wait_for(self._qmp.disconnect(), timeout)
+        except (asyncio.TimeoutError, EOFError, OSError, QMPError):
+            pass

@@ -1,0 +1,270 @@
+"""Launching, watching and stopping one QEMU process.
+
+QEMU runs in its own session so that it outlives the daemon; a later daemon
+finds it again by pid and monitor socket (:meth:`QemuProcess.attach`). Its exit
+is seen at once through a pidfd, which works for processes that are not our
+children too (after a re-attach they belong to init).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from drivers.qemu.monitor import EventCallback, Monitor
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0
+# libvirt waits 10 s after SIGTERM, then 5 s after SIGKILL.
+TERM_TIMEOUT = 10.0
+KILL_TIMEOUT = 5.0
+LOG_TAIL = 1024
+
+
+def log_timestamp() -> str:
+    """The time stamp libvirt puts before its lines in a guest's log."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}+0000"
+
+
+def format_command(env: dict[str, str], argv: list[str]) -> str:
+    """The command line as libvirt logs it: one option (and its value) per line."""
+    lines = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
+    current: list[str] = []
+    for arg in argv:
+        if arg.startswith("-") and current:
+            lines.append(" ".join(current))
+            current = []
+        current.append(shlex.quote(arg))
+    lines.append(" ".join(current))
+    return " \\\n".join(lines) + "\n"
+
+
+def append_log(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - LOG_TAIL))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def pid_alive(pid: int) -> bool:
+    """True for a live, non-zombie process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+class QemuProcess:
+    """A QEMU process, its pidfd watch and its monitor."""
+
+    def __init__(
+        self,
+        name: str,
+        pid: int,
+        monitor_path: str,
+        on_event: EventCallback,
+        on_exit: Callable[[QemuProcess], None],
+        child: subprocess.Popen[bytes] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.pid = pid
+        self.monitor_path = monitor_path
+        self.monitor = Monitor(name, on_event)
+        self._on_exit = on_exit
+        self._child = child
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[None] = self._loop.create_future()
+        self._pidfd = -1
+        self._watch()
+
+    # -- start and re-attach -------------------------------------------------
+
+    @classmethod
+    async def launch(
+        cls,
+        argv: list[str],
+        *,
+        name: str,
+        monitor_path: str,
+        log_path: Path,
+        env: dict[str, str],
+        on_event: EventCallback,
+        on_exit: Callable[[QemuProcess], None],
+        header: str,
+        timeout: float = START_TIMEOUT,
+    ) -> QemuProcess:
+        """Start QEMU (stopped, with ``-S`` in ``argv``) and connect to its monitor."""
+        try:
+            os.unlink(monitor_path)
+        except FileNotFoundError:
+            pass
+        append_log(log_path, f"{log_timestamp()}: {header}\n" + format_command(env, argv))
+        with open(log_path, "ab") as logf:
+            try:
+                child = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=logf,
+                    env=env,
+                    cwd="/",
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as e:
+                raise VirError(
+                    ErrorCode.SYSTEM_ERROR,
+                    f"Cannot run {argv[0]}: {e.strerror}",
+                    ErrorDomain.QEMU,
+                ) from None
+        proc = cls(name, child.pid, monitor_path, on_event, on_exit, child, log_path)
+        try:
+            await proc._connect(timeout)
+        except BaseException:
+            await proc.kill(graceful=False)
+            raise
+        return proc
+
+    @classmethod
+    async def attach(
+        cls,
+        name: str,
+        pid: int,
+        monitor_path: str,
+        on_event: EventCallback,
+        on_exit: Callable[[QemuProcess], None],
+        timeout: float = 10.0,
+    ) -> QemuProcess:
+        """Take over a QEMU a previous daemon started."""
+        proc = cls(name, pid, monitor_path, on_event, on_exit)
+        try:
+            await proc._connect(timeout)
+        except BaseException:
+            proc.detach_now()
+            raise
+        return proc
+
+    async def _connect(self, timeout: float) -> None:
+        """Connect to the monitor as soon as QEMU listens on it.
+
+        QEMU creates the socket early in its start-up; until then (or while
+        the previous client's connection is being torn down) connecting fails
+        and is retried. Dying before that is reported with QEMU's own words.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            if self.exited.done():
+                raise self._start_error("QEMU exited before its monitor came up")
+            try:
+                await self.monitor.connect(self.monitor_path, max(0.1, deadline - time.monotonic()))
+                return
+            except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError) as e:
+                reason = str(e)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
+                    raise self._start_error(f"cannot connect to the monitor: {e}") from None
+                reason = str(e)
+            except Exception as e:  # qemu.qmp wraps connect failures in ConnectError
+                cause = e.__cause__ or e.__context__
+                if not isinstance(cause, (FileNotFoundError, ConnectionRefusedError)):
+                    raise self._start_error(f"cannot connect to the monitor: {e}") from None
+                reason = str(cause)
+            self.monitor = Monitor(self.name, self.monitor.on_event)
+            if time.monotonic() > deadline:
+                raise self._start_error(f"monitor socket did not appear in time ({reason})")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _start_error(self, what: str) -> VirError:
+        tail = _log_tail(self.log_path) if self.log_path else ""
+        return VirError(
+            ErrorCode.INTERNAL_ERROR,
+            f"internal error: process exited while connecting to monitor: {tail or what}",
+            ErrorDomain.QEMU,
+        )
+
+    # -- exit detection ------------------------------------------------------
+
+    def _watch(self) -> None:
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            self._reap()
+            self.exited.set_result(None)
+            return
+        self._loop.add_reader(self._pidfd, self._on_pidfd)
+
+    def _unwatch(self) -> None:
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _reap(self) -> None:
+        if self._child is not None:
+            self._child.poll()
+
+    def _on_pidfd(self) -> None:
+        self._unwatch()
+        self._reap()
+        if not self.exited.done():
+            self.exited.set_result(None)
+        self._on_exit(self)
+
+    @property
+    def alive(self) -> bool:
+        return not self.exited.done()
+
+    # -- stopping ------------------------------------------------------------
+
+    async def kill(self, graceful: bool, term_timeout: float = TERM_TIMEOUT) -> bool:
+        """SIGTERM, and SIGKILL if that was not enough (unless ``graceful``).
+
+        Returns whether the process is gone.
+        """
+        for sig, wait in ((signal.SIGTERM, term_timeout), (signal.SIGKILL, KILL_TIMEOUT)):
+            if graceful and sig == signal.SIGKILL:
+                break
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                await asyncio.wait_for(asyncio.shield(self.exited), wait)
+                return True
+            except asyncio.TimeoutError:
+                continue
+        return not self.alive
+
+    async def detach(self) -> None:
+        """Stop watching and close the monitor; QEMU keeps running."""
+        self._unwatch()
+        await self.monitor.close()
+
+    def detach_now(self) -> None:
+        self._unwatch()
