@@ -41,7 +41,15 @@ _API_WORDS = {
 
 def api_name(name: str, prefix: str = "vir") -> str:
     """libvirt API name for a procedure name: ``DOMAIN_GET_XML_DESC`` -> ``virDomainGetXMLDesc``."""
-    return prefix + "".join(_API_WORDS.get(w, w.capitalize()) for w in name.split("_"))
+    return prefix + "".join(_api_word(w) for w in name.split("_"))
+
+
+def _api_word(word: str) -> str:
+    if word in _API_WORDS:
+        return _API_WORDS[word]
+    if word.endswith("S") and word[:-1] in _API_WORDS:  # NWFILTERS -> NWFilters
+        return _API_WORDS[word[:-1]] + "s"
+    return word.capitalize()
 
 
 _FLAGS = {"ro", "high", "readstream", "writestream", "event"}

@@ -266,10 +266,9 @@ class _Parser:
         if text == "long":
             return "int", tok
         if text in ("struct", "enum", "union"):
-            name = self.ident(f"{text} name")
             if self.peek().text == "{":
                 raise self.error(self.peek(), f"anonymous inline {text} is not supported")
-            return name.text, tok
+            return self.ident(f"{text} name").text, tok
         if text in ("quadruple",):
             raise self.error(tok, "quadruple is not supported")
         if text in BUILTIN_TYPES or text not in _KEYWORDS:
