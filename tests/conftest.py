@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.daemon import DaemonProcess
+from e2e.daemon import DaemonProcess, cleanup_all
 
 E2E = Path(__file__).parent / "e2e"
 
@@ -29,6 +29,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if E2E in Path(item.fspath).parents:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    cleanup_all()
 
 
 @pytest.fixture

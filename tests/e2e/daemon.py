@@ -23,6 +23,9 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 VIRSH_TIMEOUT = 60.0
 
+# Daemons not cleaned up yet, for a last sweep when the test session ends.
+_LIVE: set["DaemonProcess"] = set()
+
 
 class DaemonProcess:
     """One ``python -m daemon --root ROOT`` and the ways to poke at it."""
@@ -49,6 +52,7 @@ class DaemonProcess:
         return [sys.executable, "-m", "daemon", "--root", str(self.root), *self.args]
 
     def start(self, wait: bool = True) -> "DaemonProcess":
+        _LIVE.add(self)
         env = dict(os.environ, PYTHONPATH=str(REPO), LC_ALL="C")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -147,6 +151,13 @@ class DaemonProcess:
             pass
         kill_under(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
+        _LIVE.discard(self)
+
+
+def cleanup_all() -> None:
+    """Clean up every daemon a test forgot (or an interrupted run left)."""
+    for d in list(_LIVE):
+        d.cleanup()
 
 
 def processes_under(root: Path) -> list[int]:
