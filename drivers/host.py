@@ -363,10 +363,9 @@ _KERNEL_ONLY_FLAGS = frozenset(
 class HostCPU:
     """The host CPU as far as /proc and /sys tell it.
 
-    ``model`` stays None: libvirt names the closest cpu_map model from raw
-    CPUID data, which /proc/cpuinfo does not carry. ``features`` is every
-    CPUID feature the kernel lists, in libvirt's spelling, not the list
-    relative to a model that libvirt prints.
+    ``model`` is libvirt's closest CPU map model when the map is installed
+    (None otherwise); ``features`` are the ones beyond that model, in
+    libvirt's spelling and order, or all of them when there is no model.
     """
 
     arch: str
@@ -428,18 +427,127 @@ def _listdir(root: str, path: str) -> list[str]:
         return []
 
 
-def host_cpu(root: str = "/") -> HostCPU:
-    """Facts for ``<host><cpu>`` of the capabilities XML."""
+CPU_MAP_DIR = "/usr/share/libvirt/cpu_map"
+
+
+@dataclass(frozen=True, slots=True)
+class _CPUModel:
+    name: str
+    vendor: str | None
+    signatures: frozenset[tuple[int, int]]
+    decode_host: bool
+    features: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _CPUMap:
+    features: tuple[str, ...]        # libvirt's order, which it prints in
+    aliases: dict[str, str]
+    models: tuple[_CPUModel, ...]    # index.xml order
+
+
+@functools.cache
+def _load_cpu_map(directory: str) -> _CPUMap | None:
+    """The x86 half of libvirt's installed CPU map, if there is one."""
+    from xml.etree import ElementTree
+
+    base = Path(directory)
+    try:
+        index = ElementTree.parse(base / "index.xml").getroot()
+    except (OSError, ElementTree.ParseError):
+        return None
+    arch = index.find("arch[@name='x86']")
+    if arch is None:
+        return None
+    features: list[str] = []
+    aliases: dict[str, str] = {}
+    models: list[_CPUModel] = []
+    for include in arch.findall("include"):
+        try:
+            doc = ElementTree.parse(base / include.get("filename", "")).getroot()
+        except (OSError, ElementTree.ParseError):
+            return None
+        for feat in doc.findall("feature"):
+            features.append(feat.get("name", ""))
+            for alias in feat.findall("alias"):
+                aliases[alias.get("name", "")] = feat.get("name", "")
+        for model in doc.findall("model"):
+            decode = model.find("decode")
+            vendor = model.find("vendor")
+            models.append(_CPUModel(
+                name=model.get("name", ""),
+                vendor=vendor.get("name") if vendor is not None else None,
+                signatures=frozenset(
+                    (int(s.get("family", -1)), int(s.get("model", -1)))
+                    for s in model.findall("signature")
+                ),
+                decode_host=decode is None or decode.get("host") != "off",
+                features=frozenset(f.get("name", "") for f in model.findall("feature")),
+            ))
+    return _CPUMap(tuple(features), aliases, tuple(models))
+
+
+def _closest_model(
+    cpu_map: _CPUMap, have: set[str], vendor: str | None, signature: tuple[int, int]
+) -> _CPUModel | None:
+    """libvirt's choice of host CPU model: newest first, nothing the host lacks,
+    a matching family/model wins, then the fewest features left over."""
+    best: _CPUModel | None = None
+    best_extra = 0
+    for model in reversed(cpu_map.models):
+        if not model.decode_host or (vendor and model.vendor and model.vendor != vendor):
+            continue
+        if not model.features <= have:
+            continue
+        extra = len(have - model.features)
+        if best is not None:
+            best_sig = signature in best.signatures
+            this_sig = signature in model.signatures
+            if best_sig and not this_sig:
+                continue
+            if best_sig == this_sig and extra >= best_extra:
+                continue
+        best, best_extra = model, extra
+    return best
+
+
+def host_cpu(root: str = "/", cpu_map_dir: str = CPU_MAP_DIR) -> HostCPU:
+    """Facts for ``<host><cpu>`` of the capabilities XML.
+
+    With libvirt's CPU map installed, the model and the features beyond it
+    are chosen as libvirt does, from /proc/cpuinfo flags instead of raw
+    CPUID; without it, model is None and every feature is listed.
+    """
     info = _first_cpuinfo_block(root)
     flags = info.get("flags", "").split()
+    cpu_map = _load_cpu_map(cpu_map_dir)
+    aliases = cpu_map.aliases if cpu_map else {}
     features = []
     for flag in flags:
         if flag in _KERNEL_ONLY_FLAGS:
             continue
-        features.append(_FLAG_NAMES.get(flag, flag))
-    if "xsave" in flags and "osxsave" not in features:
+        name = _FLAG_NAMES.get(flag) or aliases.get(flag, flag)
+        features.append(name)
+    if "xsave" in flags:
         # Linux turns XSAVE on whenever the CPU has it, which sets OSXSAVE.
         features.append("osxsave")
+    vendor = _VENDORS.get(info.get("vendor_id", ""))
+    family = _maybe_int(info.get("cpu family"))
+    model_number = _maybe_int(info.get("model"))
+    stepping = _maybe_int(info.get("stepping"))
+    if vendor == "Intel" and family == 6 and (
+        model_number in (60, 69, 70) or (model_number == 63 and (stepping or 0) < 4)
+    ):
+        features = [f for f in features if f not in ("hle", "rtm")]
+    model = None
+    if cpu_map is not None:
+        known = set(cpu_map.features)
+        have = {f for f in features if f in known}
+        chosen = _closest_model(cpu_map, have, vendor, (family or -1, model_number or -1))
+        if chosen is not None:
+            model = chosen.name
+            have -= chosen.features
+        features = [f for f in cpu_map.features if f in have]
     tsc = None
     if "constant_tsc" in flags and "nonstop_tsc" in flags and "cpu MHz" in info:
         tsc = round(float(info["cpu MHz"]) * 1_000_000)
@@ -447,12 +555,12 @@ def host_cpu(root: str = "/") -> HostCPU:
     node = node_info(root)
     return HostCPU(
         arch=node.model,
-        vendor=_VENDORS.get(info.get("vendor_id", "")),
-        model=None,
+        vendor=vendor,
+        model=model,
         microcode=_maybe_int(info.get("microcode"), 0),
-        family=_maybe_int(info.get("cpu family")),
-        model_number=_maybe_int(info.get("model")),
-        stepping=_maybe_int(info.get("stepping")),
+        family=family,
+        model_number=model_number,
+        stepping=stepping,
         tsc_frequency=tsc,
         sockets=node.sockets,
         dies=1,

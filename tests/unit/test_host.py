@@ -98,9 +98,9 @@ def test_free_memory_without_numa(tmp_path: Path) -> None:
     assert host.cells_free_memory(0, 4, str(tmp_path)) == [3000 * 1024]
 
 
-def test_host_cpu(tmp_path: Path) -> None:
+def test_host_cpu_without_cpu_map(tmp_path: Path) -> None:
     _fake_host(tmp_path)
-    cpu = host.host_cpu(str(tmp_path))
+    cpu = host.host_cpu(str(tmp_path), cpu_map_dir=str(tmp_path / "none"))
     assert cpu.vendor == "Intel" and cpu.model is None
     assert (cpu.family, cpu.model_number, cpu.stepping) == (6, 85, 7)
     assert cpu.microcode == 0x5003604
@@ -110,6 +110,45 @@ def test_host_cpu(tmp_path: Path) -> None:
     assert cpu.features == (
         "fpu", "sse4.1", "pclmuldq", "invtsc", "xsave", "avx512vnni", "osxsave",
     )
+
+
+FAKE_CPU_MAP = {
+    "index.xml": """<cpus><arch name='x86'>
+      <include filename='vendors.xml'/><include filename='features.xml'/>
+      <include filename='small.xml'/><include filename='exact.xml'/>
+      <include filename='big.xml'/><include filename='amd.xml'/>
+    </arch></cpus>""",
+    "vendors.xml": "<cpus><vendor name='Intel' string='GenuineIntel'/></cpus>",
+    "features.xml": """<cpus>
+      <feature name='fpu'/><feature name='pclmuldq'><alias name='pclmulqdq'/></feature>
+      <feature name='sse4.1'/><feature name='xsave'/><feature name='osxsave'/>
+      <feature name='invtsc'/><feature name='avx512vnni'/><feature name='svm'/>
+    </cpus>""",
+    "small.xml": "<cpus><model name='small'><feature name='fpu'/></model></cpus>",
+    "exact.xml": """<cpus><model name='exact'><signature family='6' model='85'/>
+      <feature name='fpu'/></model></cpus>""",
+    "big.xml": """<cpus><model name='big'><feature name='fpu'/><feature name='xsave'/>
+      <feature name='sse4.1'/></model></cpus>""",
+    "amd.xml": """<cpus><model name='amd'><vendor name='AMD'/><feature name='fpu'/>
+      <feature name='xsave'/><feature name='sse4.1'/><feature name='pclmuldq'/></model></cpus>""",
+}
+
+
+def test_host_cpu_model_from_cpu_map(tmp_path: Path) -> None:
+    _fake_host(tmp_path)
+    cpu_map = tmp_path / "cpu_map"
+    for name, text in FAKE_CPU_MAP.items():
+        _write(cpu_map, name, text)
+    cpu = host.host_cpu(str(tmp_path), cpu_map_dir=str(cpu_map))
+    # 'big' leaves fewer features over, but 'exact' matches the signature;
+    # 'amd' has the wrong vendor.
+    assert cpu.model == "exact"
+    assert cpu.features == ("pclmuldq", "sse4.1", "xsave", "osxsave", "invtsc", "avx512vnni")
+    _write(cpu_map, "exact.xml", "<cpus><model name='exact'><feature name='svm'/></model></cpus>")
+    host._load_cpu_map.cache_clear()
+    cpu = host.host_cpu(str(tmp_path), cpu_map_dir=str(cpu_map))
+    assert cpu.model == "big"
+    assert cpu.features == ("pclmuldq", "osxsave", "invtsc", "avx512vnni")
 
 
 def test_numa_cells(tmp_path: Path) -> None:
