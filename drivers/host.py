@@ -64,14 +64,17 @@ def format_cpu_list(ids: set[int]) -> str:
     return ",".join(runs)
 
 
-def _numbered(root: str, path: str, prefix: str) -> list[int]:
-    """The N of every ``prefixN`` entry in a sysfs directory, sorted."""
+def _listdir(root: str, path: str) -> list[str]:
     try:
-        names = os.listdir(Path(root, path.lstrip("/")))
+        return os.listdir(Path(root, path.lstrip("/")))
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _numbered(root: str, path: str, prefix: str) -> list[int]:
+    """The N of every ``prefixN`` entry in a sysfs directory, sorted."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)$")
-    return sorted(int(m.group(1)) for n in names if (m := pattern.match(n)))
+    return sorted(int(m.group(1)) for n in _listdir(root, path) if (m := pattern.match(n)))
 
 
 def host_arch() -> str:
@@ -225,26 +228,23 @@ def _cpu_mhz(root: str, arch: str) -> int:
     return mhz
 
 
-def _cpu_topology_file(root: str, cpu: int, name: str) -> str | None:
-    return _read(root, f"/sys/devices/system/cpu/cpu{cpu}/topology/{name}")
-
-
-def cpu_socket(root: str, cpu: int) -> int:
+# Missing topology files mean 0 (or the CPU alone), negative ids mean 0: libvirt's rules.
+def _cpu_socket(root: str, cpu: int) -> int:
     value = _read_int(root, f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id", 0)
     return max(value, 0)
 
 
-def cpu_die(root: str, cpu: int) -> int:
+def _cpu_die(root: str, cpu: int) -> int:
     value = _read_int(root, f"/sys/devices/system/cpu/cpu{cpu}/topology/die_id", 0)
     return max(value, 0)
 
 
-def cpu_core(root: str, cpu: int) -> int:
+def _cpu_core(root: str, cpu: int) -> int:
     return _read_int(root, f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id", 0)
 
 
-def cpu_siblings(root: str, cpu: int) -> set[int]:
-    text = _cpu_topology_file(root, cpu, "thread_siblings_list")
+def _cpu_siblings(root: str, cpu: int) -> set[int]:
+    text = _read(root, f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
     return parse_cpu_list(text) if text is not None else {cpu}
 
 
@@ -266,9 +266,9 @@ def _scan_cpus(
     sockets: dict[int, set[int]] = {}
     threads = 0
     for cpu in alive:
-        cores = sockets.setdefault(cpu_socket(root, cpu), set())
-        cores.add(cpu_core(root, cpu))
-        threads = max(threads, len(cpu_siblings(root, cpu)))
+        cores = sockets.setdefault(_cpu_socket(root, cpu), set())
+        cores.add(_cpu_core(root, cpu))
+        threads = max(threads, len(_cpu_siblings(root, cpu)))
     max_cores = max((len(c) for c in sockets.values()), default=0)
     return len(alive), len(sockets), max_cores, threads, len(members) - len(alive)
 
@@ -418,13 +418,6 @@ def page_sizes(root: str = "/") -> tuple[int, ...]:
         if m:
             huge.append(int(m.group(1)))
     return (os.sysconf("SC_PAGE_SIZE") // 1024, *sorted(huge))
-
-
-def _listdir(root: str, path: str) -> list[str]:
-    try:
-        return os.listdir(Path(root, path.lstrip("/")))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 CPU_MAP_DIR = "/usr/share/libvirt/cpu_map"
@@ -614,10 +607,10 @@ def numa_cells(root: str = "/") -> list[NumaCell]:
         cpus = [
             CellCPU(
                 id=cpu,
-                socket_id=cpu_socket(root, cpu),
-                die_id=cpu_die(root, cpu),
-                core_id=cpu_core(root, cpu),
-                siblings=format_cpu_list(cpu_siblings(root, cpu)),
+                socket_id=_cpu_socket(root, cpu),
+                die_id=_cpu_die(root, cpu),
+                core_id=_cpu_core(root, cpu),
+                siblings=format_cpu_list(_cpu_siblings(root, cpu)),
             )
             for cpu in _numbered(root, base, "cpu")
             if cpu in online
