@@ -77,6 +77,8 @@ def format_domain(
     w(f"  <vcpu placement='{d.vcpu_placement}'{cpuset}{current}>{d.vcpus}</vcpu>\n")
     if d.iothreads:
         w(f"  <iothreads>{d.iothreads}</iothreads>\n")
+    if live is not None and not inactive and live.partition:
+        w(f"  <resource>\n    <partition>{esc(live.partition)}</partition>\n  </resource>\n")
     _format_os(d, w)
     if d.features:
         w("  <features>\n")
@@ -228,12 +230,19 @@ def _element(tag: str, head_attrs: str, body: str, ind: str) -> str:
     return f"{ind}<{tag}{head_attrs}/>\n"
 
 
-def _format_disk(disk: Disk, inactive: bool) -> str:
+def _format_disk(disk: Disk, inactive: bool, node_index: int) -> str:
+    """``node_index`` is the disk's block node number, shown in the live XML only."""
     i = "      "
-    body = [f"{i}<driver{_attrs(disk.driver, _DISK_DRIVER_ORDER)}/>\n"]
+    driver = disk.driver
+    if not inactive and disk.source is None:
+        driver = {k: v for k, v in driver.items() if k != "type"}  # no image, no format
+    body = [f"{i}<driver{_attrs(driver, _DISK_DRIVER_ORDER)}/>\n"]
     if disk.source is not None:
         attr = "dev" if disk.type == "block" else "file"
-        body.append(f"{i}<source {attr}='{esc(disk.source)}'/>\n")
+        index = "" if inactive else f" index='{node_index}'"
+        body.append(f"{i}<source {attr}='{esc(disk.source)}'{index}/>\n")
+        if not inactive:
+            body.append(f"{i}<backingStore/>\n")
     extra = _attrs(disk.target_extra, ("tray", "removable", "rotation_rate"))
     body.append(f"{i}<target dev='{esc(disk.target)}' bus='{disk.bus}'{extra}/>\n")
     if disk.readonly:
@@ -266,6 +275,8 @@ def _format_chr(c: CharDevice, inactive: bool, live: LiveState | None, tty_attr:
         target += f" name='{esc(c.target_name)}'"
     if c.target_port is not None:
         target += f" port='{c.target_port}'"
+    if live is not None and not inactive and c.kind == "channel" and c.target_type == "virtio" and src.type == "unix":
+        target += f" state='{live.channel_states.get(c.info.alias or '', 'disconnected')}'"
     if c.target_model:
         body.append(f"{i}<target{target}>\n{i}  <model name='{c.target_model}'/>\n{i}</target>\n")
     elif target:
@@ -274,14 +285,21 @@ def _format_chr(c: CharDevice, inactive: bool, live: LiveState | None, tty_attr:
     return _element(c.kind, f" type='{src.type}'{tty}", "".join(body), "    ")
 
 
+def _with_listen(attrs: dict[str, str], address: str, gtype: str) -> dict[str, str]:
+    """The graphics attributes with ``listen`` put where libvirt prints it."""
+    order = _GRAPHICS_ORDER[gtype]
+    merged = {**attrs, "listen": address}
+    return {k: merged[k] for k in sorted(merged, key=lambda k: order.index(k) if k in order else 99)}
+
+
 def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveState | None) -> None:
     devs = d.devices
     i = "      "
     w("  <devices>\n")
     if devs.emulator:
         w(f"    <emulator>{esc(devs.emulator)}</emulator>\n")
-    for disk in devs.disks:
-        w(_format_disk(disk, inactive))
+    for n, disk in enumerate(devs.disks):
+        w(_format_disk(disk, inactive, len(devs.disks) - n))
     for c in devs.controllers:
         head = f" type='{c.type}' index='{c.index}'"
         if c.model:
@@ -322,13 +340,18 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
         w(_element("input", f" type='{inp.type}' bus='{inp.bus}'", _info(inp.info, i, inactive), "    "))
     for g in devs.graphics:
         attrs = dict(g.attrs)
-        if live is not None and not inactive and attrs.get("autoport") == "yes":
-            port = live.vnc_port if g.type == "vnc" else live.spice_port
-            if port is not None:
-                attrs["port"] = str(port)
+        listens = g.listens
+        if live is not None and not inactive:
+            if attrs.get("autoport") == "yes":
+                port = live.vnc_port if g.type == "vnc" else live.spice_port
+                if port is not None:
+                    attrs["port"] = str(port)
+            if listens and listens[0] == {"type": "address"}:
+                listens = [{"type": "address", "address": live.listen_address}, *listens[1:]]
+                attrs = _with_listen(attrs, live.listen_address, g.type)
         if not secure:
             attrs.pop("passwd", None)
-        body = "".join(f"{i}<listen{_attrs(ln, ('type', 'address', 'network', 'socket'))}/>\n" for ln in g.listens)
+        body = "".join(f"{i}<listen{_attrs(ln, ('type', 'address', 'network', 'socket'))}/>\n" for ln in listens)
         rank = {t: n for n, t in enumerate(_SPICE_CHILD_ORDER)}
         for tag, cattrs in sorted(g.children, key=lambda c: rank.get(c[0], 99)):
             body += f"{i}<{tag}{_attrs(cattrs)}/>\n"

@@ -295,7 +295,9 @@ class LiveState:
     """Facts of a running guest the live XML shows; the driver fills it at start."""
 
     id: int
-    aliases: bool = True
     pty_paths: dict[str, str] = field(default_factory=dict)  # chr alias -> /dev/pts/N
+    channel_states: dict[str, str] = field(default_factory=dict)  # alias -> connected/disconnected
     vnc_port: int | None = None
     spice_port: int | None = None
+    listen_address: str = "127.0.0.1"  # where autoport graphics listen (qemu.conf default)
+    partition: str | None = "/machine"  # the cgroup partition libvirtd reports

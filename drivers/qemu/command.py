@@ -1,0 +1,613 @@
+"""The QEMU 7.2 command line for a domain, laid out as libvirtd 9.0 builds it.
+
+Same options, same order, same device ids, so guests see the same hardware and
+QMP ids match libvirt's aliases. What libvirt does through its security and cgroup
+layers (master key secret, tap fds it opened, seccomp beyond ``-sandbox``) is left
+out; QEMU runs in the foreground as a plain child of the driver.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .capabilities import QemuCaps
+from .domain_xml.addresses import is_q35
+from .domain_xml.aliases import assign_aliases
+from .domain_xml.model import (
+    CharDevice,
+    Controller,
+    DeviceInfo,
+    Disk,
+    DomainDef,
+    DriveAddress,
+    Interface,
+    PciAddress,
+    UsbAddress,
+    VirtioSerialAddress,
+)
+
+_CONTROLLER_ORDER = ("pci", "usb", "scsi", "ide", "sata", "virtio-serial", "ccid")
+_USB_DRIVERS = {
+    "piix3-uhci": "piix3-usb-uhci", "piix4-uhci": "piix4-usb-uhci", "ich9-ehci1": "ich9-usb-ehci1",
+    "ich9-uhci1": "ich9-usb-uhci1", "ich9-uhci2": "ich9-usb-uhci2", "ich9-uhci3": "ich9-usb-uhci3",
+    "qemu-xhci": "qemu-xhci", "nec-xhci": "nec-usb-xhci", "pci-ohci": "pci-ohci",
+}  # fmt: skip
+_SCSI_DRIVERS = {"virtio-scsi": "virtio-scsi-pci", "lsilogic": "lsi", "lsisas1068": "mptsas1068",
+                 "lsisas1078": "megasas"}  # fmt: skip
+_NIC_DRIVERS = {"virtio": "virtio-net-pci"}
+_CACHE_MODES = {  # cache mode -> (direct, no-flush, write-cache)
+    "none": (True, False, True),
+    "writeback": (False, False, True),
+    "writethrough": (False, False, False),
+    "directsync": (True, False, False),
+    "unsafe": (False, True, True),
+}
+
+
+def _json(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _pci_props(d: DomainDef, addr: PciAddress) -> dict[str, Any]:
+    """Where a PCI device plugs in: QEMU names bus 0 pci.0 (pcie.0 on q35)."""
+    if addr.bus == 0:
+        bus = "pcie.0" if is_q35(d) else "pci.0"
+    else:
+        bus = f"pci.{addr.bus}"
+    props: dict[str, Any] = {"bus": bus}
+    if addr.multifunction == "on":
+        props["multifunction"] = True
+    props["addr"] = f"0x{addr.slot:x}" if addr.function == 0 else f"0x{addr.slot:x}.0x{addr.function:x}"
+    return props
+
+
+def _addr_props(d: DomainDef, info: DeviceInfo) -> dict[str, Any]:
+    return _pci_props(d, info.address) if isinstance(info.address, PciAddress) else {}
+
+
+def build_argv(
+    d: DomainDef,
+    caps: QemuCaps,
+    *,
+    monitor_path: str,
+    pidfile: str | None = None,
+    channel_dir: str | None = None,
+    vnc_port: int | None = None,
+    spice_port: int | None = None,
+    net_fds: Mapping[str, int] | None = None,
+) -> list[str]:
+    """argv for ``d``; it gets its aliases and channel socket paths filled in (the live XML shows them).
+
+    ``vnc_port``/``spice_port`` are the ports picked for autoport graphics (VNC falls back
+    to QEMU's own search from 5900). ``net_fds`` maps an interface alias to a tap fd the
+    caller opened; without one, bridge/network/ethernet interfaces use the tap named by
+    ``<target dev>`` (or vnetN), which the caller must have created.
+    """
+    assign_aliases(d)
+    a: list[str] = [caps.emulator, "-name", f"guest={d.name},debug-threads=on", "-S"]
+    machine = _machine(d, a)
+    a += ["-machine", machine]
+    a += ["-accel", "kvm" if d.type == "kvm" else "tcg"]
+    a += ["-cpu", _cpu(d)]
+    _memory(d, a)
+    a += ["-overcommit", "mem-lock=off"]
+    a += ["-smp", _smp(d)]
+    for n in range(1, (d.iothreads or 0) + 1):
+        a += ["-object", _json({"qom-type": "iothread", "id": f"iothread{n}"})]
+    _numa(d, a)
+    a += ["-uuid", d.uuid]
+    if d.genid:
+        a += ["-device", _json({"driver": "vmgenid", "guid": d.genid, "id": "vmgenid0"})]
+    if not d.devices.graphics:
+        a += ["-display", "none"]
+    a += ["-no-user-config", "-nodefaults"]
+    a += ["-chardev", f"socket,id=charmonitor,path={monitor_path},server=on,wait=off"]
+    a += ["-mon", "chardev=charmonitor,id=monitor,mode=control"]
+    if pidfile:
+        a += ["-pidfile", pidfile]
+    _clock(d, a)
+    a.append("-no-shutdown")
+    if not any(name == "acpi" for name, _ in d.features):
+        a.append("-no-acpi")
+    _pm(d, a)
+    a += ["-boot", _boot(d)]
+    if d.os.kernel:
+        a += ["-kernel", d.os.kernel]
+    if d.os.initrd:
+        a += ["-initrd", d.os.initrd]
+    if d.os.cmdline:
+        a += ["-append", d.os.cmdline]
+    _controllers(d, a)
+    _disks(d, a)
+    _interfaces(d, a, net_fds or {})
+    _chardevs(d, a, channel_dir)
+    _inputs(d, a)
+    for audio in d.devices.audios:
+        a += ["-audiodev", _json({"id": f"audio{audio.id}", "driver": audio.type})]
+    _graphics(d, a, vnc_port, spice_port)
+    _videos(d, a)
+    _sounds(d, a)
+    _redirdevs(d, a)
+    _watchdogs(d, a)
+    mb = d.devices.memballoon
+    if mb is not None and mb.model == "virtio":
+        props = {"driver": "virtio-balloon-pci", "id": mb.info.alias, **_addr_props(d, mb.info)}
+        if mb.attrs.get("autodeflate") == "on":
+            props["deflate-on-oom"] = True
+        if mb.attrs.get("freePageReporting") == "on":
+            props["free-page-reporting"] = True
+        a += ["-device", _json(props)]
+    _rngs(d, a)
+    a += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+    a += ["-msg", "timestamp=on"]
+    return a
+
+
+def _machine(d: DomainDef, a: list[str]) -> str:
+    parts = [d.os.machine or "", "usb=off"]
+    features = dict(d.features)
+    vmport = features.get("vmport")
+    if vmport is not None:
+        parts.append(f"vmport={vmport.get('state', 'on')}")
+    smm = features.get("smm")
+    if smm is not None:
+        parts.append(f"smm={smm.get('state', 'on')}")
+    parts.append("dump-guest-core=off")
+    if not (d.cpu and d.cpu.numa):
+        parts.append("memory-backend=pc.ram")
+    if d.os.loader and d.os.loader_attrs.get("type") == "pflash":
+        for n, (path, readonly) in enumerate(
+            ((d.os.loader, d.os.loader_attrs.get("readonly") == "yes"), (d.os.nvram, False))
+        ):
+            if not path:
+                continue
+            node = f"libvirt-pflash{n}"
+            a += ["-blockdev", _json({"driver": "file", "filename": path, "node-name": f"{node}-storage",
+                                      "auto-read-only": True, "discard": "unmap"})]  # fmt: skip
+            a += ["-blockdev", _json({"node-name": f"{node}-format", "read-only": readonly,
+                                      "driver": "raw", "file": f"{node}-storage"})]  # fmt: skip
+            parts.append(f"pflash{n}={node}-format")
+    return ",".join(parts)
+
+
+def _cpu(d: DomainDef) -> str:
+    cpu = d.cpu
+    if cpu is None:
+        return "qemu64"
+    if cpu.mode in ("host-passthrough", "host-model"):
+        # host-model is expanded by libvirt from the host CPU; "host" is the nearest we have.
+        base = "host" if d.type == "kvm" else "max"
+        return f"{base},migratable=on" if cpu.mode == "host-passthrough" and cpu.migratable == "on" else base
+    if cpu.mode == "maximum":
+        return "max"
+    parts = [cpu.model or "qemu64"]
+    for f in cpu.features:
+        state = "off" if f.policy in ("disable", "forbid") else "on"
+        parts.append(f"{f.name}={state}")
+    return ",".join(parts)
+
+
+def _mib(kib: int) -> int:
+    return -(-kib // 1024)
+
+
+def _memory(d: DomainDef, a: list[str]) -> None:
+    mib = _mib(d.memory)
+    if d.max_memory:
+        a += ["-m", f"size={mib * 1024}k,slots={d.max_memory_slots or 0},maxmem={d.max_memory}k"]
+    else:
+        a += ["-m", str(mib)]
+    if not (d.cpu and d.cpu.numa):
+        a += ["-object", _json({"qom-type": "memory-backend-ram", "id": "pc.ram", "size": mib * 1024 * 1024})]
+
+
+def _smp(d: DomainDef) -> str:
+    current = d.vcpu_current or d.vcpus
+    topo = d.cpu.topology if d.cpu and d.cpu.topology else None
+    parts = [str(current)]
+    if current != d.vcpus:
+        parts.append(f"maxcpus={d.vcpus}")
+    if topo:
+        parts.append(f"sockets={topo['sockets']}")
+        parts.append(f"dies={topo['dies']}")
+        parts.append(f"cores={topo['cores']}")
+        parts.append(f"threads={topo['threads']}")
+    else:
+        parts += [f"sockets={d.vcpus}", "cores=1", "threads=1"]
+    return ",".join(parts)
+
+
+def _numa(d: DomainDef, a: list[str]) -> None:
+    if not (d.cpu and d.cpu.numa):
+        return
+    from .domain_xml.parse import scale_kib
+
+    for n, cell in enumerate(d.cpu.numa):
+        kib = scale_kib(cell.attrs.get("memory", "0"), cell.attrs.get("unit"), "./cpu/numa/cell/@memory")
+        a += ["-object", _json({"qom-type": "memory-backend-ram", "id": f"ram-node{n}", "size": kib * 1024})]
+        cell_id = cell.attrs.get("id", str(n))
+        a += ["-numa", f"node,nodeid={cell_id},cpus={cell.attrs.get('cpus', '')},memdev=ram-node{n}"]
+
+
+def _clock(d: DomainDef, a: list[str]) -> None:
+    base = "localtime" if d.clock.offset == "localtime" else "utc"
+    rtc = f"base={base}"
+    extra: list[str] = []
+    for t in d.clock.timers:
+        name = t.attrs.get("name")
+        if name == "rtc" and t.attrs.get("tickpolicy") == "catchup":
+            rtc += ",driftfix=slew"
+        elif name == "pit" and t.attrs.get("tickpolicy") == "delay":
+            extra += ["-global", "kvm-pit.lost_tick_policy=delay"]
+        elif name == "hpet" and t.attrs.get("present") == "no":
+            extra.append("-no-hpet")
+    a += ["-rtc", rtc, *extra]
+
+
+def _pm(d: DomainDef, a: list[str]) -> None:
+    device = "ICH9-LPC" if is_q35(d) else "PIIX4_PM"
+    for key, prop in (("suspend-to-mem", "disable_s3"), ("suspend-to-disk", "disable_s4")):
+        if key in d.pm:
+            a += ["-global", f"{device}.{prop}={1 if d.pm[key] == 'no' else 0}"]
+
+
+def _boot(d: DomainDef) -> str:
+    parts = []
+    menu = d.os.bootmenu
+    if menu.get("enable") == "yes":
+        parts.append("menu=on")
+        if menu.get("timeout"):
+            parts.append(f"splash-time={menu['timeout']}")
+    elif menu.get("enable") == "no":
+        parts.append("menu=off")
+    parts.append("strict=on")
+    return ",".join(parts)
+
+
+def _boot_indexes(d: DomainDef) -> dict[int, int]:
+    """Per-device bootindex (by id of DeviceInfo): explicit orders, or <os><boot> mapped onto
+    the first device of each kind, as libvirt does for QEMU."""
+    indexes: dict[int, int] = {}
+    devs = d.devices
+    explicit = [x for x in (*devs.disks, *devs.interfaces) if x.info.boot_order is not None]
+    if explicit:
+        for x in explicit:
+            indexes[id(x.info)] = x.info.boot_order or 0
+        return indexes
+    kinds = {"hd": "disk", "cdrom": "cdrom", "fd": "floppy"}
+    for n, dev in enumerate(d.os.boot_devs, 1):
+        if dev == "network":
+            target = next((i.info for i in devs.interfaces), None)
+        else:
+            target = next((x.info for x in devs.disks if x.device == kinds[dev]), None)
+        if target is not None and id(target) not in indexes:
+            indexes[id(target)] = n
+    return indexes
+
+
+def _controllers(d: DomainDef, a: list[str]) -> None:
+    for ctype in _CONTROLLER_ORDER:
+        conts = [c for c in d.devices.controllers if c.type == ctype]
+        if ctype == "pci":
+            conts.sort(key=lambda c: c.index)
+        for c in conts:
+            props = _controller_props(d, c)
+            if props is not None:
+                a += ["-device", _json(props)]
+
+
+def _controller_props(d: DomainDef, c: Controller) -> dict[str, Any] | None:
+    addr = _addr_props(d, c.info)
+    if c.type == "pci":
+        if c.model != "pcie-root-port":
+            return None
+        return {"driver": "pcie-root-port", "port": int(c.target.get("port", "0"), 0),
+                "chassis": int(c.target.get("chassis", "0")), "id": c.info.alias, **addr}  # fmt: skip
+    if c.type == "usb":
+        if c.model in (None, "none"):
+            return None
+        props: dict[str, Any] = {"driver": _USB_DRIVERS.get(c.model, c.model)}
+        ports = c.attrs.get("ports")
+        if ports and c.model in ("qemu-xhci", "nec-xhci"):
+            props["p2"] = int(ports)
+            props["p3"] = int(ports)
+        return {**props, "id": c.info.alias, **addr}
+    if c.type == "scsi":
+        return {"driver": _SCSI_DRIVERS.get(c.model or "", c.model), "id": c.info.alias, **addr}
+    if c.type == "virtio-serial":
+        return {"driver": "virtio-serial-pci", "id": c.info.alias, **addr}
+    if c.type == "sata" and not (is_q35(d) and c.index == 0):
+        return {"driver": "ich9-ahci", "id": c.info.alias, **addr}
+    return None
+
+
+def _disks(d: DomainDef, a: list[str]) -> None:
+    boot = _boot_indexes(d)
+    total = len(d.devices.disks)
+    for n, disk in enumerate(d.devices.disks):
+        node = f"libvirt-{total - n}"
+        if disk.source is not None:
+            _blockdevs(disk, node, a)
+        a += ["-device", _json(_disk_device(d, disk, node if disk.source is not None else None, boot))]
+
+
+def _blockdevs(disk: Disk, node: str, a: list[str]) -> None:
+    drv = disk.driver
+    cache = _cache(disk)
+    storage: dict[str, Any] = {
+        "driver": "host_device" if disk.type == "block" else "file",
+        "filename": disk.source,
+    }
+    if drv.get("io") in ("native", "threads", "io_uring"):
+        storage["aio"] = drv["io"]
+    storage["node-name"] = f"{node}-storage"
+    if cache is not None:
+        storage["cache"] = {"direct": cache[0], "no-flush": cache[1]}
+    storage["auto-read-only"] = True
+    storage["discard"] = "unmap"
+    fmt: dict[str, Any] = {"node-name": f"{node}-format", "read-only": disk.readonly}
+    if drv.get("discard") == "unmap":
+        fmt["discard"] = "unmap"
+    if cache is not None:
+        fmt["cache"] = {"direct": cache[0], "no-flush": cache[1]}
+    fmt["driver"] = drv.get("type", "raw")
+    fmt["file"] = f"{node}-storage"
+    a += ["-blockdev", _json(storage), "-blockdev", _json(fmt)]
+
+
+def _cache(disk: Disk) -> tuple[bool, bool, bool] | None:
+    """The cache mode in effect: a writable shared disk bypasses the host cache."""
+    mode = disk.driver.get("cache")
+    if mode is None and disk.shareable and not disk.readonly:
+        mode = "none"
+    return _CACHE_MODES.get(mode or "")
+
+
+def _disk_device(d: DomainDef, disk: Disk, node: str | None, boot: dict[int, int]) -> dict[str, Any]:
+    addr = disk.info.address
+    props: dict[str, Any]
+    if disk.bus == "virtio":
+        props = {"driver": "virtio-blk-pci", **_addr_props(d, disk.info)}
+        if disk.shareable:
+            props["share-rw"] = True
+    elif disk.bus in ("ide", "sata") and isinstance(addr, DriveAddress):
+        props = {"driver": "ide-cd" if disk.device == "cdrom" else "ide-hd"}
+        if disk.bus == "ide":
+            props["bus"] = f"ide.{addr.bus}"
+            props["unit"] = addr.unit
+        else:
+            sata = f"ide.{addr.unit}" if addr.controller == 0 else f"sata{addr.controller}.{addr.unit}"
+            props["bus"] = sata
+        if disk.shareable:
+            props["share-rw"] = True
+    elif disk.bus == "scsi" and isinstance(addr, DriveAddress):
+        props = {
+            "driver": "scsi-cd" if disk.device == "cdrom" else "scsi-hd",
+            "bus": f"scsi{addr.controller}.{addr.bus}",
+            "channel": addr.bus,
+            "scsi-id": addr.target,
+            "lun": addr.unit,
+            "device_id": f"drive-{disk.info.alias}",
+        }
+        if disk.shareable:
+            props["share-rw"] = True
+    elif disk.bus == "fdc" and isinstance(addr, DriveAddress):
+        props = {"driver": "floppy", "unit": addr.unit}
+    else:
+        props = {"driver": "usb-storage" if disk.bus == "usb" else disk.bus}
+    if node is not None:
+        props["drive"] = f"{node}-format"
+    props["id"] = disk.info.alias
+    if id(disk.info) in boot:
+        props["bootindex"] = boot[id(disk.info)]
+    cache = _cache(disk)
+    if cache is not None and cache[2] and disk.bus in ("virtio", "scsi", "ide", "sata"):
+        props["write-cache"] = "on"
+    if disk.serial is not None:
+        props["serial"] = disk.serial
+    return props
+
+
+def _interfaces(d: DomainDef, a: list[str], net_fds: Mapping[str, int]) -> None:
+    boot = _boot_indexes(d)
+    for n, net in enumerate(d.devices.interfaces):
+        hostnet = f"hostnet{n}"
+        a += ["-netdev", _json(_netdev(net, hostnet, n, net_fds))]
+        props: dict[str, Any] = {
+            "driver": _NIC_DRIVERS.get(net.model or "", net.model),
+            "netdev": hostnet,
+            "id": net.info.alias,
+            "mac": net.mac,
+            **_addr_props(d, net.info),
+        }
+        if id(net.info) in boot:
+            props["bootindex"] = boot[id(net.info)]
+        a += ["-device", _json(props)]
+
+
+def _netdev(net: Interface, hostnet: str, n: int, net_fds: Mapping[str, int]) -> dict[str, Any]:
+    if net.type == "user":
+        return {"type": "user", "id": hostnet}
+    fd = net_fds.get(net.info.alias or "")
+    if fd is not None:
+        return {"type": "tap", "fd": str(fd), "id": hostnet}
+    ifname = net.target_dev or f"vnet{n}"
+    return {"type": "tap", "ifname": ifname, "script": "no", "downscript": "no", "id": hostnet}
+
+
+def _chardev(c: CharDevice, chr_id: str) -> str:
+    src = c.source
+    if src.type == "pty":
+        return f"pty,id={chr_id}"
+    if src.type == "unix":
+        server = src.attrs.get("mode", "bind") == "bind"
+        opts = f"socket,id={chr_id},path={src.attrs.get('path', '')}"
+        return opts + (",server=on,wait=off" if server else "")
+    if src.type == "file":
+        return f"file,id={chr_id},path={src.attrs.get('path', '')}"
+    if src.type == "spicevmc":
+        return f"spicevmc,id={chr_id},name=vdagent"
+    if src.type == "tcp":
+        server = src.attrs.get("mode") == "bind"
+        opts = f"socket,id={chr_id},host={src.attrs.get('host', '')},port={src.attrs.get('service', '')}"
+        return opts + (",server=on,wait=off" if server else "")
+    return f"{src.type},id={chr_id}"
+
+
+def _chardevs(d: DomainDef, a: list[str], channel_dir: str | None) -> None:
+    devs = d.devices
+    for s in devs.serials:
+        chr_id = f"char{s.info.alias}"
+        a += ["-chardev", _chardev(s, chr_id)]
+        if s.target_type == "isa-serial":
+            a += ["-device", _json({"driver": "isa-serial", "chardev": chr_id, "id": s.info.alias,
+                                    "index": s.target_port or 0})]  # fmt: skip
+    for c in devs.consoles:
+        if c.target_type != "virtio":
+            continue  # a serial console is the serial device itself
+        chr_id = f"char{c.info.alias}"
+        a += ["-chardev", _chardev(c, chr_id)]
+        a += ["-device", _json({"driver": "virtconsole", "chardev": chr_id, "id": c.info.alias})]
+    for ch in devs.channels:
+        if ch.source.type == "unix" and "path" not in ch.source.attrs and channel_dir and ch.target_name:
+            ch.source.attrs = {"mode": "bind", "path": f"{channel_dir}/{ch.target_name}"}
+        chr_id = f"char{ch.info.alias}"
+        a += ["-chardev", _chardev(ch, chr_id)]
+        addr = ch.info.address
+        if ch.target_type == "virtio" and isinstance(addr, VirtioSerialAddress):
+            props = {"driver": "virtserialport", "bus": f"virtio-serial{addr.controller}.{addr.bus}",
+                     "nr": addr.port, "chardev": chr_id, "id": ch.info.alias}  # fmt: skip
+            if ch.target_name:
+                props["name"] = ch.target_name
+            a += ["-device", _json(props)]
+
+
+def _usb_props(info: DeviceInfo) -> dict[str, Any]:
+    addr = info.address
+    if isinstance(addr, UsbAddress):
+        return {"bus": f"usb.{addr.bus}", "port": addr.port}
+    return {}
+
+
+def _inputs(d: DomainDef, a: list[str]) -> None:
+    for inp in d.devices.inputs:
+        if inp.bus == "usb":
+            driver = {"tablet": "usb-tablet", "mouse": "usb-mouse", "keyboard": "usb-kbd"}[inp.type]
+            a += ["-device", _json({"driver": driver, "id": inp.info.alias, **_usb_props(inp.info)})]
+        elif inp.bus == "virtio":
+            driver = {"tablet": "virtio-tablet-pci", "mouse": "virtio-mouse-pci",
+                      "keyboard": "virtio-keyboard-pci"}[inp.type]  # fmt: skip
+            a += ["-device", _json({"driver": driver, "id": inp.info.alias, **_addr_props(d, inp.info)})]
+
+
+def _listen_address(attrs: dict[str, str], listens: list[dict[str, str]]) -> str:
+    for ln in listens:
+        if ln.get("address"):
+            return ln["address"]
+    return attrs.get("listen") or "127.0.0.1"
+
+
+def _graphics(d: DomainDef, a: list[str], vnc_port: int | None, spice_port: int | None) -> None:
+    audio = f"audio{d.devices.audios[0].id}" if d.devices.audios else None
+    for g in d.devices.graphics:
+        addr = _listen_address(g.attrs, g.listens)
+        if g.type == "vnc":
+            port = vnc_port if g.attrs.get("autoport") == "yes" else int(g.attrs.get("port", "5900"))
+            opts = f"{addr}:{(port or 5900) - 5900}"
+            if port is None:
+                opts += ",to=100"
+            if audio:
+                opts += f",audiodev={audio}"
+            a += ["-vnc", opts]
+        elif g.type == "spice":
+            port = spice_port if g.attrs.get("autoport") == "yes" else g.attrs.get("port")
+            opts = []
+            if port:
+                opts.append(f"port={port}")
+            if g.listens and g.listens[0].get("type") != "none":
+                opts.append(f"addr={addr}")
+            opts.append("disable-ticketing=on")
+            for tag, cattrs in g.children:
+                if tag == "image" and "compression" in cattrs:
+                    opts.append(f"image-compression={cattrs['compression']}")
+            opts.append("seamless-migration=on")
+            a += ["-spice", ",".join(opts)]
+
+
+def _videos(d: DomainDef, a: list[str]) -> None:
+    for v in d.devices.videos:
+        addr = _addr_props(d, v.info)
+        heads = int(v.attrs.get("heads", "1"))
+        if v.model == "qxl":
+            props = {"driver": "qxl-vga" if v.primary else "qxl", "id": v.info.alias, "max_outputs": heads,
+                     "ram_size": int(v.attrs.get("ram", "65536")) * 1024,
+                     "vram_size": int(v.attrs.get("vram", "65536")) * 1024,
+                     "vram64_size_mb": int(v.attrs.get("vram64", "0")) // 1024,
+                     "vgamem_mb": int(v.attrs.get("vgamem", "16384")) // 1024}  # fmt: skip
+        elif v.model == "vga":
+            props = {"driver": "VGA", "id": v.info.alias, "vgamem_mb": int(v.attrs.get("vram", "16384")) // 1024}
+        elif v.model == "cirrus":
+            props = {"driver": "cirrus-vga", "id": v.info.alias}
+        elif v.model == "virtio":
+            driver = "virtio-vga" if v.primary else "virtio-gpu-pci"
+            props = {"driver": driver, "id": v.info.alias, "max_outputs": heads}
+        elif v.model == "bochs":
+            props = {"driver": "bochs-display", "id": v.info.alias, "vgamem": int(v.attrs.get("vram", "16384")) * 1024}
+        else:
+            continue
+        a += ["-device", _json({**props, **addr})]
+
+
+def _sounds(d: DomainDef, a: list[str]) -> None:
+    audio = f"audio{d.devices.audios[0].id}" if d.devices.audios else None
+    for s in d.devices.sounds:
+        addr = _addr_props(d, s.info)
+        if s.model in ("ich6", "ich9", "ich7"):
+            driver = {"ich6": "intel-hda", "ich9": "ich9-intel-hda", "ich7": "intel-hda"}[s.model]
+            a += ["-device", _json({"driver": driver, "id": s.info.alias, **addr})]
+            codec = {"driver": "hda-duplex", "id": f"{s.info.alias}-codec0", "bus": f"{s.info.alias}.0", "cad": 0}
+            if audio:
+                codec["audiodev"] = audio
+            a += ["-device", _json(codec)]
+        elif s.model in ("ac97", "es1370"):
+            props = {"driver": "AC97" if s.model == "ac97" else "ES1370", "id": s.info.alias, **addr}
+            if audio:
+                props["audiodev"] = audio
+            a += ["-device", _json(props)]
+
+
+def _redirdevs(d: DomainDef, a: list[str]) -> None:
+    for r in d.devices.redirdevs:
+        chr_id = f"char{r.info.alias}"
+        a += ["-chardev", f"spicevmc,id={chr_id},name=usbredir"]
+        a += ["-device", _json({"driver": "usb-redir", "chardev": chr_id, "id": r.info.alias,
+                                **_usb_props(r.info)})]  # fmt: skip
+
+
+def _watchdogs(d: DomainDef, a: list[str]) -> None:
+    for w in d.devices.watchdogs:
+        if w.model == "i6300esb":
+            a += ["-device", _json({"driver": "i6300esb", "id": w.info.alias, **_addr_props(d, w.info)})]
+        elif w.model == "ib700":
+            a += ["-device", _json({"driver": "ib700", "id": w.info.alias})]
+        if w.action:
+            action = "poweroff" if w.action == "shutdown" else w.action
+            a += ["-watchdog-action", action]
+
+
+def _rngs(d: DomainDef, a: list[str]) -> None:
+    for n, r in enumerate(d.devices.rngs):
+        obj = f"objrng{n}"
+        if r.backend_model == "random":
+            a += ["-object", _json({"qom-type": "rng-random", "id": obj, "filename": r.backend_path or "/dev/urandom"})]
+        elif r.backend_model == "builtin":
+            a += ["-object", _json({"qom-type": "rng-builtin", "id": obj})]
+        else:
+            continue
+        props: dict[str, Any] = {"driver": "virtio-rng-pci", "rng": obj, "id": r.info.alias}
+        if r.rate.get("bytes"):
+            props["max-bytes"] = int(r.rate["bytes"])
+            props["period"] = int(r.rate.get("period", "1000"))
+        a += ["-device", _json({**props, **_addr_props(d, r.info)})]

@@ -1,0 +1,59 @@
+"""Device aliases as libvirtd names them at start: QEMU ids, and ``<alias>`` in live XML."""
+
+from __future__ import annotations
+
+from .model import DomainDef, DriveAddress
+from .parse import disk_index
+
+
+def assign_aliases(d: DomainDef) -> None:
+    """Give every device without an alias the name libvirtd would; existing ones are kept."""
+    devs = d.devices
+    for disk in devs.disks:
+        if disk.info.alias:
+            continue
+        a = disk.info.address
+        if disk.bus == "virtio":
+            disk.info.alias = f"virtio-disk{max(disk_index(disk.target), 0)}"
+        elif isinstance(a, DriveAddress) and disk.bus == "scsi":
+            disk.info.alias = f"scsi{a.controller}-{a.bus}-{a.target}-{a.unit}"
+        elif isinstance(a, DriveAddress) and disk.bus in ("ide", "sata"):
+            disk.info.alias = f"{disk.bus}{a.controller}-{a.bus}-{a.unit}"
+        elif isinstance(a, DriveAddress) and disk.bus == "fdc":
+            disk.info.alias = f"fdc{a.controller}-{a.bus}-{a.unit}"
+        else:
+            disk.info.alias = f"{disk.bus}-disk{max(disk_index(disk.target), 0)}"
+    for c in devs.controllers:
+        if c.info.alias:
+            continue
+        if c.type == "pci":
+            c.info.alias = f"pci.{c.index}"
+        elif c.type in ("ide", "usb") and c.index == 0:
+            c.info.alias = c.type
+        else:
+            c.info.alias = f"{c.type}{c.index}"
+    _numbered(devs.interfaces, "net")
+    _numbered(devs.serials, "serial")
+    for i, con in enumerate(devs.consoles):
+        if con.info.alias:
+            continue
+        if i == 0 and con.target_type == "serial" and devs.serials:
+            con.info.alias = devs.serials[0].info.alias
+        else:
+            con.info.alias = f"console{i}"
+    _numbered(devs.channels, "channel")
+    _numbered(devs.inputs, "input")
+    _numbered(devs.sounds, "sound")
+    _numbered(devs.videos, "video")
+    _numbered(devs.redirdevs, "redir")
+    _numbered(devs.watchdogs, "watchdog")
+    _numbered(devs.rngs, "rng")
+    if devs.memballoon is not None and devs.memballoon.model != "none" and not devs.memballoon.info.alias:
+        devs.memballoon.info.alias = "balloon0"
+
+
+def _numbered(devices: list, prefix: str) -> None:
+    for i, dev in enumerate(devices):
+        if not dev.info.alias:
+            dev.info.alias = f"{prefix}{i}"
+
