@@ -145,6 +145,10 @@ class Domain:
         self.lock = asyncio.Lock()
         # Why the guest is about to stop, set by whoever asked it to.
         self.stop_reason: Shutoff | None = None
+        # QEMU reported SHUTDOWN: its exit is then a shutdown, not a crash.
+        self.got_shutdown = False
+        # Why the CPUs are about to stop (USER when the API asked).
+        self.pause_reason: int = Paused.UNKNOWN
         self.xml_cache: dict[int, str] = {}
         self.removed = False  # undefined, or transient and gone: stale handles
 
@@ -188,6 +192,8 @@ class Domain:
         self.live = live
         self.live_state = live_state
         self.stop_reason = None
+        self.got_shutdown = False
+        self.pause_reason = Paused.UNKNOWN
         self.xml_cache.clear()
 
     def stopped(self, reason: Shutoff) -> None:

@@ -50,6 +50,7 @@ class Monitor:
         self._qmp = QMPClient(name)
         self._qmp.events.event_filter = lambda _event: False
         self._qmp.register_listener(_CallbackListener(on_event))
+        self._closing: asyncio.Future[None] | None = None
 
     async def connect(self, path: str, timeout: float = CONNECT_TIMEOUT) -> None:
         """Connect and negotiate capabilities (``qmp_capabilities``)."""
@@ -94,8 +95,15 @@ class Monitor:
     async def close(self, timeout: float = 2.0) -> None:
         """Disconnect, first letting the reader take in what QEMU already sent.
 
-        QEMU having gone away (EOF, reset) is the normal way this ends.
+        QEMU having gone away (EOF, reset) is the normal way this ends. Several
+        callers may ask at once (the exit watcher and destroy): they share one
+        disconnect, which ``qemu.qmp`` requires.
         """
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._disconnect(timeout))
+        await asyncio.shield(self._closing)
+
+    async def _disconnect(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self._qmp.disconnect(), timeout)
         except (asyncio.TimeoutError, EOFError, OSError, QMPError):

@@ -1,0 +1,684 @@
+"""The QEMU driver: the registry of domains and what each call does to them.
+
+Lookups and reads are plain dictionary work on the event loop. Anything that
+talks to QEMU runs under the domain's own lock, so one guest with a stuck
+monitor never holds up calls about another; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import logging
+import os
+import platform
+import socket
+import tempfile
+import uuid as uuidlib
+from pathlib import Path
+
+from daemon.paths import DriverPaths, Paths
+from drivers import host
+from drivers.events import EventBus
+from drivers.qemu import capabilities, domain_xml
+from drivers.qemu.capabilities import QemuCaps
+from drivers.qemu.domain import (
+    STOP_OUTCOME,
+    Detail,
+    Domain,
+    DomainInfo,
+    Event,
+    Paused,
+    Running,
+    Shutoff,
+    State,
+)
+from drivers.qemu.domain_xml import DomainDef, LiveState
+from drivers.qemu.process import QemuProcess, append_log, log_timestamp, pid_alive
+from drivers.qemu.status import Status, format_status, parse_status, write_atomic
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+MAX_SOCKET_PATH = 107
+
+# virConnectListAllDomainsFlags
+LIST_ACTIVE = 1 << 0
+LIST_INACTIVE = 1 << 1
+LIST_PERSISTENT = 1 << 2
+LIST_TRANSIENT = 1 << 3
+LIST_RUNNING = 1 << 4
+LIST_PAUSED = 1 << 5
+LIST_SHUTOFF = 1 << 6
+LIST_OTHER = 1 << 7
+LIST_MANAGEDSAVE = 1 << 8
+LIST_NO_MANAGEDSAVE = 1 << 9
+LIST_AUTOSTART = 1 << 10
+LIST_NO_AUTOSTART = 1 << 11
+LIST_HAS_SNAPSHOT = 1 << 12
+LIST_NO_SNAPSHOT = 1 << 13
+LIST_HAS_CHECKPOINT = 1 << 14
+LIST_NO_CHECKPOINT = 1 << 15
+
+START_PAUSED = 1 << 0
+DESTROY_GRACEFUL = 1 << 0
+XML_SECURE = 1 << 0
+XML_INACTIVE = 1 << 1
+XML_UPDATE_CPU = 1 << 2
+XML_MIGRATABLE = 1 << 3
+
+CONFIG_HEADER = (
+    "<!--\nDefinition of a guest kept by aiovirtd. Edit it with virsh edit {name},\n"
+    "not here: changes made to this file are not seen until the daemon restarts.\n-->\n"
+)
+
+
+def _no_domain(what: str) -> VirError:
+    return VirError(ErrorCode.NO_DOMAIN, f"Domain not found: {what}", ErrorDomain.QEMU)
+
+
+def _not_running() -> VirError:
+    return VirError(
+        ErrorCode.OPERATION_INVALID,
+        "Requested operation is not valid: domain is not running",
+        ErrorDomain.QEMU,
+    )
+
+
+class QemuDriver:
+    """The ``qemu:///system`` driver."""
+
+    uri = "qemu:///system"
+
+    def __init__(self, paths: Paths, bus: EventBus) -> None:
+        self.paths = paths
+        self.dirs = DriverPaths(paths, "qemu")
+        self.bus = bus
+        self.all_caps: dict[str, QemuCaps] = {}
+        self._by_uuid: dict[bytes, Domain] = {}
+        self._by_name: dict[str, Domain] = {}
+        self._by_id: dict[int, Domain] = {}
+        self._next_id = 1
+        self._caps_xml: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- life of the driver ----------------------------------------------------
+
+    async def startup(self) -> None:
+        d = self.dirs
+        for path in (d.config_dir, d.state_dir, d.lib_dir, d.log_dir, d.cache_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        self.all_caps = await capabilities.probe_all(d.cache_dir)
+        if host.host_arch() not in self.all_caps:
+            raise RuntimeError(f"no QEMU emulator found for {host.host_arch()}")
+        self._load_configs()
+        await self._reattach_all()
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(
+            *(dom.process.detach() for dom in self._by_id.values() if dom.process),
+            return_exceptions=True,
+        )
+
+    @property
+    def caps(self) -> QemuCaps:
+        """Capabilities of the emulator for the host's own architecture."""
+        return self.all_caps[host.host_arch()]
+
+    def capabilities(self) -> str:
+        if self._caps_xml is None:
+            self._caps_xml = capabilities.capabilities_xml(
+                self.all_caps, host.host_cpu(), host.numa_cells()
+            )
+        return self._caps_xml
+
+    def get_version(self) -> int:
+        return self.caps.version
+
+    # -- lookups ---------------------------------------------------------------
+
+    def lookup_by_name(self, name: str) -> Domain:
+        dom = self._by_name.get(name)
+        if dom is None:
+            raise _no_domain(f"no domain with matching name '{name}'")
+        return dom
+
+    def lookup_by_uuid(self, uuid: bytes, name: str | None = None) -> Domain:
+        """By UUID; ``name`` (from a client's handle) only decorates the error."""
+        dom = self._by_uuid.get(uuid)
+        if dom is None:
+            text = f"no domain with matching uuid '{uuidlib.UUID(bytes=uuid)}'"
+            raise _no_domain(f"{text} ({name})" if name is not None else text)
+        return dom
+
+    def lookup_by_id(self, id: int) -> Domain:
+        dom = self._by_id.get(id)
+        if dom is None:
+            raise _no_domain(f"no domain with matching id {id}")
+        return dom
+
+    def list_domains(self, flags: int = 0) -> list[Domain]:
+        return [dom for dom in self._by_uuid.values() if _matches(dom, flags)]
+
+    def num_of_domains(self) -> int:
+        return len(self._by_id)
+
+    def active_ids(self) -> list[int]:
+        return sorted(self._by_id)
+
+    def defined_names(self) -> list[str]:
+        return [d.name for d in self._by_uuid.values() if not d.active]
+
+    # -- definitions -------------------------------------------------------------
+
+    def _parse(self, xml: str) -> DomainDef:
+        return domain_xml.parse(xml, self.caps)
+
+    def _find_existing(self, d: DomainDef, check_live: bool) -> Domain | None:
+        """The domain ``d`` redefines, or None; clashes raise as libvirtd does."""
+        uuid = uuidlib.UUID(d.uuid).bytes
+        dom = self._by_uuid.get(uuid)
+        if dom is not None:
+            if dom.name != d.name:
+                raise VirError(
+                    ErrorCode.OPERATION_FAILED,
+                    f"operation failed: domain '{dom.name}' is already defined"
+                    f" with uuid {dom.uuid_str}",
+                    ErrorDomain.DOMAIN,
+                )
+            if check_live and dom.active:
+                raise VirError(
+                    ErrorCode.OPERATION_INVALID,
+                    f"Requested operation is not valid: domain '{dom.name}' is already active",
+                    ErrorDomain.DOMAIN,
+                )
+            if check_live and not dom.persistent:
+                raise VirError(
+                    ErrorCode.OPERATION_INVALID,
+                    f"Requested operation is not valid: domain '{dom.name}'"
+                    " is already being started",
+                    ErrorDomain.DOMAIN,
+                )
+            return dom
+        other = self._by_name.get(d.name)
+        if other is not None:
+            raise VirError(
+                ErrorCode.OPERATION_FAILED,
+                f"operation failed: domain '{d.name}' already exists with uuid {other.uuid_str}",
+                ErrorDomain.DOMAIN,
+            )
+        return None
+
+    def _register(self, dom: Domain) -> None:
+        self._by_uuid[dom.uuid] = dom
+        self._by_name[dom.name] = dom
+
+    def _forget(self, dom: Domain) -> None:
+        dom.removed = True
+        self._by_uuid.pop(dom.uuid, None)
+        self._by_name.pop(dom.name, None)
+
+    def _config_path(self, name: str) -> Path:
+        return self.dirs.config_dir / f"{name}.xml"
+
+    def _save_config(self, d: DomainDef) -> None:
+        text = domain_xml.format(d, inactive=True, secure=True)
+        write_atomic(self._config_path(d.name), CONFIG_HEADER.format(name=d.name) + text)
+
+    def _load_configs(self) -> None:
+        for path in sorted(self.dirs.config_dir.glob("*.xml")):
+            try:
+                d = self._parse(path.read_text())
+                if path.stem != d.name:
+                    raise ValueError(f"file name does not match domain name '{d.name}'")
+                if self._find_existing(d, check_live=False) is not None:
+                    raise ValueError("duplicate domain")
+            except (OSError, ValueError, VirError) as e:
+                log.error("skipping domain config %s: %s", path, e)
+                continue
+            self._register(Domain(d, persistent=True))
+
+    async def define_xml(self, xml: str, flags: int = 0) -> Domain:
+        d = self._parse(xml)
+        dom = self._find_existing(d, check_live=False)
+        if dom is None:
+            dom = Domain(d, persistent=True)
+            self._save_config(d)
+            self._register(dom)
+            detail = Detail.DEFINED_ADDED
+        else:
+            detail = Detail.DEFINED_UPDATED if dom.persistent else Detail.DEFINED_ADDED
+            self._save_config(d)
+            dom.set_config(d)
+        self._emit(dom, Event.DEFINED, detail)
+        return dom
+
+    async def undefine(self, dom: Domain, flags: int = 0) -> None:
+        async with dom.lock:
+            self._check_present(dom)
+            if not dom.persistent:
+                raise VirError(
+                    ErrorCode.OPERATION_INVALID,
+                    "Requested operation is not valid: cannot undefine transient domain",
+                    ErrorDomain.QEMU,
+                )
+            try:
+                os.unlink(self._config_path(dom.name))
+            except FileNotFoundError:
+                pass
+            self._emit(dom, Event.UNDEFINED, Detail.UNDEFINED_REMOVED)
+            dom.set_config(None)
+            if not dom.active:
+                self._forget(dom)
+
+    # -- starting ------------------------------------------------------------------
+
+    def _check_present(self, dom: Domain) -> None:
+        if dom.removed:
+            raise _no_domain(f"no domain with matching uuid '{dom.uuid_str}' ({dom.name})")
+
+    async def create(self, dom: Domain, flags: int = 0) -> None:
+        async with dom.lock:
+            self._check_present(dom)
+            if dom.active:
+                raise VirError(
+                    ErrorCode.OPERATION_INVALID,
+                    "Requested operation is not valid: domain is already running",
+                    ErrorDomain.QEMU,
+                )
+            await self._start(dom, dom.definition, paused=bool(flags & START_PAUSED))
+
+    async def create_xml(self, xml: str, flags: int = 0) -> Domain:
+        d = self._parse(xml)
+        dom = self._find_existing(d, check_live=True)
+        transient = dom is None
+        if dom is None:
+            dom = Domain(d, persistent=False)
+            self._register(dom)
+        async with dom.lock:
+            try:
+                await self._start(dom, d, paused=bool(flags & START_PAUSED))
+            except BaseException:
+                if transient:
+                    self._forget(dom)
+                raise
+        return dom
+
+    def _monitor_path(self, dom: Domain) -> str:
+        """A monitor socket path that fits in sun_path even under a long test root."""
+        path = str(self.dirs.state_dir / f"{dom.uuid_str}.monitor")
+        if len(path.encode()) <= MAX_SOCKET_PATH:
+            return path
+        tag = hashlib.sha256(str(self.dirs.state_dir).encode()).hexdigest()[:12]
+        short = Path(tempfile.gettempdir()) / f"aiovirtd-{tag}"
+        short.mkdir(mode=0o700, exist_ok=True)
+        return str(short / f"{dom.uuid_str}.monitor")
+
+    def _header(self) -> str:
+        caps = self.caps
+        v = caps.version
+        return (
+            f"starting up aiovirtd version: {VERSION}, qemu version:"
+            f" {v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}{caps.package},"
+            f" kernel: {platform.release()}, hostname: {socket.gethostname()}"
+        )
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "LC_ALL": "C",
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": str(self.dirs.lib_dir),
+        }
+
+    async def _start(self, dom: Domain, d: DomainDef, paused: bool) -> None:
+        """Launch QEMU for ``d``, stopped, learn its live facts, then let it run."""
+        from drivers.qemu import command  # written alongside; imported where it is used
+
+        id = self._next_id
+        self._next_id += 1
+        # The command builder fills in aliases and paths: that is the live
+        # definition's business, the persistent one must stay as defined.
+        d = copy.deepcopy(d)
+        monitor_path = self._monitor_path(dom)
+        pidfile = self.dirs.state_dir / f"{d.name}.pid"
+        channel_dir = self.dirs.lib_dir / "channel" / "target" / f"domain-{id}-{d.name[:20]}"
+        argv = command.build_argv(
+            d,
+            self.caps,
+            monitor_path=monitor_path,
+            pidfile=str(pidfile),
+            channel_dir=str(channel_dir),
+        )
+        log_path = self.dirs.log_dir / f"{d.name}.log"
+        proc = await QemuProcess.launch(
+            argv,
+            name=d.name,
+            monitor_path=monitor_path,
+            log_path=log_path,
+            env=self._env(),
+            on_event=lambda name, data: self._on_qmp_event(dom, name, data),
+            on_exit=lambda p: self._on_exit(dom, p),
+            header=self._header(),
+        )
+        dom.process = proc
+        dom.started(id, d, LiveState(id=id))
+        dom.set_state(State.PAUSED, Paused.STARTING_UP)
+        self._by_id[id] = dom
+        try:
+            dom.live_state = await self._live_facts(proc, d, id)
+            if paused:
+                self._emit(dom, Event.STARTED, Detail.STARTED_BOOTED)
+                dom.set_state(State.PAUSED, Paused.USER)
+                self._emit(dom, Event.SUSPENDED, Detail.SUSPENDED_PAUSED)
+            else:
+                await proc.monitor.execute("cont")
+                dom.set_state(State.RUNNING, Running.BOOTED)
+                self._emit(dom, Event.STARTED, Detail.STARTED_BOOTED)
+            self._save_status(dom)
+        except BaseException:
+            dom.stop_reason = Shutoff.FAILED
+            await proc.kill(graceful=False)
+            await self._finish_stop(dom, proc, emit=False)
+            raise
+
+    async def _live_facts(self, proc: QemuProcess, d: DomainDef, id: int) -> LiveState:
+        """What QEMU chose at start that the live XML shows: pty paths, VNC port."""
+        live = LiveState(id=id)
+        for chardev in await proc.monitor.execute("query-chardev"):
+            filename = chardev.get("filename", "")
+            if filename.startswith("pty:"):
+                live.pty_paths[chardev["label"]] = filename[4:]
+        kinds = {g.type for g in d.devices.graphics}
+        if "vnc" in kinds:
+            vnc = await proc.monitor.execute("query-vnc")
+            if vnc.get("enabled") and str(vnc.get("service", "")).isdigit():
+                live.vnc_port = int(vnc["service"])
+        if "spice" in kinds:
+            spice = await proc.monitor.execute("query-spice")
+            if spice.get("enabled") and spice.get("port"):
+                live.spice_port = int(spice["port"])
+        return live
+
+    # -- stopping ------------------------------------------------------------------
+
+    async def destroy(self, dom: Domain, flags: int = 0) -> None:
+        """Kill the guest's QEMU; deliberately not behind the domain lock, so a
+        guest whose monitor hangs can still be destroyed."""
+        self._check_present(dom)
+        proc = dom.process
+        if proc is None or not dom.active:
+            raise _not_running()
+        dom.stop_reason = Shutoff.DESTROYED
+        if not await proc.kill(graceful=bool(flags & DESTROY_GRACEFUL)):
+            dom.stop_reason = None
+            raise VirError(
+                ErrorCode.OPERATION_FAILED,
+                "operation failed: failed to kill qemu process with SIGTERM",
+                ErrorDomain.QEMU,
+            )
+        await self._finish_stop(dom, proc)
+
+    def _on_exit(self, dom: Domain, proc: QemuProcess) -> None:
+        if dom.process is proc:
+            self._spawn(self._finish_stop(dom, proc))
+
+    async def _finish_stop(self, dom: Domain, proc: QemuProcess, emit: bool = True) -> None:
+        """Turn a guest whose QEMU has gone into a shut off domain (once)."""
+        await proc.monitor.close()  # takes in the events QEMU sent before it went
+        if dom.process is not proc:
+            return
+        if dom.stop_reason is not None:
+            reason = dom.stop_reason
+        elif dom.got_shutdown:
+            reason = Shutoff.SHUTDOWN
+        else:
+            reason = Shutoff.CRASHED
+        log_path = self.dirs.log_dir / f"{dom.name}.log"
+        try:
+            append_log(log_path, f"{log_timestamp()}: shutting down, reason={reason.name.lower()}\n")
+        except OSError:
+            pass
+        self._by_id.pop(dom.id, None)
+        for path in (
+            self.dirs.state_dir / f"{dom.name}.xml",
+            self.dirs.state_dir / f"{dom.name}.pid",
+            Path(proc.monitor_path),
+        ):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        dom.stopped(reason)
+        if emit:
+            self._emit(dom, Event.STOPPED, STOP_OUTCOME[reason])
+        if not dom.persistent:
+            self._forget(dom)
+
+    # -- pausing -------------------------------------------------------------------
+
+    def _monitor_of(self, dom: Domain) -> QemuProcess:
+        self._check_present(dom)
+        if dom.process is None or not dom.active:
+            raise _not_running()
+        return dom.process
+
+    async def suspend(self, dom: Domain) -> None:
+        async with dom.lock:
+            proc = self._monitor_of(dom)
+            if dom.state != State.PAUSED:
+                dom.pause_reason = Paused.USER
+                await proc.monitor.execute("stop")
+                self._cpus_stopped(dom)
+
+    async def resume(self, dom: Domain) -> None:
+        async with dom.lock:
+            proc = self._monitor_of(dom)
+            if dom.state == State.PAUSED:
+                await proc.monitor.execute("cont")
+                self._cpus_resumed(dom)
+
+    def _cpus_stopped(self, dom: Domain) -> None:
+        if dom.state == State.RUNNING:
+            dom.set_state(State.PAUSED, dom.pause_reason)
+            dom.pause_reason = Paused.UNKNOWN
+            self._emit(dom, Event.SUSPENDED, Detail.SUSPENDED_PAUSED)
+            self._save_status(dom)
+
+    def _cpus_resumed(self, dom: Domain) -> None:
+        if dom.state == State.PAUSED:
+            dom.set_state(State.RUNNING, Running.UNPAUSED)
+            self._emit(dom, Event.RESUMED, Detail.RESUMED_UNPAUSED)
+            self._save_status(dom)
+
+    def _on_qmp_event(self, dom: Domain, name: str, data: dict) -> None:
+        if name == "STOP":
+            self._cpus_stopped(dom)
+        elif name == "RESUME":
+            self._cpus_resumed(dom)
+        elif name == "SHUTDOWN":
+            dom.got_shutdown = True
+            guest = bool(data.get("guest"))
+            dom.set_state(State.SHUTDOWN, 0)
+            self._emit(dom, Event.SHUTDOWN, Detail.SHUTDOWN_GUEST if guest else Detail.SHUTDOWN_HOST)
+            if guest and dom.stop_reason is None and dom.process is not None:
+                # -no-shutdown keeps QEMU alive after a power-off; on_poweroff decides.
+                dom.stop_reason = Shutoff.SHUTDOWN
+                self._spawn(dom.process.kill(graceful=False))
+
+    # -- status files and re-attach --------------------------------------------------
+
+    def _save_status(self, dom: Domain) -> None:
+        proc, live, d = dom.process, dom.live_state, dom.live
+        if proc is None or live is None or d is None:
+            return
+        st = Status(
+            state=dom.state,
+            reason=dom.reason,
+            pid=proc.pid,
+            monitor_path=proc.monitor_path,
+            id=dom.id,
+            domain_xml=domain_xml.format(d, inactive=True, secure=True),
+            vnc_port=live.vnc_port,
+            spice_port=live.spice_port,
+            pty_paths=live.pty_paths,
+        )
+        try:
+            write_atomic(self.dirs.state_dir / f"{d.name}.xml", format_status(st))
+        except OSError:
+            log.exception("cannot write the status of %s", d.name)
+
+    async def _reattach_all(self) -> None:
+        found = []
+        for path in sorted(self.dirs.state_dir.glob("*.xml")):
+            try:
+                st = parse_status(path.read_text())
+                d = self._parse(st.domain_xml)
+            except (OSError, ValueError, KeyError, VirError) as e:
+                log.error("ignoring unreadable status file %s: %s", path, e)
+                continue
+            found.append((path, st, d))
+            self._next_id = max(self._next_id, st.id + 1)
+        await asyncio.gather(*(self._reattach(*item) for item in found))
+
+    async def _reattach(self, path: Path, st: Status, d: DomainDef) -> None:
+        uuid = uuidlib.UUID(d.uuid).bytes
+        dom = self._by_uuid.get(uuid)
+        if dom is None:
+            if d.name in self._by_name:
+                log.error("status file %s clashes with domain %s", path, d.name)
+                return
+            dom = Domain(d, persistent=False)
+            self._register(dom)
+        proc: QemuProcess | None = None
+        if pid_alive(st.pid) and _is_our_qemu(st.pid, d.uuid):
+            try:
+                proc = await QemuProcess.attach(
+                    d.name,
+                    st.pid,
+                    st.monitor_path,
+                    on_event=lambda name, data: self._on_qmp_event(dom, name, data),
+                    on_exit=lambda p: self._on_exit(dom, p),
+                )
+                status = await proc.monitor.execute("query-status")
+            except (OSError, VirError, asyncio.TimeoutError, Exception) as e:
+                log.error("cannot re-attach to %s (pid %d): %s", d.name, st.pid, e)
+                if proc is not None:
+                    await proc.kill(graceful=False)
+                    await proc.monitor.close()
+                else:
+                    _kill_quietly(st.pid)
+                proc = None
+        if proc is None:
+            for stale in (path, self.dirs.state_dir / f"{d.name}.pid", Path(st.monitor_path)):
+                try:
+                    os.unlink(stale)
+                except FileNotFoundError:
+                    pass
+            dom.stopped(Shutoff.CRASHED)
+            if not dom.persistent:
+                self._forget(dom)
+            return
+        live = LiveState(
+            id=st.id, pty_paths=st.pty_paths, vnc_port=st.vnc_port, spice_port=st.spice_port
+        )
+        dom.process = proc
+        dom.started(st.id, d, live)
+        if status.get("running"):
+            reason = st.reason if st.state == State.RUNNING else Running.UNKNOWN
+            dom.set_state(State.RUNNING, reason)
+        else:
+            reason = st.reason if st.state == State.PAUSED else Paused.UNKNOWN
+            dom.set_state(State.PAUSED, reason)
+        self._by_id[st.id] = dom
+        self._save_status(dom)
+        if not proc.alive:  # went away while we were connecting
+            self._on_exit(dom, proc)
+
+    # -- reads ---------------------------------------------------------------------
+
+    def get_xml_desc(self, dom: Domain, flags: int = 0) -> str:
+        key = flags & (XML_SECURE | XML_INACTIVE | XML_MIGRATABLE)
+        xml = dom.xml_cache.get(key)
+        if xml is None:
+            secure = bool(flags & XML_SECURE)
+            if flags & (XML_INACTIVE | XML_MIGRATABLE) or not dom.active:
+                d = dom.config if (flags & XML_INACTIVE and dom.config) else dom.definition
+                xml = domain_xml.format(d, inactive=True, secure=secure)
+            else:
+                xml = domain_xml.format(dom.definition, inactive=False, secure=secure,
+                                        live=dom.live_state)
+            dom.xml_cache[key] = xml
+        return xml
+
+    def get_info(self, dom: Domain) -> DomainInfo:
+        return dom.info()
+
+    def get_state(self, dom: Domain) -> tuple[int, int]:
+        return int(dom.state), int(dom.reason)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _emit(self, dom: Domain, event: Event, detail: int) -> None:
+        self.bus.emit("domain-lifecycle", dom, event=int(event), detail=int(detail))
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background QEMU task failed", exc_info=task.exception())
+
+
+def _matches(dom: Domain, flags: int) -> bool:
+    """Whether ``dom`` passes the virConnectListAllDomains filter ``flags``."""
+
+    def group(yes: int, no: int, value: bool) -> bool:
+        if flags & (yes | no) in (0, yes | no):
+            return True
+        return bool(flags & yes) == value
+
+    if not group(LIST_ACTIVE, LIST_INACTIVE, dom.active):
+        return False
+    if not group(LIST_PERSISTENT, LIST_TRANSIENT, dom.persistent):
+        return False
+    states = flags & (LIST_RUNNING | LIST_PAUSED | LIST_SHUTOFF | LIST_OTHER)
+    if states:
+        s = dom.state
+        bit = (
+            LIST_RUNNING if s == State.RUNNING
+            else LIST_PAUSED if s == State.PAUSED
+            else LIST_SHUTOFF if s == State.SHUTOFF
+            else LIST_OTHER
+        )
+        if not states & bit:
+            return False
+    # No managed save, autostart, snapshots or checkpoints exist here yet.
+    if flags & LIST_MANAGEDSAVE or flags & LIST_AUTOSTART:
+        return False
+    if flags & LIST_HAS_SNAPSHOT or flags & LIST_HAS_CHECKPOINT:
+        return False
+    return True
+
+
+def _is_our_qemu(pid: int, uuid: str) -> bool:
+    """The process is a QEMU started for this guest, not a recycled pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return b"qemu" in cmdline.split(b"\0", 1)[0] and uuid.encode() in cmdline
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
