@@ -3,7 +3,8 @@
 ``compile_files(paths, name)`` parses the files as one unit and returns a module
 with constants, enum dicts, struct classes and ``T_codec`` objects (see
 docs/architecture.md "Codec API" and docs/xdr.md). The generated source is
-cached on disk, keyed by the sources and the compiler version.
+cached on disk, keyed by the sources and the generator version; on a cache hit
+neither the parser nor the generator is imported.
 """
 
 from __future__ import annotations
@@ -11,52 +12,53 @@ from __future__ import annotations
 import hashlib
 import marshal
 import os
-import tempfile
 import types
-from pathlib import Path
 
-from .codegen import COMPILER_VERSION, CompiledUnit, generate
-from .lexer import CompileError
-from .parser import parse
-from .runtime import Codec, XDRError, build_module
+from .runtime import GENERATED_VERSION, Codec, CompileError, XDRError, build_module
 
 __all__ = ["CompileError", "Codec", "XDRError", "compile_files", "compile_text"]
 
 
-def _cache_dir() -> Path:
+def _cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "aiovirtd"
+    return os.path.join(base, "aiovirtd")
 
 
-def _compile(sources: list[tuple[str, str]]) -> CompiledUnit:
+def _compile(sources: list[tuple[str, str]]) -> tuple:
+    from .codegen import generate
+    from .parser import parse
+
     defs = []
     for text, path in sources:
         defs.extend(parse(text, path))
     return generate(defs)
 
 
-def _load_cached(sources: list[tuple[str, str]], name: str, cache: bool) -> CompiledUnit:
+def _load_cached(sources: list[tuple[str, str]], name: str, cache: bool) -> tuple:
     if not cache:
         return _compile(sources)
-    h = hashlib.sha256(COMPILER_VERSION.encode())
+    h = hashlib.sha256(GENERATED_VERSION.encode())
     for text, path in sources:
         h.update(b"\0" + os.path.basename(path).encode() + b"\0" + text.encode())
     stem = "xdr-" + "".join(c if c.isalnum() else "_" for c in name)
-    path = _cache_dir() / f"{stem}-{h.hexdigest()[:32]}.marshal"
+    directory = _cache_dir()
+    path = os.path.join(directory, f"{stem}-{h.hexdigest()[:32]}.marshal")
     try:
-        return CompiledUnit.from_data(marshal.loads(path.read_bytes()))
+        with open(path, "rb") as f:
+            return tuple(marshal.load(f))
     except (OSError, ValueError, EOFError, TypeError):
         pass
     unit = _compile(sources)
     try:  # best effort: an unwritable cache only costs compile time
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".xdr-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(marshal.dumps(unit.to_data()))
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            marshal.dump(unit, f)
         os.replace(tmp, path)
-        for stale in path.parent.glob(f"{stem}-*.marshal"):
-            if stale != path:
-                stale.unlink(missing_ok=True)
+        for entry in os.listdir(directory):
+            if entry.startswith(stem + "-") and entry.endswith(".marshal") and \
+                    os.path.join(directory, entry) != path:
+                os.unlink(os.path.join(directory, entry))
     except OSError:
         pass
     return unit

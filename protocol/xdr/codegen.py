@@ -17,15 +17,17 @@ from __future__ import annotations
 import keyword
 from dataclasses import dataclass
 
-from .lexer import CompileError
+from .runtime import CompileError
 from .parser import Const, Decl, Definition, Enum, Struct, Typedef, Union
 
-__all__ = ["CompiledUnit", "generate", "COMPILER_VERSION"]
-
-# Bump when the generated code changes, so cached units are rebuilt.
-COMPILER_VERSION = "1"
+__all__ = ["Unit", "generate"]
 
 UNBOUNDED = 0xFFFFFFFF
+
+# A struct or union with at most this many fields/arms is coded in place in
+# the code of the types that contain it (saving a call per value), to this depth.
+_INLINE_ITEMS = 8
+_INLINE_DEPTH = 2
 
 
 # -- shapes: what a declaration looks like on the wire, typedefs resolved ------
@@ -113,21 +115,10 @@ def fixed_size(shape: Shape) -> int | None:
     return None
 
 
-@dataclass(slots=True)
-class CompiledUnit:
-    """Everything a module needs, in plain data so it can be cached with marshal."""
-
-    consts: dict[str, int]
-    enums: dict[str, dict[str, int]]
-    comments: dict[str, dict[str, list[str]]]
-    chunks: dict[str, tuple[str, tuple[str, ...]]]  # type name -> (source, deps)
-
-    def to_data(self) -> tuple:
-        return (self.consts, self.enums, self.comments, self.chunks)
-
-    @classmethod
-    def from_data(cls, data: tuple) -> "CompiledUnit":
-        return cls(*data)
+# consts, enums, enum member comments, {type name: (source, deps)}: plain data
+# so that it can be cached with marshal.
+Unit = tuple[dict[str, int], dict[str, dict[str, int]], dict[str, dict[str, list[str]]],
+             dict[str, tuple[str, tuple[str, ...]]]]
 
 
 # -- the generator ---------------------------------------------------------------
@@ -156,8 +147,9 @@ class _Gen:
             if isinstance(d, Enum):
                 self.enums[d.name] = {m.name: self.consts[m.name] for m in d.members}
                 self.comments[d.name] = {m.name: m.comments for m in d.members if m.comments}
-        self._resolving: set[str] = set()
         self._min_sizes: dict[str, int] = {}
+        self._unions: dict[str, tuple[Prim, list[tuple[list[int], Decl]]]] = {}
+        self._recursive: dict[str, bool] = {}
 
     def _add_const(self, name: str, value: int | str, where: str) -> None:
         old = self.const_defs.get(name)
@@ -224,6 +216,63 @@ class _Gen:
             return self.shape(d.decl, _seen | {t})
         return Named(t)
 
+    def attrs(self, d: Struct) -> list[str]:
+        attrs = [attr_name(f.name) for f in d.fields]
+        if len(set(attrs)) != len(attrs):
+            raise CompileError(f"{d.where}: struct {d.name} has duplicate field names")
+        return attrs
+
+    def union_info(self, d: Union) -> tuple[Prim, list[tuple[list[int], Decl]]]:
+        """Discriminant shape and arms with resolved case values (checked once)."""
+        if d.name in self._unions:
+            return self._unions[d.name]
+        t = d.discriminant.type
+        disc = self.base_shape(t, d.discriminant.where) if t not in ("opaque", "string") else None
+        if not isinstance(disc, Prim) or disc.kind not in ("i", "I", "enum", "bool"):
+            raise CompileError(f"{d.where}: union {d.name} discriminant must be int, "
+                               f"unsigned int, bool or an enum")
+        arms: list[tuple[list[int], Decl]] = []
+        seen: set[int] = set()
+        for arm in d.arms:
+            values = [self.resolve(v, arm.decl.where) for v in arm.cases]
+            for v in values:
+                if v in seen:
+                    raise CompileError(f"{arm.decl.where}: case {v} repeated in union {d.name}")
+                seen.add(v)
+            arms.append((values, arm.decl))
+        self._unions[d.name] = (disc, arms)
+        return disc, arms
+
+    def named_refs(self, name: str) -> set[str]:
+        """Structs and unions that *name*'s encoding refers to directly."""
+        d = self.types[name]
+        decls = (d.fields if isinstance(d, Struct)
+                 else [a.decl for a in d.arms] + ([d.default] if d.default else []))
+        refs: set[str] = set()
+
+        def walk(shape: Shape) -> None:
+            if isinstance(shape, Named):
+                refs.add(shape.name)
+            elif isinstance(shape, (Array, Optional)):
+                walk(shape.elem)
+        for decl in decls:
+            if decl.kind != "void":
+                walk(self.shape(decl))
+        return refs
+
+    def recursive(self, name: str) -> bool:
+        """Whether *name* can contain itself (such types are never inlined)."""
+        if name not in self._recursive:
+            seen: set[str] = set()
+            todo = list(self.named_refs(name))
+            while todo:
+                ref = todo.pop()
+                if ref not in seen:
+                    seen.add(ref)
+                    todo.extend(self.named_refs(ref))
+            self._recursive[name] = name in seen
+        return self._recursive[name]
+
     def min_size(self, shape: Shape) -> int:
         fs = fixed_size(shape)
         if fs is not None:
@@ -247,7 +296,7 @@ class _Gen:
 
     # -- output -------------------------------------------------------------
 
-    def unit(self) -> CompiledUnit:
+    def unit(self) -> Unit:
         chunks: dict[str, tuple[str, tuple[str, ...]]] = {}
         for name, d in self.types.items():
             chunk = _Chunk(self, name)
@@ -260,7 +309,7 @@ class _Gen:
             else:
                 chunk.typedef(d)
             chunks[name] = chunk.finish()
-        return CompiledUnit(self.consts, self.enums, self.comments, chunks)
+        return self.consts, self.enums, self.comments, chunks
 
 
 def attr_name(field: str) -> str:
@@ -279,6 +328,16 @@ class _Chunk:
         self.deps: set[str] = set()
         self.counter = 0
         self.structs: dict[tuple[str, str], str] = {}
+        self.inlining: list[str] = []
+
+    def inlinable(self, name: str) -> Struct | Union | None:
+        """The definition to inline in place of a call, if it is small and not recursive."""
+        d = self.gen.types[name]
+        if (name == self.name or name in self.inlining or len(self.inlining) >= _INLINE_DEPTH
+                or self.gen.recursive(name)):
+            return None
+        size = len(d.fields) if isinstance(d, Struct) else len(d.arms) + 1
+        return d if size <= _INLINE_ITEMS else None  # type: ignore[return-value]
 
     def finish(self) -> tuple[str, tuple[str, ...]]:
         self.deps.discard(self.name)
@@ -437,8 +496,18 @@ class _Chunk:
             out.append(f"{ind}else: {target} = None")
         else:
             assert isinstance(shape, Named)
-            self.deps.add(shape.name)
-            out.append(f"{ind}{target}, pos = _u_{shape.name}(data, pos)")
+            d = self.inlinable(shape.name)
+            if d is None:
+                self.deps.add(shape.name)
+                out.append(f"{ind}{target}, pos = _u_{shape.name}(data, pos)")
+                return
+            self.inlining.append(d.name)
+            if isinstance(d, Struct):
+                value = self.struct_dec(d, ind, out)
+            else:
+                value = self.union_dec(d, ind, out)
+            self.inlining.pop()
+            out.append(f"{ind}{target} = {value}")
 
     # -- encoding -------------------------------------------------------------
 
@@ -511,8 +580,21 @@ class _Chunk:
             self.enc_run([(shape, expr, what)], ind, out)
             return
         if isinstance(shape, Named):
-            self.deps.add(shape.name)
-            out.append(f"{ind}_p_{shape.name}({expr}, out)")
+            d = self.inlinable(shape.name)
+            if d is None:
+                self.deps.add(shape.name)
+                out.append(f"{ind}_p_{shape.name}({expr}, out)")
+                return
+            if not expr.isidentifier():
+                var = self.tmp("v")
+                out.append(f"{ind}{var} = {expr}")
+                expr = var
+            self.inlining.append(d.name)
+            if isinstance(d, Struct):
+                self.struct_enc(d, expr, ind, out)
+            else:
+                self.union_enc(d, expr, ind, out)
+            self.inlining.pop()
             return
         var = self.tmp("v")
         if isinstance(shape, String):
@@ -575,10 +657,7 @@ class _Chunk:
 
     def struct(self, d: Struct) -> None:
         name = d.name
-        attrs = [attr_name(f.name) for f in d.fields]
-        if len(set(attrs)) != len(attrs):
-            raise CompileError(f"{d.where}: struct {name} has duplicate field names")
-        shapes = [self.gen.shape(f) for f in d.fields]
+        attrs = self.gen.attrs(d)
         b = self.body
         b.append(f"class {name}:")
         b.append(f"    __slots__ = {tuple(attrs)!r}")
@@ -592,77 +671,80 @@ class _Chunk:
                  + ")'")
         b.append("    __hash__ = None")
         b.append(f"def _p_{name}(v, out):")
-        self.fields_code([(s, f"v.{a}", f"{name}.{a}") for s, a in zip(shapes, attrs)],
-                         True, "    ", b)
+        self.struct_enc(d, "v", "    ", b)
         b.append(f"def _u_{name}(data, pos):")
-        targets = [f"_f{i}" for i in range(len(attrs))]
-        self.fields_code([(s, t, f"{name}.{a}") for s, t, a in zip(shapes, targets, attrs)],
-                         False, "    ", b)
-        b.append(f"    return {name}({', '.join(targets)}), pos")
+        b.append(f"    return {self.struct_dec(d, '    ', b)}, pos")
         self.codec(name)
+
+    def struct_enc(self, d: Struct, var: str, ind: str, out: list[str]) -> None:
+        items = [(self.gen.shape(f), f"{var}.{a}", f"{d.name}.{a}")
+                 for f, a in zip(d.fields, self.gen.attrs(d))]
+        self.fields_code(items, True, ind, out)
+
+    def struct_dec(self, d: Struct, ind: str, out: list[str]) -> str:
+        """Decode the fields into fresh locals; returns the constructor call."""
+        targets = [self.tmp("f") for _ in d.fields]
+        items = [(self.gen.shape(f), t, f"{d.name}.{a}")
+                 for f, t, a in zip(d.fields, targets, self.gen.attrs(d))]
+        self.fields_code(items, False, ind, out)
+        if d.name != self.name:
+            self.deps.add(d.name)  # its class
+        return f"{d.name}({', '.join(targets)})"
 
     def union(self, d: Union) -> None:
         name = d.name
-        disc = self.gen.base_shape(d.discriminant.type, d.discriminant.where) \
-            if d.discriminant.type not in ("opaque", "string") else None
-        if not isinstance(disc, Prim) or disc.kind not in ("i", "I", "enum", "bool"):
-            raise CompileError(f"{d.where}: union {name} discriminant must be int, "
-                               f"unsigned int, bool or an enum")
-        arms: list[tuple[list[int], Decl]] = []
-        seen: set[int] = set()
-        for arm in d.arms:
-            values = [self.gen.resolve(v, arm.decl.where) for v in arm.cases]
-            for v in values:
-                if v in seen:
-                    raise CompileError(f"{arm.decl.where}: case {v} repeated in union {name}")
-                seen.add(v)
-            arms.append((values, arm.decl))
         b = self.body
-        dfmt = "I" if disc.kind in ("I", "bool") else "i"
         b.append(f"def _p_{name}(v, out):")
-        b.append("    _d, _a = v")
-        b.append(f"    out += _P{dfmt}(_d)")
-        self.union_arms(arms, d.default, disc, True, b)
+        self.union_enc(d, "v", "    ", b)
         b.append(f"def _u_{name}(data, pos):")
-        b.append(f"    _d, = _U{dfmt}(data, pos)")
-        b.append("    pos += 4")
-        if d.default is not None:
-            self.dec_checks(disc, "_d", f"{name} discriminant", "    ", b, convert=False)
-        self.union_arms(arms, d.default, disc, False, b)
-        b.append("    return (_d, _a), pos")
+        b.append(f"    return {self.union_dec(d, '    ', b)}, pos")
         self.codec(name)
 
-    def union_arms(self, arms: list[tuple[list[int], Decl]], default: Decl | None,
-                   disc: Prim, enc: bool, b: list[str]) -> None:
-        what = f"{self.name}"
+    def union_enc(self, d: Union, value: str, ind: str, out: list[str]) -> None:
+        disc, arms = self.gen.union_info(d)
+        dv, av = self.tmp("d"), self.tmp("a")
+        out.append(f"{ind}{dv}, {av} = {value}")
+        out.append(f"{ind}out += _P{'I' if disc.kind in ('I', 'bool') else 'i'}({dv})")
+        self.union_arms(d, arms, dv, av, True, ind, out)
+
+    def union_dec(self, d: Union, ind: str, out: list[str]) -> str:
+        """Decode into fresh locals; returns the ``(discriminant, arm)`` expression."""
+        disc, arms = self.gen.union_info(d)
+        dv, av = self.tmp("d"), self.tmp("a")
+        out.append(f"{ind}{dv}, = _U{'I' if disc.kind in ('I', 'bool') else 'i'}(data, pos)")
+        out.append(f"{ind}pos += 4")
+        if d.default is not None:
+            self.dec_checks(disc, dv, f"{d.name} discriminant", ind, out, convert=False)
+        self.union_arms(d, arms, dv, av, False, ind, out)
+        return f"({dv}, {av})"
+
+    def union_arms(self, d: Union, arms: list[tuple[list[int], Decl]], dv: str, av: str,
+                   enc: bool, ind: str, out: list[str]) -> None:
         first = True
         for values, decl in arms:
-            cond = f"_d == {values[0]}" if len(values) == 1 else f"_d in {tuple(values)!r}"
-            b.append(f"    {'if' if first else 'elif'} {cond}:")
+            cond = f"{dv} == {values[0]}" if len(values) == 1 else f"{dv} in {tuple(values)!r}"
+            out.append(f"{ind}{'if' if first else 'elif'} {cond}:")
             first = False
-            self.union_arm(decl, enc, what, b)
-        if default is not None:
-            if first:
-                self.union_arm(default, enc, what, b, "    ")
-            else:
-                b.append("    else:")
-                self.union_arm(default, enc, what, b)
+            self.union_arm(d, decl, av, enc, ind + "    ", out)
+        if d.default is not None and first:
+            self.union_arm(d, d.default, av, enc, ind, out)
+        elif d.default is not None:
+            out.append(f"{ind}else:")
+            self.union_arm(d, d.default, av, enc, ind + "    ", out)
         else:
-            if first:
-                b.append("    if True:")
-            b.append("    else:")
-            b.append(f"        raise _XE({what + ': bad discriminant %r'!r} % (_d,))")
+            out.append(f"{ind}else:")
+            out.append(f"{ind}    raise _XE({d.name + ': bad discriminant %r'!r} % ({dv},))")
 
-    def union_arm(self, decl: Decl, enc: bool, what: str, b: list[str],
-                  ind: str = "        ") -> None:
+    def union_arm(self, d: Union, decl: Decl, av: str, enc: bool, ind: str,
+                  out: list[str]) -> None:
         if decl.kind == "void":
-            b.append(f"{ind}{'pass' if enc else '_a = None'}")
+            out.append(f"{ind}{'pass' if enc else av + ' = None'}")
             return
         shape = self.gen.shape(decl)
         if enc:
-            self.enc(shape, "_a", f"{what}.{decl.name}", ind, b)
+            self.enc(shape, av, f"{d.name}.{decl.name}", ind, out)
         else:
-            self.dec(shape, "_a", f"{what}.{decl.name}", ind, b)
+            self.dec(shape, av, f"{d.name}.{decl.name}", ind, out)
 
     def enum(self, d: Enum) -> None:
         p = Prim("enum", d.name)
@@ -685,6 +767,6 @@ class _Chunk:
         self.codec(d.name)
 
 
-def generate(defs: list[Definition]) -> CompiledUnit:
+def generate(defs: list[Definition]) -> Unit:
     """Check a parsed compile unit and generate its chunks."""
     return _Gen(defs).unit()

@@ -10,11 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .runtime import CompileError
+
 __all__ = ["CompileError", "Token", "tokenize"]
-
-
-class CompileError(Exception):
-    """A definition file is not valid XDR; the message starts with ``file:line:``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,19 @@ import struct
 import types
 from typing import Any, Callable
 
-from .codegen import CompiledUnit
+__all__ = ["CompileError", "XDRError", "Codec", "build_module", "GENERATED_VERSION"]
 
-__all__ = ["XDRError", "Codec", "build_module"]
+# Version of the generated code's conventions (prelude names, chunk layout);
+# part of the cache key, so bump it whenever codegen output changes.
+GENERATED_VERSION = "2"
 
 
 class XDRError(ValueError):
     """Data does not match its XDR definition (malformed, truncated, too long, bad value)."""
+
+
+class CompileError(Exception):
+    """A definition file is not valid XDR; the message starts with ``file:line:``."""
 
 
 # Anything generated code can raise on bad input or on a value of the wrong type.
@@ -105,16 +111,19 @@ _PRELUDE: dict[str, Any] = {
 }
 
 
-def build_module(unit: CompiledUnit, name: str) -> types.ModuleType:
-    """A module exposing *unit*; type chunks are compiled on first use."""
+def build_module(unit: tuple, name: str) -> types.ModuleType:
+    """A module exposing a compiled unit (``codegen.Unit``).
+
+    Type chunks are compiled on first use.
+    """
+    consts, enums, comments, chunks = unit
     module = types.ModuleType(name, f"XDR codecs compiled by protocol.xdr ({name})")
     ns = module.__dict__
     ns.update(_PRELUDE)
-    ns.update(unit.consts)
-    for enum, members in unit.enums.items():
+    ns.update(consts)
+    for enum, members in enums.items():
         ns[enum] = dict(members)
         ns[f"_EV_{enum}"] = frozenset(members.values())
-    chunks = unit.chunks
     done: set[str] = set()
 
     def materialize(type_name: str) -> None:
@@ -140,7 +149,7 @@ def build_module(unit: CompiledUnit, name: str) -> types.ModuleType:
 
     ns["__getattr__"] = __getattr__
     ns["__xdr_types__"] = frozenset(chunks)
-    ns["__xdr_comments__"] = unit.comments
+    ns["__xdr_comments__"] = comments
     ns["__xdr_source__"] = lambda type_name: chunks[type_name][0]
     ns["__xdr_materialize_all__"] = materialize_all
     return module
