@@ -1,0 +1,142 @@
+"""Events: from the drivers' EventBus to MESSAGE packets for registered clients.
+
+A driver emits ``bus.emit("domain-lifecycle", dom, event=..., detail=...)``.
+Clients register per event id, either the old way (every matching event as
+``DOMAIN_EVENT_<NAME>``) or with a callback id and an optional domain
+filter (``DOMAIN_EVENT_CALLBACK_<NAME>`` carrying the id). Adding an event is
+one :data:`DOMAIN_EVENTS` entry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from drivers.events import EventBus
+from protocol.programs import Program
+
+if TYPE_CHECKING:
+    from daemon.client import Client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """One kind of domain event: bus kind, libvirt event id, message name, fields.
+
+    ``fields`` gives the message fields after the domain from the event data;
+    the messages are ``remote_domain_event_<name>_msg`` and
+    ``remote_domain_event_callback_<name>_msg`` (callbackID, msg).
+    """
+
+    kind: str
+    event_id: int
+    name: str
+    fields: Callable[[dict[str, Any]], tuple[Any, ...]] = lambda data: ()
+
+
+DOMAIN_EVENTS = (
+    DomainEvent("domain-lifecycle", 0, "LIFECYCLE", lambda d: (d["event"], d["detail"])),
+    DomainEvent("domain-reboot", 1, "REBOOT"),
+)
+
+#: Event ids a client may register for (VIR_DOMAIN_EVENT_ID_*), whether or not
+#: we ever emit them: the old-style registration knows one fewer than the new.
+LEGACY_EVENT_IDS = range(0, 26)
+CALLBACK_EVENT_IDS = range(0, 27)
+
+
+@dataclass
+class Registrations:
+    """One client's domain event registrations."""
+
+    legacy: set[int] = field(default_factory=set)
+    callbacks: dict[int, tuple[int, bytes | None]] = field(default_factory=dict)
+
+    def tracked(self, event_id: int, uuid: bytes | None) -> bool:
+        if uuid is None and event_id in self.legacy:
+            return True
+        return (event_id, uuid) in self.callbacks.values()
+
+
+class _Encoded:
+    """Encodings of one event for the clients that want it, made on first need."""
+
+    def __init__(self, relay: EventRelay, event: DomainEvent, obj: Any, data: dict[str, Any]):
+        module = relay.program.module
+        self.module = module
+        self.event = event
+        self._procs = relay.procedures
+        self.msg = getattr(module, f"remote_domain_event_{event.name.lower()}_msg")(
+            module.remote_nonnull_domain(obj.name, obj.uuid, obj.id), *event.fields(data))
+        self._legacy: bytes | None = None
+
+    def legacy(self) -> tuple[int, bytes]:
+        proc = self._proc(f"DOMAIN_EVENT_{self.event.name}")
+        if self._legacy is None:
+            self._legacy = proc.args.encode(self.msg)
+        return proc.number, self._legacy
+
+    def callback(self, callback_id: int) -> tuple[int, bytes]:
+        proc = self._proc(f"DOMAIN_EVENT_CALLBACK_{self.event.name}")
+        cls = getattr(self.module, f"remote_domain_event_callback_{self.event.name.lower()}_msg")
+        return proc.number, proc.args.encode(cls(callback_id, self.msg))
+
+    def _proc(self, name: str) -> Any:
+        return self._procs[name]
+
+
+class EventRelay:
+    """Listens on the bus and sends each event to the clients registered for it."""
+
+    def __init__(self, bus: EventBus, program: Program) -> None:
+        self.program = program
+        self.procedures = {p.name: p for p in program.procedures.values()}
+        self._kinds = {e.kind: e for e in DOMAIN_EVENTS}
+        self._clients: dict[Client, Registrations] = {}
+        self._next_callback_id = 0
+        bus.subscribe(self._on_event)
+        self._bus = bus
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self._on_event)
+        self._clients.clear()
+
+    def registrations(self, client: Client) -> Registrations:
+        """The client's registrations, created (and cleaned up at close) on demand."""
+        regs = self._clients.get(client)
+        if regs is None:
+            regs = self._clients[client] = Registrations()
+            client.on_close.append(self._forget)
+        return regs
+
+    def new_callback_id(self) -> int:
+        callback_id = self._next_callback_id
+        self._next_callback_id += 1
+        return callback_id
+
+    def _forget(self, client: Client) -> None:
+        self._clients.pop(client, None)
+
+    def _on_event(self, kind: str, obj: Any, **data: Any) -> None:
+        event = self._kinds.get(kind)
+        if event is None or not self._clients:
+            return
+        encoded: _Encoded | None = None
+        event_id = event.event_id
+        for client, regs in list(self._clients.items()):
+            if client.closed:
+                continue
+            if event_id in regs.legacy:
+                encoded = encoded or _Encoded(self, event, obj, data)
+                self._send(client, *encoded.legacy())
+            for callback_id, (wanted, uuid) in regs.callbacks.items():
+                if wanted == event_id and (uuid is None or uuid == obj.uuid):
+                    encoded = encoded or _Encoded(self, event, obj, data)
+                    self._send(client, *encoded.callback(callback_id))
+
+    def _send(self, client: Client, proc: int, body: bytes) -> None:
+        client.send_message(self.program.number, self.program.version, proc, body)
