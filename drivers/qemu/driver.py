@@ -35,6 +35,7 @@ from drivers.qemu.domain import (
     State,
 )
 from drivers.qemu.domain_xml import DomainDef, LiveState
+from drivers.qemu.domain_xml.aliases import assign_aliases
 from drivers.qemu.process import QemuProcess, append_log, log_timestamp, pid_alive
 from drivers.qemu.status import Status, format_status, parse_status, write_atomic
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -389,9 +390,15 @@ class QemuDriver:
         """What QEMU chose at start that the live XML shows: pty paths, VNC port."""
         live = LiveState(id=id)
         for chardev in await proc.monitor.execute("query-chardev"):
+            # A device's chardev is "char" + the device alias (charserial0 -> serial0).
+            label = chardev["label"]
+            alias = label[4:] if label.startswith("char") else label
             filename = chardev.get("filename", "")
             if filename.startswith("pty:"):
-                live.pty_paths[chardev["label"]] = filename[4:]
+                live.pty_paths[alias] = filename[4:]
+            if alias.startswith("channel"):
+                open_ = chardev.get("frontend-open")
+                live.channel_states[alias] = "connected" if open_ else "disconnected"
         kinds = {g.type for g in d.devices.graphics}
         if "vnc" in kinds:
             vnc = await proc.monitor.execute("query-vnc")
@@ -499,6 +506,12 @@ class QemuDriver:
             self._cpus_stopped(dom)
         elif name == "RESUME":
             self._cpus_resumed(dom)
+        elif name == "VSERPORT_CHANGE" and dom.live_state is not None:
+            alias = str(data.get("id", ""))
+            dom.live_state.channel_states[alias] = (
+                "connected" if data.get("open") else "disconnected"
+            )
+            dom.xml_cache.clear()
         elif name == "SHUTDOWN":
             dom.got_shutdown = True
             guest = bool(data.get("guest"))
@@ -537,6 +550,7 @@ class QemuDriver:
             try:
                 st = parse_status(path.read_text())
                 d = self._parse(st.domain_xml)
+                assign_aliases(d)  # as at start: the live XML shows them
             except (OSError, ValueError, KeyError, VirError) as e:
                 log.error("ignoring unreadable status file %s: %s", path, e)
                 continue
@@ -582,9 +596,12 @@ class QemuDriver:
             if not dom.persistent:
                 self._forget(dom)
             return
-        live = LiveState(
-            id=st.id, pty_paths=st.pty_paths, vnc_port=st.vnc_port, spice_port=st.spice_port
-        )
+        try:
+            live = await self._live_facts(proc, d, st.id)
+        except VirError:
+            live = LiveState(
+                id=st.id, pty_paths=st.pty_paths, vnc_port=st.vnc_port, spice_port=st.spice_port
+            )
         dom.process = proc
         dom.started(st.id, d, live)
         if status.get("running"):

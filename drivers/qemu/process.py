@@ -9,12 +9,10 @@ children too (after a re-attach they belong to init).
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -57,11 +55,12 @@ def append_log(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _log_tail(path: Path) -> str:
+def _log_since(path: Path, offset: int) -> str:
+    """What QEMU wrote to its log after ``offset`` (its last words on a failed start)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - LOG_TAIL))
+            f.seek(max(offset, f.tell() - LOG_TAIL))
             return f.read().decode(errors="replace").strip()
     except OSError:
         return ""
@@ -91,6 +90,7 @@ class QemuProcess:
     ) -> None:
         self.name = name
         self.log_path = log_path
+        self.log_offset = 0
         self.pid = pid
         self.monitor_path = monitor_path
         self.monitor = Monitor(name, on_event)
@@ -124,6 +124,7 @@ class QemuProcess:
             pass
         append_log(log_path, f"{log_timestamp()}: {header}\n" + format_command(env, argv))
         with open(log_path, "ab") as logf:
+            offset = logf.tell()
             try:
                 child = subprocess.Popen(
                     argv,
@@ -142,6 +143,7 @@ class QemuProcess:
                     ErrorDomain.QEMU,
                 ) from None
         proc = cls(name, child.pid, monitor_path, on_event, on_exit, child, log_path)
+        proc.log_offset = offset
         try:
             await proc._connect(timeout)
         except BaseException:
@@ -176,32 +178,32 @@ class QemuProcess:
         and is retried. Dying before that is reported with QEMU's own words.
         """
         deadline = time.monotonic() + timeout
-        delay = 0.005
+        delay = 0.002
         while True:
             if self.exited.done():
                 raise self._start_error("QEMU exited before its monitor came up")
+            if time.monotonic() > deadline:
+                raise self._start_error("the monitor socket did not come up in time")
+            if not os.path.exists(self.monitor_path):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                continue
             try:
                 await self.monitor.connect(self.monitor_path, max(0.1, deadline - time.monotonic()))
                 return
-            except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError) as e:
-                reason = str(e)
-            except OSError as e:
-                if e.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
+            except asyncio.TimeoutError:
+                raise self._start_error("the monitor did not answer in time") from None
+            except Exception as e:  # qemu.qmp wraps OS errors in its ConnectError
+                cause = e.__cause__ or e
+                if not isinstance(cause, (ConnectionRefusedError, FileNotFoundError)):
                     raise self._start_error(f"cannot connect to the monitor: {e}") from None
-                reason = str(e)
-            except Exception as e:  # qemu.qmp wraps connect failures in ConnectError
-                cause = e.__cause__ or e.__context__
-                if not isinstance(cause, (FileNotFoundError, ConnectionRefusedError)):
-                    raise self._start_error(f"cannot connect to the monitor: {e}") from None
-                reason = str(cause)
+            # Bound but not yet listening, or the previous client not yet gone.
             self.monitor = Monitor(self.name, self.monitor.on_event)
-            if time.monotonic() > deadline:
-                raise self._start_error(f"monitor socket did not appear in time ({reason})")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            delay = min(delay * 2, 0.05)
 
     def _start_error(self, what: str) -> VirError:
-        tail = _log_tail(self.log_path) if self.log_path else ""
+        tail = _log_since(self.log_path, self.log_offset) if self.log_path else ""
         return VirError(
             ErrorCode.INTERNAL_ERROR,
             f"internal error: process exited while connecting to monitor: {tail or what}",
