@@ -9,14 +9,16 @@ so this keeps both start-up time and idle memory small.
 from __future__ import annotations
 
 import struct
+import threading
 import types
+import zlib
 from typing import Any, Callable
 
 __all__ = ["CompileError", "XDRError", "Codec", "build_module", "GENERATED_VERSION"]
 
 # Version of the generated code's conventions (prelude names, chunk layout);
 # part of the cache key, so bump it whenever codegen output changes.
-GENERATED_VERSION = "2"
+GENERATED_VERSION = "3"
 
 
 class XDRError(ValueError):
@@ -125,31 +127,41 @@ def build_module(unit: tuple, name: str) -> types.ModuleType:
         ns[enum] = dict(members)
         ns[f"_EV_{enum}"] = frozenset(members.values())
     done: set[str] = set()
+    lock = threading.RLock()  # a type must be compiled once, or it has two classes
 
     def materialize(type_name: str) -> None:
         if type_name in done:
             return
-        done.add(type_name)
-        source, deps = chunks[type_name]
-        for dep in deps:
-            materialize(dep)
-        exec(compile(source, f"<xdr {name}:{type_name}>", "exec"), ns)
+        done.add(type_name)  # first, so that recursive types terminate
+        try:
+            source, deps = chunks[type_name]
+            for dep in deps:
+                materialize(dep)
+            exec(compile(zlib.decompress(source), f"<xdr {name}:{type_name}>", "exec"), ns)
+        except BaseException:
+            done.discard(type_name)
+            raise
 
     def __getattr__(attr: str) -> Any:
         type_name = attr[:-6] if attr.endswith("_codec") else attr
-        if type_name not in chunks or type_name in done:
+        if type_name not in chunks:
             raise AttributeError(f"module {name!r} has no attribute {attr!r}")
-        materialize(type_name)
-        return ns[attr]
+        with lock:
+            materialize(type_name)
+        try:
+            return ns[attr]
+        except KeyError:
+            raise AttributeError(f"module {name!r} has no attribute {attr!r}") from None
 
     def materialize_all() -> None:
         """Compile every type now (tests; or to front-load the cost)."""
-        for type_name in chunks:
-            materialize(type_name)
+        with lock:
+            for type_name in chunks:
+                materialize(type_name)
 
     ns["__getattr__"] = __getattr__
     ns["__xdr_types__"] = frozenset(chunks)
     ns["__xdr_comments__"] = comments
-    ns["__xdr_source__"] = lambda type_name: chunks[type_name][0]
+    ns["__xdr_source__"] = lambda type_name: zlib.decompress(chunks[type_name][0]).decode()
     ns["__xdr_materialize_all__"] = materialize_all
     return module
