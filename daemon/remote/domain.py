@@ -152,7 +152,7 @@ _DESTROY_REMOVE_LOGS = 1 << 1
 
 
 async def domain_destroy_flags(call: Call, args: Any) -> None:
-    _check_flags(args.flags, _DESTROY_GRACEFUL, "qemuDomainDestroyFlags")
+    _check_flags(args.flags, _DESTROY_GRACEFUL | _DESTROY_REMOVE_LOGS, "qemuDomainDestroyFlags")
     await call.driver.destroy(_dom(call, args.dom), args.flags)
 
 

@@ -65,6 +65,7 @@ LIST_NO_CHECKPOINT = 1 << 15
 
 START_PAUSED = 1 << 0
 DESTROY_GRACEFUL = 1 << 0
+DESTROY_REMOVE_LOGS = 1 << 1
 XML_SECURE = 1 << 0
 XML_INACTIVE = 1 << 1
 XML_UPDATE_CPU = 1 << 2
@@ -428,6 +429,11 @@ class QemuDriver:
                 ErrorDomain.QEMU,
             )
         await self._finish_stop(dom, proc)
+        if flags & DESTROY_REMOVE_LOGS:
+            try:
+                os.unlink(self.dirs.log_dir / f"{dom.name}.log")
+            except FileNotFoundError:
+                pass
 
     def _on_exit(self, dom: Domain, proc: QemuProcess) -> None:
         if dom.process is proc:
@@ -484,6 +490,12 @@ class QemuDriver:
     async def resume(self, dom: Domain) -> None:
         async with dom.lock:
             proc = self._monitor_of(dom)
+            if dom.state == State.RUNNING:
+                raise VirError(
+                    ErrorCode.OPERATION_INVALID,
+                    "Requested operation is not valid: domain is already running",
+                    ErrorDomain.QEMU,
+                )
             if dom.state == State.PAUSED:
                 await proc.monitor.execute("cont")
                 self._cpus_resumed(dom)
