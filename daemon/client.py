@@ -65,6 +65,7 @@ class Client(asyncio.Protocol):
         self.closed = False
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
+        self._parsing = False  # inside a parse loop: resuming must not re-enter it
         self._max_requests = max(1, max_requests)
         self._inflight = 0
         self._paused: set[object] = set()
@@ -115,17 +116,21 @@ class Client(asyncio.Protocol):
             return
         # Fast path: nothing buffered, take packets straight from ``data``.
         pos, end = 0, len(data)
-        while end - pos >= 4 and not self._paused:
-            (length,) = _LENGTH_FROM(data, pos)
-            if length < _MIN or length > _MAX:
-                self._bad_length(length)
-                return
-            if end - pos < length:
-                break
-            self._packet(data if length == end else data[pos:pos + length])
-            pos += length
-            if self.closed:
-                return
+        self._parsing = True
+        try:
+            while end - pos >= 4 and not self._paused:
+                (length,) = _LENGTH_FROM(data, pos)
+                if length < _MIN or length > _MAX:
+                    self._bad_length(length)
+                    return
+                if end - pos < length:
+                    break
+                self._packet(data if length == end else data[pos:pos + length])
+                pos += length
+                if self.closed:
+                    return
+        finally:
+            self._parsing = False
         if pos < end:
             buf += data[pos:]
             if not self._paused:  # a partial packet: validate its length early
@@ -135,18 +140,22 @@ class Client(asyncio.Protocol):
         """Handle the complete packets in the buffer, as long as we may."""
         buf = self._buf
         pos, end = 0, len(buf)
-        while end - pos >= 4 and not self._paused:
-            (length,) = _LENGTH_FROM(buf, pos)
-            if length < _MIN or length > _MAX:
-                self._bad_length(length)
-                return
-            if end - pos < length:
-                break
-            self._packet(bytes(buf[pos:pos + length]))
-            pos += length
-            if self.closed:
-                return
-        del buf[:pos]
+        self._parsing = True
+        try:
+            while end - pos >= 4 and not self._paused:
+                (length,) = _LENGTH_FROM(buf, pos)
+                if length < _MIN or length > _MAX:
+                    self._bad_length(length)
+                    return
+                if end - pos < length:
+                    break
+                self._packet(bytes(buf[pos:pos + length]))
+                pos += length
+                if self.closed:
+                    return
+        finally:
+            self._parsing = False
+            del buf[:pos]
 
     def _bad_length(self, length: int) -> None:
         log.warning("%r: packet length %d out of range, closing", self, length)
@@ -258,7 +267,7 @@ class Client(asyncio.Protocol):
         self._paused.discard(reason)
         if self._paused or self._transport is None:
             return
-        if self._buf:
+        if self._buf and not self._parsing:
             self._parse()  # packets that arrived before we paused come first
             if self._paused or self.closed:
                 return

@@ -66,16 +66,17 @@ class _Parser:
         self.tokens = tokens
         self.pos = 0
         self.source = source
+        self.line = 1  # of the token read last
 
     def _error(self, what: str) -> ConfigError:
-        line = self.tokens[min(self.pos, len(self.tokens) - 1)][2]
-        return ConfigError(f"{self.source}:{line}: configuration file syntax error: {what}")
+        return ConfigError(f"{self.source}:{self.line}: configuration file syntax error: {what}")
 
     def _next(self, skip_ends: bool = False) -> tuple[str, Any, int]:
         while skip_ends and self.tokens[self.pos][0] == "end" and \
                 self.pos < len(self.tokens) - 1:
             self.pos += 1
         tok = self.tokens[self.pos]
+        self.line = tok[2]
         if self.pos < len(self.tokens) - 1:
             self.pos += 1
         return tok

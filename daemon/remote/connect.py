@@ -177,7 +177,7 @@ async def node_get_free_memory(call: Call, args: None) -> Any:
 
 async def node_get_cells_free_memory(call: Call, args: Any) -> Any:
     if args.maxcells > R.REMOTE_NODE_MAX_CELLS:
-        raise VirError(ErrorCode.RPC, "maxCells > REMOTE_NODE_MAX_CELLS", ErrorDomain.RPC)
+        raise VirError(ErrorCode.RPC, "maxcells > REMOTE_NODE_MAX_CELLS", ErrorDomain.RPC)
     return R.remote_node_get_cells_free_memory_ret(
         host.cells_free_memory(args.startCell, args.maxcells))
 
@@ -185,5 +185,5 @@ async def node_get_cells_free_memory(call: Call, args: Any) -> Any:
 def _no_flags(flags: int) -> None:
     if flags:
         raise VirError(ErrorCode.INVALID_ARG,
-                       f"invalid argument: unsupported flags (0x{flags:x}) in function "
-                       f"qemuConnectGetSysinfo", ErrorDomain.QEMU)
+                       f"unsupported flags (0x{flags:x}) in function qemuConnectGetSysinfo",
+                       ErrorDomain.QEMU)
