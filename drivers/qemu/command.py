@@ -109,7 +109,7 @@ def build_argv(
         a += ["-pidfile", pidfile]
     _clock(d, a)
     a.append("-no-shutdown")
-    if not any(name == "acpi" for name, _ in d.features):
+    if "acpi" not in d.features:
         a.append("-no-acpi")
     _pm(d, a)
     a += ["-boot", _boot(d)]
@@ -140,6 +140,9 @@ def build_argv(
             props["free-page-reporting"] = True
         a += ["-device", _json(props)]
     _rngs(d, a)
+    vmcoreinfo = d.features.get("vmcoreinfo")
+    if vmcoreinfo is not None and vmcoreinfo.attrs.get("state", "on") == "on":
+        a += ["-device", _json({"driver": "vmcoreinfo"})]
     a += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
     a += ["-msg", "timestamp=on"]
     return a
@@ -147,13 +150,17 @@ def build_argv(
 
 def _machine(d: DomainDef, a: list[str]) -> str:
     parts = [d.os.machine or "", "usb=off"]
-    features = dict(d.features)
-    vmport = features.get("vmport")
+    ioapic = d.features.get("ioapic")
+    if ioapic is not None and ioapic.attrs.get("driver") == "kvm":
+        parts.append("kernel_irqchip=on")
+    elif ioapic is not None and ioapic.attrs.get("driver") == "qemu":
+        parts.append("kernel_irqchip=split")
+    vmport = d.features.get("vmport")
     if vmport is not None:
-        parts.append(f"vmport={vmport.get('state', 'on')}")
-    smm = features.get("smm")
+        parts.append(f"vmport={vmport.attrs.get('state', 'on')}")
+    smm = d.features.get("smm")
     if smm is not None:
-        parts.append(f"smm={smm.get('state', 'on')}")
+        parts.append(f"smm={smm.attrs.get('state', 'on')}")
     parts.append("dump-guest-core=off")
     if not (d.cpu and d.cpu.numa):
         parts.append("memory-backend=pc.ram")
@@ -186,7 +193,40 @@ def _cpu(d: DomainDef) -> str:
     for f in cpu.features:
         state = "off" if f.policy in ("disable", "forbid") else "on"
         parts.append(f"{f.name}={state}")
-    return ",".join(parts)
+    return ",".join(parts + _cpu_flags(d))
+
+
+def _cpu_flags(d: DomainDef) -> list[str]:
+    """CPU properties libvirt derives from <clock> timers and <features>."""
+    flags = []
+    for t in d.clock.timers:
+        if t.attrs.get("name") == "hypervclock" and t.attrs.get("present") == "yes":
+            flags.append("hv-time=on")
+        elif t.attrs.get("name") == "kvmclock" and t.attrs.get("present") == "no":
+            flags.append("kvmclock=off")
+    apic = d.features.get("apic")
+    if apic is not None and apic.attrs.get("eoi"):
+        flags.append(f"kvm-pv-eoi={apic.attrs['eoi']}")
+    hyperv = d.features.get("hyperv")
+    if hyperv is not None:
+        for name, attrs in hyperv.children:
+            if attrs.get("state") != "on":
+                continue
+            if name == "spinlocks":
+                flags.append(f"hv-spinlocks={int(attrs.get('retries', '4095')):#x}")
+            elif name == "vendor_id":
+                flags.append(f"hv-vendor-id={attrs.get('value', '')}")
+            else:
+                flags.append(f"hv-{name}=on")
+    kvm = d.features.get("kvm")
+    if kvm is not None:
+        for name, attrs in kvm.children:
+            state = attrs.get("state", "on")
+            flags.append(f"kvm={'off' if state == 'on' else 'on'}" if name == "hidden" else f"kvm-{name}={state}")
+    pmu = d.features.get("pmu")
+    if pmu is not None:
+        flags.append(f"pmu={pmu.attrs.get('state', 'on')}")
+    return flags
 
 
 def _mib(kib: int) -> int:
@@ -301,6 +341,8 @@ def _controllers(d: DomainDef, a: list[str]) -> None:
 def _controller_props(d: DomainDef, c: Controller) -> dict[str, Any] | None:
     addr = _addr_props(d, c.info)
     if c.type == "pci":
+        if c.model == "pcie-to-pci-bridge":
+            return {"driver": "pcie-pci-bridge", "id": c.info.alias, **addr}
         if c.model != "pcie-root-port":
             return None
         return {"driver": "pcie-root-port", "port": int(c.target.get("port", "0"), 0),
@@ -420,11 +462,10 @@ def _interfaces(d: DomainDef, a: list[str], net_fds: Mapping[str, int]) -> None:
             "netdev": hostnet,
             "id": net.info.alias,
             "mac": net.mac,
-            **_addr_props(d, net.info),
         }
         if id(net.info) in boot:
             props["bootindex"] = boot[id(net.info)]
-        a += ["-device", _json(props)]
+        a += ["-device", _json({**props, **_addr_props(d, net.info)})]
 
 
 def _netdev(net: Interface, hostnet: str, n: int, net_fds: Mapping[str, int]) -> dict[str, Any]:
@@ -452,6 +493,8 @@ def _chardev(c: CharDevice, chr_id: str) -> str:
     if src.type == "tcp":
         server = src.attrs.get("mode") == "bind"
         opts = f"socket,id={chr_id},host={src.attrs.get('host', '')},port={src.attrs.get('service', '')}"
+        if c.protocol == "telnet":
+            opts += ",telnet=on"
         return opts + (",server=on,wait=off" if server else "")
     return f"{src.type},id={chr_id}"
 

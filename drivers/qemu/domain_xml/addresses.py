@@ -129,36 +129,38 @@ def _wants_pci(info: DeviceInfo) -> bool:
     return info.address is None
 
 
-def _pci_devices(d: DomainDef) -> Iterator[DeviceInfo]:
-    """Devices needing a PCI slot, in the order libvirt hands them out (primary video aside)."""
+def _pci_devices(d: DomainDef) -> Iterator[tuple[DeviceInfo, bool]]:
+    """Devices needing a PCI slot, in the order libvirt hands them out (primary video aside),
+    each with whether it is a PCI Express device (on q35 those go on root ports)."""
     devs = d.devices
     for net in devs.interfaces:
-        yield net.info
+        yield net.info, net.model in ("virtio", "e1000e")
     for s in devs.sounds:
         if s.model not in ("sb16", "pcspk", "usb"):
-            yield s.info
+            yield s.info, s.model == "ich9"
     for c in devs.controllers:
         if c.type in ("pci", "fdc", "ccid") or (c.type == "usb" and c.model == "none"):
             continue
         if c.type == "ide" and c.index == 0:
             continue
-        yield c.info
+        pcie = c.type in ("virtio-serial", "sata") or c.model in ("qemu-xhci", "nec-xhci", "virtio-scsi")
+        yield c.info, pcie
     for disk in devs.disks:
         if disk.bus == "virtio":
-            yield disk.info
+            yield disk.info, True
     if devs.memballoon is not None and devs.memballoon.model != "none":
-        yield devs.memballoon.info
+        yield devs.memballoon.info, True
     for r in devs.rngs:
-        yield r.info
+        yield r.info, True
     for w in devs.watchdogs:
         if w.model == "i6300esb":
-            yield w.info
+            yield w.info, False
     for v in devs.videos:
         if v.model not in ("none", "ramfb"):
-            yield v.info
+            yield v.info, v.model == "virtio"
     for i in devs.inputs:
         if i.bus == "virtio":
-            yield i.info
+            yield i.info, True
 
 
 def _collect_existing(d: DomainDef, buses: _PciBuses) -> None:
@@ -197,7 +199,7 @@ def _assign_i440fx(d: DomainDef) -> None:
     for function in range(4):  # PIIX3: ISA bridge, IDE, USB, power management
         buses.used.add((0, 1, function))
     _place_primary_video(d, buses, 2)
-    for info in _pci_devices(d):
+    for info, _ in _pci_devices(d):
         if not _wants_pci(info):
             continue
         c = _controller_of(d, info)
@@ -266,19 +268,33 @@ def _assign_q35(d: DomainDef) -> None:
     taken_ports = {i.address.bus for i in _all_infos(d) if isinstance(i.address, PciAddress)}
     free_ports = [p for p in free_ports if p not in taken_ports]
     first_new = next_bus
-    for info in _pci_devices(d):
+    bridges: dict[int, int] = {}  # new pcie-to-pci-bridge index -> the root port it sits on
+    bridge_bus, bridge_slot = 0, 32
+    for info, pcie in _pci_devices(d):
         if not _wants_pci(info):
             continue
-        if free_ports:
+        if pcie and free_ports:
             info.address = PciAddress(bus=free_ports.pop(0), slot=0)
-        else:
+        elif pcie:
             info.address = PciAddress(bus=next_bus, slot=0)
             next_bus += 1
+        else:
+            if bridge_slot > 31:  # conventional PCI needs a bridge behind a root port
+                bridge_bus, bridge_slot = next_bus + 1, 1
+                bridges[bridge_bus] = next_bus
+                next_bus += 2
+            info.address = PciAddress(bus=bridge_bus, slot=bridge_slot)
+            bridge_slot += 1
     count = next_bus - first_new
     if count and not explicit_pci:
         count += 1  # one spare root port for hotplug
     for index in range(first_new, first_new + count):
-        _add_root_port(d, buses, index)
+        if index in bridges:
+            bridge = Controller(type="pci", index=index, model="pcie-to-pci-bridge", model_name="pcie-pci-bridge")
+            bridge.info.address = PciAddress(bus=bridges[index], slot=0)
+            d.devices.controllers.append(bridge)
+        else:
+            _add_root_port(d, buses, index)
 
 
 def _add_root_port(d: DomainDef, buses: _PciBuses, index: int) -> None:

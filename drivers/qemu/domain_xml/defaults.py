@@ -45,6 +45,12 @@ _VIDEO_DEFAULTS = {
     "qxl": {"ram": "65536", "vram": "65536", "vgamem": "16384", "heads": "1"},
     "virtio": {"heads": "1"},
 }
+_SUBFEATURE_ORDER = {
+    "hyperv": "relaxed vapic spinlocks vpindex runtime synic stimer reset vendor_id frequencies "
+    "reenlightenment tlbflush ipi evmcs avic".split(),
+    "kvm": "hidden hint-dedicated poll-control pv-ipi dirty-ring".split(),
+    "xen": "e820_host passthrough".split(),
+}
 FEATURE_ORDER = (
     "acpi apic pae hap viridian privnet hyperv kvm pvspinlock capabilities pmu vmport gic "
     "smm ioapic hpt vmcoreinfo htm nested-hv msrs ccf-assist xen cfpc sbbc ibs tcg "
@@ -65,9 +71,10 @@ def fill(d: DomainDef, caps: QemuCaps) -> None:
     if d.devices.emulator is None:
         d.devices.emulator = caps.emulator
     order = {name: i for i, name in enumerate(FEATURE_ORDER)}
-    d.features = sorted(
-        (f for f in d.features if f[0] in order), key=lambda f: order[f[0]]
-    )
+    d.features = {
+        name: d.features[name] for name in sorted(d.features, key=lambda n: order.get(n, -1)) if name in order
+    }
+    _fill_features(d)
     _fill_cpu(d)
     _fill_disks(d)
     _fill_controllers(d)
@@ -78,6 +85,8 @@ def fill(d: DomainDef, caps: QemuCaps) -> None:
     _fill_videos(d)
     if d.devices.memballoon is None:
         d.devices.memballoon = Memballoon("virtio")
+    for wd in d.devices.watchdogs:
+        wd.action = wd.action or "reset"
     for rng in d.devices.rngs:
         if rng.backend_model == "random" and not rng.backend_path:
             rng.backend_path = "/dev/urandom"
@@ -88,6 +97,19 @@ def fill(d: DomainDef, caps: QemuCaps) -> None:
     addresses.assign_usb_addresses(d)
     if not d.os.boot_devs and not _any_boot_order(d):
         d.os.boot_devs = ["hd"]
+
+
+def _fill_features(d: DomainDef) -> None:
+    for name, feature in d.features.items():
+        rank = _SUBFEATURE_ORDER.get(name)
+        if rank is None:
+            feature.children = []
+            continue
+        feature.children = sorted(
+            (c for c in feature.children if c[0] in rank), key=lambda c: rank.index(c[0])
+        )
+        if name == "hyperv":
+            feature.attrs.setdefault("mode", "custom")
 
 
 def _check_emulator(d: DomainDef, caps: QemuCaps) -> None:
@@ -233,6 +255,7 @@ def _fill_chardevs(d: DomainDef) -> None:
                 CharDevice(
                     kind="serial",
                     source=CharSource(first.source.type, dict(first.source.attrs)),
+                    protocol=first.protocol,
                     target_type="isa-serial",
                     target_port=0,
                     target_model="isa-serial",
@@ -240,12 +263,14 @@ def _fill_chardevs(d: DomainDef) -> None:
             )
         else:
             first.source = CharSource(devs.serials[0].source.type, dict(devs.serials[0].source.attrs))
+            first.protocol = devs.serials[0].protocol
     if devs.serials and not devs.consoles:
         serial = devs.serials[0]
         devs.consoles.append(
             CharDevice(
                 kind="console",
                 source=CharSource(serial.source.type, dict(serial.source.attrs)),
+                protocol=serial.protocol,
                 target_type="serial",
                 target_port=serial.target_port,
             )

@@ -82,8 +82,14 @@ def format_domain(
     _format_os(d, w)
     if d.features:
         w("  <features>\n")
-        for name, attrs in d.features:
-            w(f"    <{name}{_attrs(attrs)}/>\n")
+        for name, feature in d.features.items():
+            if feature.children:
+                w(f"    <{name}{_attrs(feature.attrs)}>\n")
+                for child, attrs in feature.children:
+                    w(f"      <{child}{_attrs(attrs, ('state',))}/>\n")
+                w(f"    </{name}>\n")
+            else:
+                w(f"    <{name}{_attrs(feature.attrs)}/>\n")
         w("  </features>\n")
     _format_cpu(d, w)
     _format_clock(d, w)
@@ -268,6 +274,8 @@ def _format_chr(c: CharDevice, inactive: bool, live: LiveState | None, tty_attr:
                 tty = f" tty='{esc(path)}'"
     elif src.attrs:
         body.append(f"{i}<source{_attrs(src.attrs, ('mode', 'host', 'service', 'path', 'append'))}/>\n")
+    if c.protocol:
+        body.append(f"{i}<protocol type='{c.protocol}'/>\n")
     target = ""
     if c.target_type is not None:
         target += f" type='{c.target_type}'"

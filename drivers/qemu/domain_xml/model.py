@@ -117,6 +117,7 @@ class CharDevice:
     target_port: int | None = None
     target_name: str | None = None  # channel name
     target_model: str | None = None  # <model name='isa-serial'/>
+    protocol: str | None = None  # tcp: raw, telnet
     info: DeviceInfo = field(default_factory=DeviceInfo)
 
 
@@ -236,6 +237,14 @@ class NumaCell:
 
 
 @dataclass
+class Feature:
+    """One of <features>: its attributes and, for hyperv/kvm/xen, its sub-features."""
+
+    attrs: dict[str, str] = field(default_factory=dict)
+    children: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+
+@dataclass
 class Cpu:
     mode: str = "custom"  # custom, host-model, host-passthrough, maximum
     match: str | None = None
@@ -281,7 +290,7 @@ class DomainDef:
     vcpu_current: int | None = None
     vcpu_cpuset: str | None = None
     iothreads: int | None = None
-    features: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    features: dict[str, Feature] = field(default_factory=dict)  # in libvirt's order
     cpu: Cpu | None = None
     clock: Clock = field(default_factory=Clock)
     on_poweroff: str = "destroy"

@@ -28,6 +28,7 @@ from .model import (
     Disk,
     DomainDef,
     DriveAddress,
+    Feature,
     Graphics,
     Input,
     Interface,
@@ -211,7 +212,10 @@ def parse_domain(root: etree._Element) -> DomainDef:
         d.iothreads = _int(iothreads.text, "./iothreads[1]")
     features = root.find("features")
     if features is not None:
-        d.features = [(f.tag, dict(f.attrib)) for f in features if isinstance(f.tag, str)]
+        for f in features:
+            if isinstance(f.tag, str):
+                children = [(c.tag, dict(c.attrib)) for c in f if isinstance(c.tag, str)]
+                d.features[f.tag] = Feature(dict(f.attrib), children)
     cpu = root.find("cpu")
     if cpu is not None:
         d.cpu = _parse_cpu(cpu)
@@ -537,6 +541,9 @@ def _chr(el: etree._Element, kind: str) -> CharDevice:
         attrs = {k: v for k, v in source.attrib.items() if k in ("mode", "path", "host", "service", "append")}
     target = el.find("target")
     dev = CharDevice(kind=kind, source=CharSource(stype, attrs), info=_parse_info(el))
+    protocol = el.find("protocol")
+    if stype == "tcp":
+        dev.protocol = protocol.get("type", "raw") if protocol is not None else "raw"
     if target is not None:
         dev.target_type = target.get("type")
         dev.target_port = _int(target.get("port"), "./target/@port")
