@@ -29,7 +29,7 @@ def _check_flags(flags: int, allowed: int, api: str) -> None:
     if flags & ~allowed:
         raise VirError(
             ErrorCode.INVALID_ARG,
-            f"invalid argument: unsupported flags (0x{flags & ~allowed:x}) in function {api}",
+            f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
             ErrorDomain.QEMU,
         )
 

@@ -1,0 +1,254 @@
+"""Guests through their whole life with stock virsh and libvirt-python.
+
+Firmware-only guests (no disk, 64 MiB) under KVM where /dev/kvm is usable,
+else TCG. Every guest lives under the test daemon's root, so the fixture's
+teardown kills whatever a failing test leaves running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.daemon import DaemonProcess
+
+pytestmark = pytest.mark.slow
+
+VIRT = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+UUID = "5b1e7a52-8a5c-4d6c-9f3e-0c2d9a1b7e01"
+
+
+def guest_xml(name: str, uuid: str | None = None) -> str:
+    return (
+        f"<domain type='{VIRT}'><name>{name}</name>"
+        + (f"<uuid>{uuid}</uuid>" if uuid else "")
+        + "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+        "<devices><serial type='pty'/><console type='pty'/></devices></domain>"
+    )
+
+
+class EventWatch:
+    """``virsh event --loop --all`` in the background, its lines read on demand."""
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.path = daemon.root / f"events-{time.monotonic_ns()}.txt"
+        self._out = open(self.path, "w")
+        self.proc = subprocess.Popen(
+            ["virsh", "-c", daemon.uri, "event", "--loop", "--all"],
+            stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=dict(os.environ, LC_ALL="C"),
+        )
+        time.sleep(0.5)  # let it register before anything happens
+
+    def lines(self) -> list[str]:
+        text = self.path.read_text()
+        return [
+            line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("event ")
+        ]
+
+    def wait_for(self, line: str, timeout: float = 15.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while line not in self.lines():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no event {line!r} in {self.lines()}")
+            time.sleep(0.05)
+        return self.lines()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+        self._out.close()
+
+
+@pytest.fixture
+def events(daemon: DaemonProcess) -> Iterator[EventWatch]:
+    watch = EventWatch(daemon)
+    yield watch
+    watch.close()
+
+
+def define(daemon: DaemonProcess, name: str, uuid: str | None = None) -> None:
+    path = daemon.root / f"{name}.xml"
+    path.write_text(guest_xml(name, uuid))
+    daemon.virsh("define", str(path))
+
+
+def out(daemon: DaemonProcess, *args: str) -> str:
+    return daemon.virsh(*args).stdout.strip()
+
+
+def qemu_pid(daemon: DaemonProcess, name: str) -> int:
+    return int((daemon.root / f"run/libvirt/qemu/{name}.pid").read_text())
+
+
+def wait_until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def test_persistent_guest_life(daemon: DaemonProcess, events: EventWatch) -> None:
+    define(daemon, "g1", UUID)
+    xml = out(daemon, "dumpxml", "g1")
+    assert "<name>g1</name>" in xml and f"<uuid>{UUID}</uuid>" in xml
+    assert "machine='pc-i440fx-" in xml
+    assert out(daemon, "domstate", "--reason", "g1") == "shut off (unknown)"
+
+    daemon.virsh("start", "g1")
+    assert out(daemon, "domstate", "--reason", "g1") == "running (booted)"
+    assert out(daemon, "domid", "g1") == "1"
+    assert out(daemon, "domuuid", "g1") == UUID
+    assert out(daemon, "domname", "1") == "g1"
+    info = out(daemon, "dominfo", "g1")
+    for line in ("Id:             1", "State:          running", "Persistent:     yes",
+                 "Max memory:     65536 KiB", "CPU(s):         1"):
+        assert line in info
+    live = out(daemon, "dumpxml", "g1")
+    assert f"<domain type='{VIRT}' id='1'>" in live and "<source path='/dev/pts/" in live
+    assert f"<domain type='{VIRT}'>" in out(daemon, "dumpxml", "--inactive", "g1")
+
+    daemon.virsh("suspend", "g1")
+    assert out(daemon, "domstate", "--reason", "g1") == "paused (user)"
+    daemon.virsh("resume", "g1")
+    assert out(daemon, "domstate", "--reason", "g1") == "running (unpaused)"
+    assert " 1    g1     running" in out(daemon, "list")
+
+    daemon.virsh("destroy", "g1")
+    assert out(daemon, "domstate", "--reason", "g1") == "shut off (destroyed)"
+    assert out(daemon, "domid", "g1") == "-"
+    assert " -    g1     shut off" in out(daemon, "list", "--all")
+    daemon.virsh("undefine", "g1")
+    assert "g1" not in out(daemon, "list", "--all")
+
+    assert events.wait_for("Undefined Removed") == [
+        "Defined Added",
+        "Resumed Unpaused",
+        "Started Booted",
+        "Suspended Paused",
+        "Resumed Unpaused",
+        "Shutdown Finished after host request",
+        "Stopped Destroyed",
+        "Undefined Removed",
+    ]
+
+
+def test_transient_guest(daemon: DaemonProcess) -> None:
+    path = daemon.root / "t1.xml"
+    path.write_text(guest_xml("t1"))
+    daemon.virsh("create", str(path), "--paused")
+    assert out(daemon, "domstate", "--reason", "t1") == "paused (user)"
+    assert "Persistent:     no" in out(daemon, "dominfo", "t1")
+    ids = [1, 2]
+    define(daemon, "g2")
+    daemon.virsh("start", "g2")
+    assert [int(out(daemon, "domid", n)) for n in ("t1", "g2")] == ids
+    daemon.virsh("destroy", "t1")
+    assert "t1" not in out(daemon, "list", "--all")
+    res = daemon.virsh("dominfo", "t1", check=False)
+    assert res.returncode != 0 and "failed to get domain 't1'" in res.stderr
+    daemon.virsh("destroy", "g2")
+    daemon.virsh("undefine", "g2")
+
+
+def test_killed_qemu_is_a_crash(daemon: DaemonProcess, events: EventWatch) -> None:
+    define(daemon, "g3")
+    daemon.virsh("start", "g3")
+    os.kill(qemu_pid(daemon, "g3"), signal.SIGKILL)
+    events.wait_for("Stopped Failed")
+    assert out(daemon, "domstate", "--reason", "g3") == "shut off (crashed)"
+    assert not (daemon.root / "run/libvirt/qemu/g3.xml").exists()
+    daemon.virsh("undefine", "g3")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_daemon_restart_reattaches(daemon: DaemonProcess, how: str) -> None:
+    define(daemon, "g4")
+    daemon.virsh("start", "g4")
+    path = daemon.root / "t4.xml"
+    path.write_text(guest_xml("t4"))
+    daemon.virsh("create", str(path))
+    daemon.virsh("suspend", "t4")
+    pids = {n: qemu_pid(daemon, n) for n in ("g4", "t4")}
+    if how == "SIGTERM":
+        daemon.stop()
+    else:
+        daemon.kill()
+    assert all(os.path.exists(f"/proc/{pid}") for pid in pids.values())
+    daemon.start()
+    listing = out(daemon, "list", "--all")
+    assert " 1    g4     running" in listing and " 2    t4     paused" in listing
+    assert out(daemon, "domstate", "--reason", "t4") == "paused (user)"
+    assert pids == {n: qemu_pid(daemon, n) for n in ("g4", "t4")}
+    daemon.virsh("resume", "t4")
+    # New guests get ids after the re-attached ones.
+    define(daemon, "g5")
+    daemon.virsh("start", "g5")
+    assert out(daemon, "domid", "g5") == "3"
+    for name in ("g4", "t4", "g5"):
+        daemon.virsh("destroy", name)
+    for name in ("g4", "g5"):
+        daemon.virsh("undefine", name)
+    assert out(daemon, "list", "--all") == "Id   Name   State\n--------------------"
+
+
+def test_guest_dead_while_daemon_down(daemon: DaemonProcess) -> None:
+    define(daemon, "g6")
+    daemon.virsh("start", "g6")
+    pid = qemu_pid(daemon, "g6")
+    daemon.kill()
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"))
+    daemon.start()
+    assert out(daemon, "domstate", "--reason", "g6") == "shut off (crashed)"
+    daemon.virsh("start", "g6")
+    daemon.virsh("destroy", "g6")
+    daemon.virsh("undefine", "g6")
+
+
+def test_libvirt_python(daemon: DaemonProcess) -> None:
+    import libvirt
+
+    conn = daemon.conn()
+    dom = conn.defineXML(guest_xml("p1", UUID))
+    assert (dom.isActive(), dom.isPersistent(), dom.ID()) == (0, 1, -1)
+    assert dom.info() == [libvirt.VIR_DOMAIN_SHUTOFF, 65536, 65536, 1, 0]
+    dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+    assert dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER]
+    dom.resume()
+    assert conn.lookupByID(dom.ID()).name() == "p1"
+    assert [d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)] == [
+        "p1"
+    ]
+    assert conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE) == []
+    with pytest.raises(libvirt.libvirtError) as e:
+        dom.create()
+    assert e.value.get_error_message() == (
+        "Requested operation is not valid: domain is already running"
+    )
+    with pytest.raises(libvirt.libvirtError) as e:
+        conn.defineXML(guest_xml("p2", UUID))
+    assert e.value.get_error_message() == (
+        f"operation failed: domain 'p1' is already defined with uuid {UUID}"
+    )
+    # Undefining a running guest leaves it running, transient.
+    dom.undefine()
+    assert (dom.isActive(), dom.isPersistent()) == (1, 0)
+    dom.destroy()
+    with pytest.raises(libvirt.libvirtError) as e:
+        dom.info()
+    assert e.value.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+    assert e.value.get_error_message() == (
+        f"Domain not found: no domain with matching uuid '{UUID}' (p1)"
+    )
+    with pytest.raises(libvirt.libvirtError) as e:
+        conn.lookupByName("p1")
+    assert e.value.get_error_message() == "Domain not found: no domain with matching name 'p1'"
