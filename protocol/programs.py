@@ -141,7 +141,8 @@ class Program:
     module: types.ModuleType
 
     def __repr__(self) -> str:
-        return f"<Program {self.name} {self.number:#x} v{self.version}: {len(self.procedures)} procedures>"
+        return (f"<Program {self.name} {self.number:#x} v{self.version}: "
+                f"{len(self.procedures)} procedures>")
 
 
 def build_program(name: str, number: int, version: int, module: types.ModuleType,
@@ -171,7 +172,8 @@ def build_program(name: str, number: int, version: int, module: types.ModuleType
         event = bool(notes.get("event"))
         args = f"{stem}_msg" if event else f"{stem}_args"
         ret = f"{stem}_ret"
-        stream = "read" if notes.get("readstream") else "write" if notes.get("writestream") else None
+        stream = ("read" if notes.get("readstream")
+                  else "write" if notes.get("writestream") else None)
         procedures[proc_number] = Procedure(
             proc_number, proc_name, notes.get("api") or api_name(proc_name, api_prefix), module,
             args if args in known else None, ret if ret in known else None,

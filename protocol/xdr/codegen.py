@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass
 
 from .runtime import CompileError
-from .parser import Const, Decl, Definition, Enum, Struct, Typedef, Union
+from .parser import Const, Decl, Definition, Enum, Struct, Typedef, TypeDefinition, Union
 
 __all__ = ["Unit", "generate"]
 
@@ -63,14 +63,14 @@ class Chars:
 
 @dataclass(frozen=True, slots=True)
 class Array:
-    elem: "Shape"
+    elem: Shape
     fixed: bool
     size: int
 
 
 @dataclass(frozen=True, slots=True)
 class Optional:
-    elem: "Shape"
+    elem: Shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +81,7 @@ class Named:
 
 
 Shape = Prim | Opaque | String | Chars | Array | Optional | Named
+Sized = Opaque | String | Chars | Array  # shapes with a length
 
 _PRIM_FORMAT = {
     "i": "i", "I": "I", "q": "q", "Q": "Q", "f": "f", "d": "d",
@@ -127,7 +128,7 @@ Unit = tuple[dict[str, int], dict[str, dict[str, int]], dict[str, dict[str, list
 
 class _Gen:
     def __init__(self, defs: list[Definition]):
-        self.types: dict[str, Definition] = {}
+        self.types: dict[str, TypeDefinition] = {}
         self.const_defs: dict[str, tuple[int | str, str]] = {}
         self.enums: dict[str, dict[str, int]] = {}
         self.comments: dict[str, dict[str, list[str]]] = {}
@@ -248,8 +249,8 @@ class _Gen:
     def named_refs(self, name: str) -> set[str]:
         """Structs and unions that *name*'s encoding refers to directly."""
         d = self.types[name]
-        decls = (d.fields if isinstance(d, Struct)
-                 else [a.decl for a in d.arms] + ([d.default] if d.default else []))
+        assert isinstance(d, (Struct, Union))
+        decls = d.fields if isinstance(d, Struct) else d.decls()
         refs: set[str] = set()
 
         def walk(shape: Shape) -> None:
@@ -289,9 +290,9 @@ class _Gen:
                 if isinstance(d, Struct):
                     n = sum(self.min_size(self.shape(f)) for f in d.fields)
                 else:
-                    arms = [a.decl for a in d.arms] + ([d.default] if d.default else [])
+                    assert isinstance(d, Union)
                     n = 4 + min(0 if a.kind == "void" else self.min_size(self.shape(a))
-                                for a in arms)
+                                for a in d.decls())
                 self._min_sizes[name] = n
             return self._min_sizes[name]
         return 4  # a length or a presence flag at least
@@ -299,7 +300,7 @@ class _Gen:
     # -- output -------------------------------------------------------------
 
     def unit(self) -> Unit:
-        chunks: dict[str, tuple[str, tuple[str, ...]]] = {}
+        chunks: dict[str, tuple[bytes, tuple[str, ...]]] = {}
         for name, d in self.types.items():
             chunk = _Chunk(self, name)
             if isinstance(d, Struct):
@@ -335,11 +336,11 @@ class _Chunk:
     def inlinable(self, name: str) -> Struct | Union | None:
         """The definition to inline in place of a call, if it is small and not recursive."""
         d = self.gen.types[name]
-        if (name == self.name or name in self.inlining or len(self.inlining) >= _INLINE_DEPTH
-                or self.gen.recursive(name)):
+        if (not isinstance(d, (Struct, Union)) or name == self.name or name in self.inlining
+                or len(self.inlining) >= _INLINE_DEPTH or self.gen.recursive(name)):
             return None
         size = len(d.fields) if isinstance(d, Struct) else len(d.arms) + 1
-        return d if size <= _INLINE_ITEMS else None  # type: ignore[return-value]
+        return d if size <= _INLINE_ITEMS else None
 
     def finish(self) -> tuple[bytes, tuple[str, ...]]:
         """zlib-compressed source (kept in memory until first use) and dependencies."""
@@ -371,7 +372,7 @@ class _Chunk:
                 out.append(f"{ind}{var} = {var} == 1")
         elif p.kind == "enum":
             out.append(f"{ind}if {var} not in _EV_{p.enum}: "
-                       f"raise _XE({what + ': bad ' + p.enum + ' value %d'!r} % {var})")
+                       f"raise _XE({f'{what}: bad {p.enum} value %d'!r} % {var})")
         elif p.kind in _RANGES:
             lo, hi = _RANGES[p.kind]
             cond = f"{var} > {hi}" if lo == 0 else f"not {lo} <= {var} <= {hi}"
@@ -396,7 +397,9 @@ class _Chunk:
                 assert isinstance(shape, Array) and isinstance(shape.elem, Prim)
                 fmt += f"{shape.size}{_PRIM_FORMAT[shape.elem.kind]}"
                 plan.append((shape, target, what, shape.size, offset))
-            offset += fixed_size(shape)
+            size = fixed_size(shape)
+            assert size is not None
+            offset += size
         unpack = self.struct_const(fmt, "unpack_from")
         if all(n <= 1 for _, _, _, n, _ in plan):
             targets = [t for _, t, _, n, _ in plan if n == 1]
@@ -413,13 +416,14 @@ class _Chunk:
                 elif n > 1 or isinstance(shape, Array):
                     out.append(f"{ind}{target} = list(_t[{k}:{k + n}])")
                 k += n
-        for shape, target, what, n, off in plan:
+        for shape, target, what, _, off in plan:
             if isinstance(shape, Chars):
                 start = f"pos + {off + 3}"
                 out.append(f"{ind}{target} = bytes(data[{start}:pos + {off + 4 * shape.size}:4])")
             elif isinstance(shape, Prim):
                 self.dec_checks(shape, target, what, ind, out)
-            elif isinstance(shape, Array) and self.needs_check(shape.elem):
+            elif (isinstance(shape, Array) and isinstance(shape.elem, Prim)
+                  and self.needs_check(shape.elem)):
                 self.dec_list_checks(shape.elem, target, what, ind, out)
         out.append(f"{ind}pos += {offset}")
 
@@ -434,7 +438,7 @@ class _Chunk:
         if p.kind == "bool":
             out.append(f"{ind}{target} = [{e} == 1 for {e} in {target}]")
 
-    def dec_length(self, shape: Shape, what: str, ind: str, out: list[str]) -> str:
+    def dec_length(self, shape: Sized, what: str, ind: str, out: list[str]) -> str:
         """Read a length word into a fresh local; check it against the maximum."""
         n = self.tmp("n")
         out.append(f"{ind}{n}, = _U32(data, pos)")
@@ -521,7 +525,7 @@ class _Chunk:
             return f"1 if {expr} else 0"
         if p.kind == "enum":
             out.append(f"{ind}if {expr} not in _EV_{p.enum}: "
-                       f"raise _XE({what + ': bad ' + p.enum + ' value %r'!r} % ({expr},))")
+                       f"raise _XE({f'{what}: bad {p.enum} value %r'!r} % ({expr},))")
         elif p.kind in _RANGES:
             lo, hi = _RANGES[p.kind]
             out.append(f"{ind}if not {lo} <= {expr} <= {hi}: "
@@ -541,6 +545,7 @@ class _Chunk:
                     expr = var
                 args.append(self.enc_prim_arg(shape, expr, what, ind, out))
                 continue
+            assert isinstance(shape, (Opaque, Chars, Array))
             var = self.tmp("a")
             out.append(f"{ind}{var} = {expr}")
             out.append(f"{ind}if len({var}) != {shape.size}: "
@@ -570,7 +575,7 @@ class _Chunk:
             self.enc_prim_arg(p, e, what, ind + "    ", out)
         return f"*{var}"
 
-    def enc_length(self, shape: Shape, var: str, what: str, ind: str, out: list[str]) -> str:
+    def enc_length(self, shape: Sized, var: str, what: str, ind: str, out: list[str]) -> str:
         n = self.tmp("n")
         out.append(f"{ind}{n} = len({var})")
         if shape.size != UNBOUNDED:
@@ -646,15 +651,16 @@ class _Chunk:
                     ind: str, out: list[str]) -> None:
         """Code for a sequence of items, batching fixed-size runs."""
         run: list[tuple[Shape, str, str]] = []
-        for item in fields + [None]:  # type: ignore[list-item]
-            if item is not None and fixed_size(item[0]) is not None:
+        for item in fields:
+            if fixed_size(item[0]) is not None:
                 run.append(item)
                 continue
             if run:
                 (self.enc_run if enc else self.dec_run)(run, ind, out)
                 run = []
-            if item is not None:
-                (self.enc if enc else self.dec)(item[0], item[1], item[2], ind, out)
+            (self.enc if enc else self.dec)(*item, ind, out)
+        if run:
+            (self.enc_run if enc else self.dec_run)(run, ind, out)
 
     def codec(self, name: str) -> None:
         self.body.append(f"{name}_codec = _Codec({name!r}, _p_{name}, _u_{name})")
@@ -682,14 +688,14 @@ class _Chunk:
 
     def struct_enc(self, d: Struct, var: str, ind: str, out: list[str]) -> None:
         items = [(self.gen.shape(f), f"{var}.{a}", f"{d.name}.{a}")
-                 for f, a in zip(d.fields, self.gen.attrs(d))]
+                 for f, a in zip(d.fields, self.gen.attrs(d), strict=True)]
         self.fields_code(items, True, ind, out)
 
     def struct_dec(self, d: Struct, ind: str, out: list[str]) -> str:
         """Decode the fields into fresh locals; returns the constructor call."""
         targets = [self.tmp("f") for _ in d.fields]
         items = [(self.gen.shape(f), t, f"{d.name}.{a}")
-                 for f, t, a in zip(d.fields, targets, self.gen.attrs(d))]
+                 for f, t, a in zip(d.fields, targets, self.gen.attrs(d), strict=True)]
         self.fields_code(items, False, ind, out)
         if d.name != self.name:
             self.deps.add(d.name)  # its class

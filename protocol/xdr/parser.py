@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from .lexer import CompileError, Token, tokenize
 
 __all__ = [
-    "Const", "Decl", "Enum", "EnumMember", "Struct", "Typedef", "Union", "UnionArm",
+    "Const", "Decl", "Definition", "Enum", "EnumMember", "Struct", "TypeDefinition", "Typedef",
+    "Union", "UnionArm",
     "parse", "parse_files",
 ]
 
@@ -82,6 +83,10 @@ class Union:
     default: Decl | None
     where: str
 
+    def decls(self) -> list[Decl]:
+        """Every arm's declaration, the default's last."""
+        return [a.decl for a in self.arms] + ([self.default] if self.default else [])
+
 
 @dataclass(slots=True)
 class Typedef:
@@ -90,7 +95,8 @@ class Typedef:
     where: str
 
 
-Definition = Const | Enum | Struct | Union | Typedef
+TypeDefinition = Enum | Struct | Union | Typedef
+Definition = Const | TypeDefinition
 
 
 class _Parser:
@@ -293,9 +299,9 @@ class _Parser:
                 raise self.error(name, "string needs <N>, not [N]")
             return Decl(type_name, name.text, "fixed", size, where)
         if self.accept("<"):
-            size = None if self.peek().text == ">" else self.value()
+            bound = None if self.peek().text == ">" else self.value()
             self.expect(">")
-            return Decl(type_name, name.text, "var", size, where)
+            return Decl(type_name, name.text, "var", bound, where)
         if type_name in ("opaque", "string"):
             raise self.error(self.peek(), f"{type_name} {name.text} needs a length")
         return Decl(type_name, name.text, "scalar", None, where)

@@ -12,7 +12,8 @@ import struct
 import threading
 import types
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["CompileError", "XDRError", "Codec", "build_module", "GENERATED_VERSION"]
 

@@ -176,6 +176,15 @@ def remote():
     return module, Strategies(defs, module)
 
 
+def _round_trip_check(module, strats, name):
+    @settings(max_examples=3, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(strats.type(name))
+    def check(value):
+        _round_trip(module, name, value)
+    return check
+
+
 def test_every_remote_type_round_trips_and_rejects_garbage(remote):
     """One drawn value per type (a full search over ~700 types would be slow)."""
     module, strats = remote
@@ -184,11 +193,4 @@ def test_every_remote_type_round_trips_and_rejects_garbage(remote):
         codec = getattr(module, name + "_codec")
         for blob in garbage:
             _decode_only_raises_xdr_error(codec, blob)
-
-        @settings(max_examples=3, database=None, deadline=None,
-                  suppress_health_check=list(HealthCheck))
-        @given(strats.type(name))
-        def check(value):
-            _round_trip(module, name, value)
-
-        check()
+        _round_trip_check(module, strats, name)()
