@@ -525,6 +525,8 @@ class QemuDriver:
             )
             dom.xml_cache.clear()
         elif name == "SHUTDOWN":
+            if dom.state == State.SHUTDOWN:
+                return  # QEMU repeats it when it is then told to quit
             dom.got_shutdown = True
             guest = bool(data.get("guest"))
             dom.set_state(State.SHUTDOWN, 0)

@@ -61,9 +61,10 @@ class Monitor:
             raise
 
     async def execute(
-        self, cmd: str, args: Mapping[str, Any] | None = None, timeout: float = COMMAND_TIMEOUT
+        self, cmd: str, args: Mapping[str, Any] | None = None, timeout: float | None = None
     ) -> Any:
         """Run one command; QEMU errors and timeouts become ``VirError``."""
+        timeout = COMMAND_TIMEOUT if timeout is None else timeout
         try:
             return await asyncio.wait_for(self._qmp.execute(cmd, args), timeout)
         except asyncio.TimeoutError:

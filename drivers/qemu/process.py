@@ -244,12 +244,12 @@ class QemuProcess:
 
     # -- stopping ------------------------------------------------------------
 
-    async def kill(self, graceful: bool, term_timeout: float = TERM_TIMEOUT) -> bool:
+    async def kill(self, graceful: bool) -> bool:
         """SIGTERM, and SIGKILL if that was not enough (unless ``graceful``).
 
         Returns whether the process is gone.
         """
-        for sig, wait in ((signal.SIGTERM, term_timeout), (signal.SIGKILL, KILL_TIMEOUT)):
+        for sig, wait in ((signal.SIGTERM, TERM_TIMEOUT), (signal.SIGKILL, KILL_TIMEOUT)):
             if graceful and sig == signal.SIGKILL:
                 break
             try:

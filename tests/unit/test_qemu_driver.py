@@ -5,6 +5,9 @@ Nothing here starts QEMU; the capabilities are made up.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,60 @@ def test_monitor_path_stays_short(tmp_path: Path) -> None:
     path = drv._monitor_path(dom)  # type: ignore[arg-type]
     assert len(path.encode()) <= driver_mod.MAX_SOCKET_PATH
     assert path.endswith(f"{UUID}.monitor")
+
+
+# -- with a real QEMU ------------------------------------------------------------
+
+needs_qemu = pytest.mark.skipif(
+    not os.path.exists(CAPS.emulator), reason="no QEMU to start guests with"
+)
+
+
+async def wait_state(dom: Domain, state: State, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while dom.state != state:
+            await asyncio.sleep(0.01)
+
+
+@needs_qemu
+async def test_guest_poweroff_is_a_shutdown(tmp_path: Path) -> None:
+    events: list = []
+    drv = make_driver(tmp_path, events)
+    for d in (drv.dirs.lib_dir, drv.dirs.log_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    dom = await drv.define_xml(xml("a", UUID))
+    await drv.create(dom)
+    pid = dom.process.pid  # type: ignore[union-attr]
+    # What QEMU says when the guest powers itself off (it then waits, -no-shutdown).
+    drv._on_qmp_event(dom, "SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
+    await wait_state(dom, State.SHUTOFF)
+    assert drv.get_state(dom) == (State.SHUTOFF, 1)  # shut off (shutdown)
+    assert events[-2:] == [("a", 6, 1), ("a", 5, 0)]  # SHUTDOWN GUEST, STOPPED SHUTDOWN
+    assert not os.path.exists(f"/proc/{pid}")
+    assert "shutting down, reason=shutdown" in (drv.dirs.log_dir / "a.log").read_text()
+
+
+@needs_qemu
+async def test_stuck_monitor_blocks_only_its_guest(tmp_path: Path, monkeypatch) -> None:
+    from drivers.qemu import monitor, process
+
+    monkeypatch.setattr(monitor, "COMMAND_TIMEOUT", 1.0)
+    monkeypatch.setattr(process, "TERM_TIMEOUT", 0.5)
+    drv = make_driver(tmp_path)
+    for d in (drv.dirs.lib_dir, drv.dirs.log_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    stuck = await drv.define_xml(xml("stuck"))
+    fine = await drv.define_xml(xml("fine"))
+    await drv.create(stuck)
+    await drv.create(fine)
+    os.kill(stuck.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+    hanging = asyncio.ensure_future(drv.suspend(stuck))
+    await asyncio.sleep(0.1)
+    await drv.suspend(fine)
+    await drv.resume(fine)
+    assert drv.get_info(stuck).state == State.RUNNING
+    e = await aerror(hanging)
+    assert e.code == ErrorCode.OPERATION_TIMEOUT
+    await drv.destroy(stuck)  # SIGTERM stays pending on a stopped process: SIGKILL
+    assert drv.get_state(stuck) == (State.SHUTOFF, 2)
+    await drv.destroy(fine)
