@@ -91,6 +91,8 @@ def build_argv(
     a += ["-machine", machine]
     a += ["-accel", "kvm" if d.type == "kvm" else "tcg"]
     a += ["-cpu", _cpu(d)]
+    if d.os.loader_attrs.get("secure") == "yes":
+        a += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
     _memory(d, a)
     a += ["-overcommit", "mem-lock=off"]
     a += ["-smp", _smp(d)]
@@ -133,12 +135,12 @@ def build_argv(
     _watchdogs(d, a)
     mb = d.devices.memballoon
     if mb is not None and mb.model == "virtio":
-        props = {"driver": "virtio-balloon-pci", "id": mb.info.alias, **_addr_props(d, mb.info)}
+        props = {"driver": "virtio-balloon-pci", "id": mb.info.alias}
         if mb.attrs.get("autodeflate") == "on":
             props["deflate-on-oom"] = True
         if mb.attrs.get("freePageReporting") == "on":
             props["free-page-reporting"] = True
-        a += ["-device", _json(props)]
+        a += ["-device", _json({**props, **_addr_props(d, mb.info)})]
     _rngs(d, a)
     vmcoreinfo = d.features.get("vmcoreinfo")
     if vmcoreinfo is not None and vmcoreinfo.attrs.get("state", "on") == "on":
@@ -188,7 +190,7 @@ def _cpu(d: DomainDef) -> str:
         base = "host" if d.type == "kvm" else "max"
         return f"{base},migratable=on" if cpu.mode == "host-passthrough" and cpu.migratable == "on" else base
     if cpu.mode == "maximum":
-        return "max"
+        return ",".join(["max", *_cpu_flags(d)])
     parts = [cpu.model or "qemu64"]
     for f in cpu.features:
         state = "off" if f.policy in ("disable", "forbid") else "on"
@@ -370,18 +372,26 @@ def _disks(d: DomainDef, a: list[str]) -> None:
     total = len(d.devices.disks)
     for n, disk in enumerate(d.devices.disks):
         node = f"libvirt-{total - n}"
-        if disk.source is not None:
+        has_image = disk.source is not None or bool(disk.net_source)
+        if has_image:
             _blockdevs(disk, node, a)
-        a += ["-device", _json(_disk_device(d, disk, node if disk.source is not None else None, boot))]
+        a += ["-device", _json(_disk_device(d, disk, node if has_image else None, boot))]
 
 
 def _blockdevs(disk: Disk, node: str, a: list[str]) -> None:
     drv = disk.driver
     cache = _cache(disk)
-    storage: dict[str, Any] = {
-        "driver": "host_device" if disk.type == "block" else "file",
-        "filename": disk.source,
-    }
+    storage: dict[str, Any]
+    if disk.net_source.get("protocol") == "nbd":
+        host = disk.hosts[0] if disk.hosts else {}
+        server = {"type": "inet", "host": host.get("name", ""), "port": host.get("port", "10809")}
+        if host.get("transport") == "unix":
+            server = {"type": "unix", "path": host.get("socket", "")}
+        storage = {"driver": "nbd", "server": server}
+        if disk.net_source.get("name"):
+            storage["export"] = disk.net_source["name"]
+    else:
+        storage = {"driver": "host_device" if disk.type == "block" else "file", "filename": disk.source}
     if drv.get("io") in ("native", "threads", "io_uring"):
         storage["aio"] = drv["io"]
     storage["node-name"] = f"{node}-storage"
@@ -411,7 +421,10 @@ def _disk_device(d: DomainDef, disk: Disk, node: str | None, boot: dict[int, int
     addr = disk.info.address
     props: dict[str, Any]
     if disk.bus == "virtio":
-        props = {"driver": "virtio-blk-pci", **_addr_props(d, disk.info)}
+        props = {"driver": "virtio-blk-pci"}
+        if disk.driver.get("iothread"):
+            props["iothread"] = f"iothread{disk.driver['iothread']}"
+        props.update(_addr_props(d, disk.info))
         if disk.shareable:
             props["share-rw"] = True
     elif disk.bus in ("ide", "sata") and isinstance(addr, DriveAddress):
@@ -561,9 +574,13 @@ def _graphics(d: DomainDef, a: list[str], vnc_port: int | None, spice_port: int 
             opts = f"{addr}:{(port or 5900) - 5900}"
             if port is None:
                 opts += ",to=100"
+            if g.attrs.get("passwd"):
+                opts += ",password=on"  # the password itself is set over QMP
             if audio:
                 opts += f",audiodev={audio}"
             a += ["-vnc", opts]
+            if g.attrs.get("keymap"):
+                a += ["-k", g.attrs["keymap"]]
         elif g.type == "spice":
             port = spice_port if g.attrs.get("autoport") == "yes" else g.attrs.get("port")
             opts = []

@@ -6,6 +6,7 @@ of it from the reference libvirtd.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -163,6 +164,49 @@ def test_errors_match_libvirtd(xml: str, code: ErrorCode, domain: ErrorDomain, m
     with pytest.raises(VirError) as info:
         parse(xml, CAPS)
     assert (info.value.code, info.value.domain, info.value.message) == (code, domain, message)
+
+
+def test_secure_shows_passwords() -> None:
+    d = parse((DATA / "q35-mixed.xml").read_text(), CAPS)
+    assert format(d, secure=True) == (DATA / "q35-mixed.secure-out.xml").read_text()
+    assert "passwd" not in format(d)
+
+
+def test_firmware_autoselection(tmp_path: Path) -> None:
+    """As libvirtd 9.0 starts an efi guest: the live XML names loader and NVRAM."""
+    from drivers.qemu.domain_xml.firmware import select_firmware
+
+    fw = tmp_path / "fw"
+    fw.mkdir()
+    for n, (features, code) in enumerate(((["requires-smm", "secure-boot"], "SB.fd"), ([], "CODE.fd"))):
+        desc = {"interface-types": ["uefi"], "features": features,
+                "mapping": {"device": "flash", "executable": {"filename": f"/ovmf/{code}"},
+                            "nvram-template": {"filename": "/ovmf/VARS.fd"}},
+                "targets": [{"architecture": "x86_64", "machines": ["pc-q35-*"]}]}  # fmt: skip
+        (fw / f"{n}0-edk2.json").write_text(json.dumps(desc))
+    xml = (
+        "<domain type='kvm'><name>efi</name><uuid>11111111-2222-3333-4444-0000000000e1</uuid>"
+        "<memory>131072</memory><os firmware='efi'><type machine='q35'>hvm</type>"
+        "<firmware><feature enabled='no' name='secure-boot'/></firmware></os><features><acpi/></features></domain>"
+    )
+    d = parse(xml, CAPS)
+    select_firmware(d, "/nv", dirs=(str(fw),))
+    got = format(d, inactive=False, live=LiveState(id=1))
+    assert (
+        "  <os>\n"
+        "    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>\n"
+        "    <firmware>\n"
+        "      <feature enabled='no' name='secure-boot'/>\n"
+        "    </firmware>\n"
+        "    <loader readonly='yes' type='pflash'>/ovmf/CODE.fd</loader>\n"
+        "    <nvram template='/ovmf/VARS.fd'>/nv/efi_VARS.fd</nvram>\n"
+        "    <boot dev='hd'/>\n"
+        "  </os>\n"
+    ) in got
+    d = parse(xml.replace("<firmware><feature enabled='no' name='secure-boot'/></firmware>", ""), CAPS)
+    select_firmware(d, "/nv", dirs=(str(fw),))
+    assert d.os.loader == "/ovmf/SB.fd" and d.os.loader_attrs["secure"] == "yes"
+    assert list(d.features) == ["acpi", "smm"]
 
 
 def test_unknown_elements_are_dropped() -> None:

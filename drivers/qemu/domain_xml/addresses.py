@@ -267,31 +267,42 @@ def _assign_q35(d: DomainDef) -> None:
             c.info.address = buses.next_on_root()
     taken_ports = {i.address.bus for i in _all_infos(d) if isinstance(i.address, PciAddress)}
     free_ports = [p for p in free_ports if p not in taken_ports]
+    # First pass, as libvirt's: number the buses the devices need, in device order.
+    # A conventional PCI device needs a pcie-to-pci-bridge, itself behind a root port.
+    wanted = [(info, pcie) for info, pcie in _pci_devices(d) if _wants_pci(info)]
     first_new = next_bus
-    bridges: dict[int, int] = {}  # new pcie-to-pci-bridge index -> the root port it sits on
-    bridge_bus, bridge_slot = 0, 32
-    for info, pcie in _pci_devices(d):
-        if not _wants_pci(info):
-            continue
-        if pcie and free_ports:
-            info.address = PciAddress(bus=free_ports.pop(0), slot=0)
+    bridges: list[int] = []
+    bridge_room = 0
+    needs_port = 0
+    for _, pcie in wanted:
+        if pcie and needs_port < len(free_ports):
+            needs_port += 1
         elif pcie:
-            info.address = PciAddress(bus=next_bus, slot=0)
             next_bus += 1
         else:
-            if bridge_slot > 31:  # conventional PCI needs a bridge behind a root port
-                bridge_bus, bridge_slot = next_bus + 1, 1
-                bridges[bridge_bus] = next_bus
+            if bridge_room == 0:
+                bridges.append(next_bus + 1)
                 next_bus += 2
-            info.address = PciAddress(bus=bridge_bus, slot=bridge_slot)
-            bridge_slot += 1
+                bridge_room = 31
+            bridge_room -= 1
     count = next_bus - first_new
     if count and not explicit_pci:
         count += 1  # one spare root port for hotplug
-    for index in range(first_new, first_new + count):
-        if index in bridges:
+    new = range(first_new, first_new + count)
+    # Second pass: bridges (controllers) take the lowest root ports, then devices follow.
+    ports = free_ports + [i for i in new if i not in bridges]
+    parent = {bridge: ports.pop(0) for bridge in bridges}
+    slots = iter((bridge, slot) for bridge in bridges for slot in range(1, 32))
+    for info, pcie in wanted:
+        if pcie:
+            info.address = PciAddress(bus=ports.pop(0), slot=0)
+        else:
+            bus, slot = next(slots)
+            info.address = PciAddress(bus=bus, slot=slot)
+    for index in new:
+        if index in parent:
             bridge = Controller(type="pci", index=index, model="pcie-to-pci-bridge", model_name="pcie-pci-bridge")
-            bridge.info.address = PciAddress(bus=bridges[index], slot=0)
+            bridge.info.address = PciAddress(bus=parent[index], slot=0)
             d.devices.controllers.append(bridge)
         else:
             _add_root_port(d, buses, index)

@@ -147,9 +147,11 @@ def _fill_cpu(d: DomainDef) -> None:
         cpu.model_fallback = cpu.model_fallback or "allow"
     elif cpu.mode == "host-model":
         cpu.check = cpu.check or "partial"
-    elif cpu.mode in ("host-passthrough", "maximum"):
+    elif cpu.mode == "host-passthrough":
         cpu.check = cpu.check or "none"
         cpu.migratable = cpu.migratable or "on"
+    elif cpu.mode == "maximum":
+        cpu.check = cpu.check or "none"
     if cpu.topology is not None:
         cpu.topology = {
             "sockets": cpu.topology.get("sockets", 1),

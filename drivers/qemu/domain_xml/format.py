@@ -124,6 +124,11 @@ def _format_os(d: DomainDef, w) -> None:
     firmware = f" firmware='{os.firmware}'" if os.firmware else ""
     w(f"  <os{firmware}>\n")
     w(f"    <type arch='{os.arch}' machine='{os.machine}'>{os.type}</type>\n")
+    if os.firmware_features:
+        w("    <firmware>\n")
+        for enabled, name in os.firmware_features:
+            w(f"      <feature enabled='{enabled}' name='{esc(name)}'/>\n")
+        w("    </firmware>\n")
     if os.loader is not None or os.loader_attrs:
         order = ("readonly", "secure", "type", "format")
         if os.loader:
@@ -249,6 +254,15 @@ def _format_disk(disk: Disk, inactive: bool, node_index: int) -> str:
         body.append(f"{i}<source {attr}='{esc(disk.source)}'{index}/>\n")
         if not inactive:
             body.append(f"{i}<backingStore/>\n")
+    elif disk.net_source:
+        head = f"{i}<source{_attrs(disk.net_source, ('protocol', 'name', 'query', 'tls'))}"
+        if disk.hosts:
+            body.append(head + ">\n")
+            for h in disk.hosts:
+                body.append(f"{i}  <host{_attrs(h, ('transport', 'name', 'port', 'socket'))}/>\n")
+            body.append(f"{i}</source>\n")
+        else:
+            body.append(head + "/>\n")
     extra = _attrs(disk.target_extra, ("tray", "removable", "rotation_rate"))
     body.append(f"{i}<target dev='{esc(disk.target)}' bus='{disk.bus}'{extra}/>\n")
     if disk.readonly:

@@ -68,6 +68,8 @@ class Disk:
     target: str
     bus: str
     source: str | None = None  # path of the file or block device
+    net_source: dict[str, str] = field(default_factory=dict)  # type='network': protocol, name
+    hosts: list[dict[str, str]] = field(default_factory=list)  # type='network': name, port
     driver: dict[str, str] = field(default_factory=dict)  # name, type, cache, io, ...
     readonly: bool = False
     shareable: bool = False
@@ -222,7 +224,8 @@ class Os:
     nvram: str | None = None
     nvram_attrs: dict[str, str] = field(default_factory=dict)  # template
     bootmenu: dict[str, str] = field(default_factory=dict)  # enable, timeout
-    firmware: str | None = None
+    firmware: str | None = None  # efi / bios: chosen from QEMU's firmware descriptors at start
+    firmware_features: list[tuple[str, str]] = field(default_factory=list)  # (enabled, name)
 
 
 @dataclass

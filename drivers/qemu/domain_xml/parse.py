@@ -293,6 +293,9 @@ def _parse_os(root: etree._Element) -> Os:
     os.cmdline = _text(el.find("cmdline"))
     os.dtb = _text(el.find("dtb"))
     os.firmware = el.get("firmware")
+    fw = el.find("firmware")
+    if fw is not None:
+        os.firmware_features = [(f.get("enabled", "yes"), f.get("name", "")) for f in fw.findall("feature")]
     loader = el.find("loader")
     if loader is not None:
         os.loader = loader.text
@@ -405,7 +408,12 @@ def _disk(el: etree._Element, devs: Devices) -> None:
     device = _enum(el, "device", DISK_DEVICES) or "disk"
     source_el = el.find("source")
     source = None
-    if source_el is not None:
+    net_source: dict[str, str] = {}
+    hosts: list[dict[str, str]] = []
+    if source_el is not None and dtype == "network":
+        net_source = {k: v for k, v in source_el.attrib.items() if k in ("protocol", "name", "query", "tls")}
+        hosts = [dict(h.attrib) for h in source_el.findall("host")]
+    elif source_el is not None:
         source = source_el.get("dev") if dtype == "block" else source_el.get("file")
     target = el.find("target")
     if target is None or not target.get("dev"):
@@ -423,6 +431,8 @@ def _disk(el: etree._Element, devs: Devices) -> None:
         target=target.get("dev", ""),
         bus=bus,
         source=source,
+        net_source=net_source,
+        hosts=hosts,
         driver=dict(driver.attrib) if driver is not None else {},
         readonly=el.find("readonly") is not None,
         shareable=el.find("shareable") is not None,
