@@ -25,6 +25,9 @@ __all__ = ["Unit", "generate"]
 
 UNBOUNDED = 0xFFFFFFFF
 
+# Builtins the generated code calls; a type or constant may not shadow them.
+_RESERVED = frozenset({"bytes", "len", "list", "range", "str"})
+
 # A struct or union with at most this many fields/arms is coded in place in
 # the code of the types that contain it (saving a call per value), to this depth.
 _INLINE_ITEMS = 8
@@ -143,6 +146,12 @@ class _Gen:
                 if isinstance(d, Enum):
                     for m in d.members:
                         self._add_const(m.name, m.value, m.where)
+        for name, where in [(n, v[1]) for n, v in self.const_defs.items()] + \
+                [(n, t.where) for n, t in self.types.items()]:
+            if name.startswith("_") or name in _RESERVED:
+                raise CompileError(f"{where}: the name {name} is reserved in generated code")
+            if name in self.types and name in self.const_defs:
+                raise CompileError(f"{where}: {name} is both a type and a constant")
         self.consts: dict[str, int] = {}
         for name in self.const_defs:
             self.resolve(name, "")

@@ -120,6 +120,9 @@ def test_parse_errors_name_file_and_line(text, message):
     ("union u switch (hyper t) { case 1: int a; };", "discriminant must be"),
     ("union u switch (int t) { case 1: int a; case 1: int b; };", "case 1 repeated"),
     ("struct s { int a; int a; };", "duplicate field names"),
+    ("typedef int len;", "x.x:1: the name len is reserved"),
+    ("const _X = 1;", "the name _X is reserved"),
+    ("const s = 1; struct s { int a; };", "s is both a type and a constant"),
 ])
 def test_semantic_errors(text, message):
     with pytest.raises(CompileError, match=message):
@@ -168,6 +171,10 @@ union boolsw switch (bool b) { case 1: int yes; case 0: void; };
 struct node { int v; node *next; };
 struct kw { int from; int class; };
 struct lots { dom d<>; };
+typedef int pair[2];
+typedef opaque blob<4>;
+typedef string word<3>;
+struct nest { pair p<3>; pair q[2]; blob bs<2>; word ws[2]; ostr os<2>; val vv[1]; };
 struct all {
   int i; unsigned int u; hyper h; unsigned hyper uh; float f; double d; bool b;
   color c; char ch; unsigned char uc; short sh; unsigned short us;
@@ -244,6 +251,16 @@ def test_union_values(m):
     assert m.boolsw_codec.decode(b"\0\0\0\1\0\0\0\2") == (1, 2)
     with pytest.raises(XDRError):
         m.boolsw_codec.decode(b"\0\0\0\2")
+
+
+def test_nested_arrays(m):
+    v = m.nest([[1, 2], [3, 4]], [[5, 6], [7, 8]], [b"a", b"bcde"], ["x", "yz"],
+               [None, "q"], [(1, 9)])
+    data = m.nest_codec.encode(v)
+    assert data[:20] == b"\0\0\0\2\0\0\0\1\0\0\0\2\0\0\0\3\0\0\0\4"
+    assert m.nest_codec.decode(data) == v
+    with pytest.raises(XDRError, match="need length 2"):
+        m.nest_codec.encode(m.nest([[1]], [[5, 6], [7, 8]], [], ["", ""], [], [(1, 1)]))
 
 
 def test_recursive_struct(m):
