@@ -75,18 +75,29 @@ _NO_CONNECTION = frozenset({"CONNECT_OPEN", "CONNECT_CLOSE", "AUTH_LIST", "AUTH_
 
 
 class Entry:
-    """A procedure with everything dispatch needs precomputed."""
+    """A procedure with what dispatch needs at hand.
 
-    __slots__ = ("procedure", "handler", "unpack", "encode", "needs_conn", "needs_auth")
+    The codecs are fetched on the first call: compiling all of them up front
+    would cost megabytes for procedures most daemons never see.
+    """
+
+    __slots__ = ("procedure", "handler", "ready", "unpack", "encode", "needs_conn",
+                 "needs_auth")
 
     def __init__(self, procedure: Procedure, handler: Handler | None, needs_conn: bool) -> None:
         self.procedure = procedure
         self.handler = handler
-        args, ret = procedure.args, procedure.ret
-        self.unpack = args.unpack if args is not None else None
-        self.encode = ret.encode if ret is not None else None
+        self.ready = False
+        self.unpack: Callable[[bytes, int], tuple[Any, int]] | None = None
+        self.encode: Callable[[Any], bytes] | None = None
         self.needs_conn = needs_conn
         self.needs_auth = not procedure.name.startswith("AUTH_")
+
+    def prepare(self) -> None:
+        args, ret = self.procedure.args, self.procedure.ret
+        self.unpack = args.unpack if args is not None else None
+        self.encode = ret.encode if ret is not None else None
+        self.ready = True
 
 
 class Table:
@@ -130,6 +141,8 @@ class Table:
             raise VirError(ErrorCode.RPC, f"unknown procedure: {proc}", ErrorDomain.RPC)
         if entry.needs_auth and not client.authenticated:
             raise VirError(ErrorCode.RPC, "authentication required", ErrorDomain.RPC)
+        if not entry.ready:
+            entry.prepare()
         args = None
         if entry.unpack is not None:
             try:
