@@ -202,8 +202,11 @@ async def domain_get_max_memory(call: Call, args: Any) -> Any:
 
 
 async def domain_get_autostart(call: Call, args: Any) -> Any:
-    _dom(call, args.dom)
-    return R.remote_domain_get_autostart_ret(0)
+    return R.remote_domain_get_autostart_ret(int(call.driver.get_autostart(_dom(call, args.dom))))
+
+
+async def domain_set_autostart(call: Call, args: Any) -> None:
+    call.driver.set_autostart(_dom(call, args.dom), bool(args.autostart))
 
 
 async def domain_has_managed_save_image(call: Call, args: Any) -> Any:

@@ -117,6 +117,7 @@ class QemuDriver:
             raise RuntimeError(f"no QEMU emulator found for {host.host_arch()}")
         self._load_configs()
         await self._reattach_all()
+        await self._autostart()
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):
@@ -141,6 +142,10 @@ class QemuDriver:
     def get_version(self) -> int:
         return self.caps.version
 
+    def security_model(self) -> tuple[str, str]:
+        """(model, DOI) for virNodeGetSecurityModel: guests run with no security driver."""
+        return "none", "0"
+
     # -- lookups ---------------------------------------------------------------
 
     def lookup_by_name(self, name: str) -> Domain:
@@ -164,7 +169,11 @@ class QemuDriver:
         return dom
 
     def list_domains(self, flags: int = 0) -> list[Domain]:
-        return [dom for dom in self._by_uuid.values() if _matches(dom, flags)]
+        doms = [dom for dom in self._by_uuid.values() if _matches(dom, flags)]
+        if flags & (LIST_AUTOSTART | LIST_NO_AUTOSTART) not in (0, LIST_AUTOSTART | LIST_NO_AUTOSTART):
+            want = bool(flags & LIST_AUTOSTART)
+            doms = [d for d in doms if self.get_autostart(d) == want]
+        return doms
 
     def num_of_domains(self) -> int:
         return len(self._by_id)
@@ -268,14 +277,59 @@ class QemuDriver:
                     "Requested operation is not valid: cannot undefine transient domain",
                     ErrorDomain.QEMU,
                 )
-            try:
-                os.unlink(self._config_path(dom.name))
-            except FileNotFoundError:
-                pass
+            for path in (self._autostart_link(dom.name), self._config_path(dom.name)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
             self._emit(dom, Event.UNDEFINED, Detail.UNDEFINED_REMOVED)
             dom.set_config(None)
             if not dom.active:
                 self._forget(dom)
+
+    # -- autostart -------------------------------------------------------------------
+
+    def _autostart_link(self, name: str) -> Path:
+        return self.dirs.config_dir / "autostart" / f"{name}.xml"
+
+    def get_autostart(self, dom: Domain) -> bool:
+        self._check_present(dom)
+        return dom.persistent and os.path.lexists(self._autostart_link(dom.name))
+
+    def set_autostart(self, dom: Domain, autostart: bool) -> None:
+        """A link in ``autostart/`` to the config file, as libvirtd keeps it."""
+        self._check_present(dom)
+        if not dom.persistent:
+            raise VirError(
+                ErrorCode.OPERATION_INVALID,
+                "Requested operation is not valid: cannot set autostart for transient domain",
+                ErrorDomain.QEMU,
+            )
+        link = self._autostart_link(dom.name)
+        if autostart and not os.path.lexists(link):
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(self._config_path(dom.name), link)
+        elif not autostart:
+            try:
+                os.unlink(link)
+            except FileNotFoundError:
+                pass
+
+    async def _autostart(self) -> None:
+        """Start the autostart guests once per boot of the host, as libvirtd does.
+
+        The marker lives in the state dir, which a reboot empties.
+        """
+        marker = self.dirs.state_dir / "autostarted"
+        if marker.exists():
+            return
+        marker.touch()
+        doms = [d for d in self._by_uuid.values() if not d.active and self.get_autostart(d)]
+        for dom, result in zip(doms, await asyncio.gather(
+            *(self.create(d) for d in doms), return_exceptions=True
+        )):
+            if isinstance(result, BaseException):
+                log.error("failed to autostart VM '%s': %s", dom.name, result)
 
     # -- starting ------------------------------------------------------------------
 
@@ -690,10 +744,13 @@ def _matches(dom: Domain, flags: int) -> bool:
         )
         if not states & bit:
             return False
-    # No managed save, autostart, snapshots or checkpoints exist here yet.
-    if flags & LIST_MANAGEDSAVE or flags & LIST_AUTOSTART:
+    # No managed save, snapshots or checkpoints exist here yet; autostart is
+    # the caller's filter (it needs the file system).
+    if flags & LIST_MANAGEDSAVE and not flags & LIST_NO_MANAGEDSAVE:
         return False
-    if flags & LIST_HAS_SNAPSHOT or flags & LIST_HAS_CHECKPOINT:
+    if flags & LIST_HAS_SNAPSHOT and not flags & LIST_NO_SNAPSHOT:
+        return False
+    if flags & LIST_HAS_CHECKPOINT and not flags & LIST_NO_CHECKPOINT:
         return False
     return True
 

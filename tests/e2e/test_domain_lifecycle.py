@@ -252,3 +252,20 @@ def test_libvirt_python(daemon: DaemonProcess) -> None:
     with pytest.raises(libvirt.libvirtError) as e:
         conn.lookupByName("p1")
     assert e.value.get_error_message() == "Domain not found: no domain with matching name 'p1'"
+
+
+def test_autostart_once_per_boot(daemon: DaemonProcess) -> None:
+    define(daemon, "a1")
+    daemon.virsh("autostart", "a1")
+    assert "Autostart:      enable" in out(daemon, "dominfo", "a1")
+    assert out(daemon, "list", "--all", "--autostart", "--name") == "a1"
+    daemon.stop()
+    daemon.start()  # the same boot of the host: nothing is started
+    assert out(daemon, "domstate", "a1") == "shut off"
+    daemon.stop()
+    (daemon.root / "run/libvirt/qemu/autostarted").unlink()  # as a reboot empties /run
+    daemon.start()
+    assert out(daemon, "domstate", "--reason", "a1") == "running (booted)"
+    daemon.virsh("destroy", "a1")
+    daemon.virsh("undefine", "a1")
+    assert not (daemon.root / "etc/libvirt/qemu/autostart/a1.xml").exists()

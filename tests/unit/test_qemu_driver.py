@@ -166,6 +166,26 @@ async def test_list_filters(tmp_path: Path) -> None:
     assert isinstance(a, Domain)
 
 
+async def test_autostart(tmp_path: Path) -> None:
+    drv = make_driver(tmp_path)
+    dom = await drv.define_xml(xml("a"))
+    assert not drv.get_autostart(dom)
+    drv.set_autostart(dom, True)
+    drv.set_autostart(dom, True)
+    link = drv.dirs.config_dir / "autostart/a.xml"
+    assert os.readlink(link) == str(drv.dirs.config_dir / "a.xml")
+    assert [d.name for d in drv.list_domains(driver_mod.LIST_AUTOSTART)] == ["a"]
+    assert drv.list_domains(driver_mod.LIST_NO_AUTOSTART) == []
+    await drv.undefine(dom)
+    assert not os.path.lexists(link)
+    dom = await drv.define_xml(xml("a"))
+    dom.set_config(None)  # as if transient
+    e = error(drv.set_autostart, dom, True)
+    assert e.message == (
+        "Requested operation is not valid: cannot set autostart for transient domain"
+    )
+
+
 def test_monitor_path_stays_short(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 90)
     drv = make_driver(deep)
