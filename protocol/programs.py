@@ -160,14 +160,17 @@ def build_program(name: str, number: int, version: int, module: types.ModuleType
         if proc_number in procedures:
             raise AnnotationError(f"{enum_name}: {member} reuses number {proc_number}")
         proc_name = member[len(member_prefix):]
-        notes: dict[str, Any] = {"acl": []}
+        found: list[dict[str, Any]] = []
         for text in comments.get(member, ()):
             try:
-                found = parse_annotation(text)
+                parsed = parse_annotation(text)
             except AnnotationError as e:
                 raise AnnotationError(f"{enum_name}: {member}: {e}") from None
-            if found:
-                notes = found
+            if parsed:
+                found.append(parsed)
+        if len(found) > 1:
+            raise AnnotationError(f"{enum_name}: {member} has two annotation comments")
+        notes: dict[str, Any] = found[0] if found else {"acl": []}
         stem = f"{prefix}_{proc_name.lower()}"
         event = bool(notes.get("event"))
         args = f"{stem}_msg" if event else f"{stem}_args"

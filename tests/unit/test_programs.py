@@ -119,6 +119,12 @@ def test_bad_member_prefix():
         build_program("TEST", 1, 1, module, "test")
 
 
+def test_two_annotation_comments_are_an_error():
+    text = "enum test_procedure { TEST_PROC_X = 1 /* @ro */ /* @high */, TEST_PROC_Y = 2 };"
+    with pytest.raises(AnnotationError, match="TEST_PROC_X has two annotation comments"):
+        build_program("TEST", 1, 1, compile_text(text, "pbad3"), "test")
+
+
 def test_bad_annotation_names_the_member():
     module = compile_text("enum test_procedure { TEST_PROC_X = 1 /* @nope */ };", "pbad2")
     with pytest.raises(AnnotationError, match="TEST_PROC_X"):
