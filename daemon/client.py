@@ -37,6 +37,7 @@ _REPLY = packet.REPLY
 _OK = packet.OK
 _ERROR = packet.ERROR
 _SMALL = 65536  # bodies below this are joined with their header in one write
+_BACKLOG_MAX = packet.MESSAGE_MAX  # unsent bytes after which an event drops the client
 
 _REQUESTS = "requests"  # pause reason: too many calls in flight
 _WRITING = "writing"  # pause reason: the peer does not read its replies
@@ -236,7 +237,18 @@ class Client(asyncio.Protocol):
             self._transport.write(data)
 
     def send_message(self, prog: int, vers: int, proc: int, body: bytes) -> None:
-        """An asynchronous MESSAGE (an event) to this client."""
+        """An asynchronous MESSAGE (an event) to this client.
+
+        Events are not paced by the client's calls; one that stopped reading
+        is dropped before its backlog grows without bound.
+        """
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() > _BACKLOG_MAX:
+            log.warning("%r: not reading its events, closing", self)
+            self.abort()
+            return
         self.write(_PREFIX_PACK(_MIN + len(body), prog, vers, proc, packet.MESSAGE, 1, _OK),
                    body)
 

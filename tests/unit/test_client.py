@@ -285,3 +285,13 @@ async def test_stray_stream_packets_are_ignored(pair: Any) -> None:
     await peer.send(_stream(FAST, 77, packet.CONTINUE, b"late"))
     await peer.call(FAST, 1)
     assert (await peer.recv())[0][4] == 1
+
+
+async def test_client_not_reading_its_events_is_dropped(pair: Any) -> None:
+    client, peer, _ = await pair()
+    body = b"e" * 65536
+    for _ in range(400):  # far more than the socket buffers hold
+        client.send_message(PROG, 1, 107, body)
+        if client.closed:
+            break
+    assert client.closed
