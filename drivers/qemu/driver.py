@@ -21,7 +21,7 @@ from pathlib import Path
 from daemon.paths import DriverPaths, Paths
 from drivers import host
 from drivers.events import EventBus
-from drivers.qemu import capabilities, domain_xml
+from drivers.qemu import capabilities, command, domain_xml
 from drivers.qemu.capabilities import QemuCaps
 from drivers.qemu.domain import (
     STOP_OUTCOME,
@@ -374,6 +374,10 @@ class QemuDriver:
         short.mkdir(mode=0o700, exist_ok=True)
         return str(short / f"{dom.uuid_str}.monitor")
 
+    def _channel_dir(self, id: int, name: str) -> Path:
+        """Where a guest's channel sockets go (libvirtd's domain-ID-NAME naming)."""
+        return self.dirs.lib_dir / "channel" / "target" / f"domain-{id}-{name[:20]}"
+
     def _header(self) -> str:
         caps = self.caps
         v = caps.version
@@ -392,8 +396,6 @@ class QemuDriver:
 
     async def _start(self, dom: Domain, d: DomainDef, paused: bool) -> None:
         """Launch QEMU for ``d``, stopped, learn its live facts, then let it run."""
-        from drivers.qemu import command  # written alongside; imported where it is used
-
         id = self._next_id
         self._next_id += 1
         # The command builder fills in aliases and paths: that is the live
@@ -401,7 +403,8 @@ class QemuDriver:
         d = copy.deepcopy(d)
         monitor_path = self._monitor_path(dom)
         pidfile = self.dirs.state_dir / f"{d.name}.pid"
-        channel_dir = self.dirs.lib_dir / "channel" / "target" / f"domain-{id}-{d.name[:20]}"
+        channel_dir = self._channel_dir(id, d.name)
+        channel_dir.mkdir(parents=True, exist_ok=True)
         argv = command.build_argv(
             d,
             self.caps,
@@ -509,7 +512,6 @@ class QemuDriver:
             append_log(log_path, f"{log_timestamp()}: shutting down, reason={reason.name.lower()}\n")
         except OSError:
             pass
-        self._by_id.pop(dom.id, None)
         for path in (
             self.dirs.state_dir / f"{dom.name}.xml",
             self.dirs.state_dir / f"{dom.name}.pid",
@@ -519,6 +521,11 @@ class QemuDriver:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        try:
+            self._channel_dir(dom.id, dom.name).rmdir()
+        except OSError:
+            pass  # already gone, or a socket QEMU left behind
+        self._by_id.pop(dom.id, None)
         dom.stopped(reason)
         if emit:
             self._emit(dom, Event.STOPPED, STOP_OUTCOME[reason])
