@@ -133,6 +133,8 @@ class Domain:
     """A domain object: what lookups return and what every call works on."""
 
     def __init__(self, config: DomainDef, persistent: bool) -> None:
+        # Redefinitions keep name and UUID (the driver refuses anything else).
+        self.uuid = uuidlib.UUID(config.uuid).bytes
         self.config: DomainDef | None = config if persistent else None
         self.live: DomainDef | None = None
         self._inactive = config  # a transient domain's definition before it starts
@@ -160,10 +162,6 @@ class Domain:
     @property
     def name(self) -> str:
         return self.definition.name
-
-    @property
-    def uuid(self) -> bytes:
-        return uuidlib.UUID(self.definition.uuid).bytes
 
     @property
     def uuid_str(self) -> str:
