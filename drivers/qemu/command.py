@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .capabilities import QemuCaps
@@ -274,8 +275,14 @@ def _numa(d: DomainDef, a: list[str]) -> None:
 
 
 def _clock(d: DomainDef, a: list[str]) -> None:
-    base = "localtime" if d.clock.offset == "localtime" else "utc"
-    rtc = f"base={base}"
+    if d.clock.offset == "variable":
+        # the guest's clock is the host's plus an offset, fixed now at start
+        basis = d.clock.attrs.get("basis", "utc")
+        now = datetime.now() if basis == "localtime" else datetime.now(timezone.utc)
+        start = now + timedelta(seconds=int(d.clock.attrs.get("adjustment", "0")))
+        rtc = f"base={start.strftime('%Y-%m-%dT%H:%M:%S')}"
+    else:
+        rtc = f"base={'localtime' if d.clock.offset == 'localtime' else 'utc'}"
     extra: list[str] = []
     for t in d.clock.timers:
         name = t.attrs.get("name")
@@ -353,18 +360,30 @@ def _controller_props(d: DomainDef, c: Controller) -> dict[str, Any] | None:
         if c.model in (None, "none"):
             return None
         props: dict[str, Any] = {"driver": _USB_DRIVERS.get(c.model, c.model)}
+        if c.master_startport is not None:  # a companion has no id of its own
+            return {**props, "masterbus": f"{_usb_alias(d, c.index)}.0", "firstport": c.master_startport, **addr}
         ports = c.attrs.get("ports")
         if ports and c.model in ("qemu-xhci", "nec-xhci"):
             props["p2"] = int(ports)
             props["p3"] = int(ports)
         return {**props, "id": c.info.alias, **addr}
     if c.type == "scsi":
-        return {"driver": _SCSI_DRIVERS.get(c.model or "", c.model), "id": c.info.alias, **addr}
+        props = {"driver": _SCSI_DRIVERS.get(c.model or "", c.model), "id": c.info.alias}
+        if c.driver.get("queues"):
+            props["num_queues"] = int(c.driver["queues"])
+        return {**props, **addr}
     if c.type == "virtio-serial":
         return {"driver": "virtio-serial-pci", "id": c.info.alias, **addr}
     if c.type == "sata" and not (is_q35(d) and c.index == 0):
         return {"driver": "ich9-ahci", "id": c.info.alias, **addr}
     return None
+
+
+def _usb_alias(d: DomainDef, index: int) -> str:
+    for c in d.devices.controllers:
+        if c.type == "usb" and c.index == index and c.master_startport is None:
+            return c.info.alias or "usb"
+    return "usb"
 
 
 def _disks(d: DomainDef, a: list[str]) -> None:
@@ -444,17 +463,21 @@ def _disk_device(d: DomainDef, disk: Disk, node: str | None, boot: dict[int, int
             "channel": addr.bus,
             "scsi-id": addr.target,
             "lun": addr.unit,
-            "device_id": f"drive-{disk.info.alias}",
+            "device_id": disk.serial if disk.serial is not None else f"drive-{disk.info.alias}",
         }
         if disk.shareable:
             props["share-rw"] = True
     elif disk.bus == "fdc" and isinstance(addr, DriveAddress):
         props = {"driver": "floppy", "unit": addr.unit}
+    elif disk.bus == "usb":
+        props = {"driver": "usb-storage", **_usb_props(disk.info)}
     else:
-        props = {"driver": "usb-storage" if disk.bus == "usb" else disk.bus}
+        props = {"driver": disk.bus}
     if node is not None:
         props["drive"] = f"{node}-format"
     props["id"] = disk.info.alias
+    if disk.bus == "usb":
+        props["removable"] = disk.target_extra.get("removable") == "on"
     if id(disk.info) in boot:
         props["bootindex"] = boot[id(disk.info)]
     cache = _cache(disk)
@@ -462,6 +485,10 @@ def _disk_device(d: DomainDef, disk: Disk, node: str | None, boot: dict[int, int
         props["write-cache"] = "on"
     if disk.serial is not None:
         props["serial"] = disk.serial
+    error_policy = disk.driver.get("error_policy")
+    if error_policy in ("stop", "report", "ignore", "enospace"):
+        props["werror"] = error_policy
+        props["rerror"] = disk.driver.get("rerror_policy", error_policy if error_policy != "enospace" else "report")
     return props
 
 
@@ -632,10 +659,10 @@ def _sounds(d: DomainDef, a: list[str]) -> None:
                 codec["audiodev"] = audio
             a += ["-device", _json(codec)]
         elif s.model in ("ac97", "es1370"):
-            props = {"driver": "AC97" if s.model == "ac97" else "ES1370", "id": s.info.alias, **addr}
+            props = {"driver": "AC97" if s.model == "ac97" else "ES1370", "id": s.info.alias}
             if audio:
                 props["audiodev"] = audio
-            a += ["-device", _json(props)]
+            a += ["-device", _json({**props, **addr})]
 
 
 def _redirdevs(d: DomainDef, a: list[str]) -> None:
@@ -653,7 +680,8 @@ def _watchdogs(d: DomainDef, a: list[str]) -> None:
         elif w.model == "ib700":
             a += ["-device", _json({"driver": "ib700", "id": w.info.alias})]
         if w.action:
-            action = "poweroff" if w.action == "shutdown" else w.action
+            # libvirt itself dumps the guest, after QEMU pauses it
+            action = {"shutdown": "poweroff", "dump": "pause"}.get(w.action, w.action)
             a += ["-watchdog-action", action]
 
 

@@ -2,7 +2,7 @@
 
 PCI slots follow libvirt's fixed device order so a guest sees the same layout under
 either daemon. On q35 every PCIe device gets its own pcie-root-port (plus one spare
-for hotplug); conventional PCI devices there are not supported yet.
+for hotplug) and conventional PCI devices share a pcie-to-pci-bridge.
 """
 
 from __future__ import annotations
@@ -73,21 +73,22 @@ def assign_virtio_serial_addresses(d: DomainDef) -> None:
 
 
 def _usb_infos(d: DomainDef) -> Iterator[DeviceInfo]:
+    """USB devices in the order libvirt gives them ports."""
+    for disk in d.devices.disks:
+        if disk.bus == "usb":
+            yield disk.info
     for i in d.devices.inputs:
         if i.bus == "usb":
             yield i.info
     for s in d.devices.sounds:
         if s.model == "usb":
             yield s.info
-    for disk in d.devices.disks:
-        if disk.bus == "usb":
-            yield disk.info
     for r in d.devices.redirdevs:
         yield r.info
 
 
 def assign_usb_addresses(d: DomainDef) -> None:
-    usb = [c for c in d.devices.controllers if c.type == "usb" and c.model != "none"]
+    usb = [c for c in d.devices.controllers if c.type == "usb" and c.model != "none" and c.master_startport is None]
     if not usb:
         return
     ports = {c.index: int(c.attrs.get("ports", 0)) or _USB_PORTS.get(c.model or "", 2) for c in usb}
@@ -219,15 +220,15 @@ def _controller_of(d: DomainDef, info: DeviceInfo) -> Controller | None:
 def _place_usb2(d: DomainDef, c: Controller, buses: _PciBuses) -> None:
     """USB2 companions share one slot, each at its model's function."""
     function = _USB2_FUNCTION[c.model or ""]
+    multi = "on" if c.model == "ich9-uhci1" else None
     for other in d.devices.controllers:
         a = other.info.address
         if other is not c and other.index == c.index and other.model in _USB2_FUNCTION and isinstance(a, PciAddress):
-            c.info.address = PciAddress(a.bus, a.slot, function)
+            c.info.address = PciAddress(a.bus, a.slot, function, multifunction=multi)
             buses.take(c.info.address)
             return
     c.info.address = buses.next_on_root(function)
-    if c.model == "ich9-uhci1":
-        c.info.address.multifunction = "on"
+    c.info.address.multifunction = multi
 
 
 def _place_primary_video(d: DomainDef, buses: _PciBuses, slot: int) -> None:

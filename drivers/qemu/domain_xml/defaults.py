@@ -89,7 +89,7 @@ def fill(d: DomainDef, caps: QemuCaps) -> None:
         wd.action = wd.action or "reset"
     for rng in d.devices.rngs:
         if rng.backend_model == "random" and not rng.backend_path:
-            rng.backend_path = "/dev/urandom"
+            rng.backend_path = "/dev/random"
     _add_implicit_controllers(d)
     addresses.assign_drive_addresses(d)
     addresses.assign_virtio_serial_addresses(d)
@@ -185,8 +185,18 @@ def _next_index(d: DomainDef, ctype: str) -> int:
     return max((c.index for c in d.devices.controllers if c.type == ctype), default=-1) + 1
 
 
+_COMPANION_PORT = {"ich9-uhci1": 0, "ich9-uhci2": 2, "ich9-uhci3": 4}
+
+
 def _fill_controllers(d: DomainDef) -> None:
     for c in d.devices.controllers:
+        if c.index == -1 and c.type == "usb" and c.model in _COMPANION_PORT:
+            # a USB1 companion joins the USB2 controller before it
+            ehci = [o for o in d.devices.controllers if o.model == "ich9-ehci1" and o.index >= 0]
+            if ehci:
+                c.index = ehci[-1].index
+                if c.master_startport is None:
+                    c.master_startport = _COMPANION_PORT[c.model]
         if c.index == -1:
             c.index = _next_index(d, c.type)
         if c.model is None:
@@ -240,16 +250,20 @@ def _fill_interfaces(d: DomainDef) -> None:
 
 def _fill_chardevs(d: DomainDef) -> None:
     devs = d.devices
-    for i, s in enumerate(devs.serials):
+    for s in devs.serials:
         s.target_type = s.target_type or "isa-serial"
-        s.target_port = i if s.target_port is None else s.target_port
+        if s.target_port is None:
+            used = [o.target_port for o in devs.serials if o.target_port is not None]
+            s.target_port = max(used) + 1 if used else 0
         if s.target_type == "isa-serial":
             s.target_model = s.target_model or "isa-serial"
     for i, c in enumerate(devs.consoles):
         if c.target_type is None:
             c.target_type = "serial"
         if c.target_port is None:
-            c.target_port = 0 if c.target_type == "serial" else i
+            c.target_port = i
+        if i == 0 and c.target_type == "serial" and devs.serials:
+            c.target_port = devs.serials[0].target_port  # the console is the first serial port
     if devs.consoles and devs.consoles[0].target_type == "serial":
         first = devs.consoles[0]
         if not devs.serials:
@@ -288,31 +302,28 @@ def _fill_inputs(d: DomainDef) -> None:
 
 
 def _fill_graphics(d: DomainDef) -> None:
+    """Ports, autoport and listen as libvirt completes them (attribute order is format's job)."""
     for g in d.devices.graphics:
         a = g.attrs
-        port = a.get("port")
         if g.type == "vnc":
-            if port in (None, "-1", "0") or a.get("autoport") == "yes":
-                g.attrs = {"port": "-1", "autoport": "yes", **{k: v for k, v in a.items() if k not in ("port", "autoport")}}
+            if a.get("port") in (None, "-1", "0") or a.get("autoport") == "yes":
+                a.update(port="-1", autoport="yes")
             else:
-                g.attrs = {"port": port, "autoport": a.get("autoport", "no"), **{k: v for k, v in a.items() if k not in ("port", "autoport")}}
+                a.setdefault("autoport", "no")
         elif g.type == "spice":
-            autoport = a.get("autoport") == "yes"
-            if autoport:
-                g.attrs = {"autoport": "yes", **{k: v for k, v in a.items() if k not in ("port", "tlsPort", "autoport")}}
-            elif port is not None or a.get("tlsPort") is not None:
-                g.attrs = {k: v for k, v in a.items()}
-                g.attrs.setdefault("autoport", "no")
+            if a.get("autoport") == "yes":
+                a.pop("port", None)
+                a.pop("tlsPort", None)
+            elif "port" in a or "tlsPort" in a:
+                a.setdefault("autoport", "no")
             elif not g.listens and "listen" not in a:
-                g.listens = [{"type": "none"}]
-        if g.type in ("vnc", "spice"):
-            if not g.listens:
-                listen = {"type": "address"}
-                if "listen" in a:
-                    listen["address"] = a["listen"]
-                g.listens = [listen]
-            elif "listen" not in g.attrs and g.listens[0].get("type") == "address" and g.listens[0].get("address"):
-                g.attrs["listen"] = g.listens[0]["address"]
+                g.listens = [{"type": "none"}]  # no port at all: nothing to listen on
+        if g.type not in ("vnc", "spice"):
+            continue
+        if not g.listens:
+            g.listens = [{"type": "address", **({"address": a["listen"]} if "listen" in a else {})}]
+        elif "listen" not in a and g.listens[0].get("type") == "address" and g.listens[0].get("address"):
+            a["listen"] = g.listens[0]["address"]
     if not d.devices.audios:
         kind = "spice" if any(g.type == "spice" for g in d.devices.graphics) else "none"
         d.devices.audios.append(Audio(1, kind))

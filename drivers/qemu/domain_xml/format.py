@@ -223,13 +223,15 @@ def _addr(a: Address) -> str:
     raise TypeError(a)
 
 
-def _info(info: DeviceInfo, ind: str, inactive: bool, boot: bool = True) -> str:
-    """Boot order, alias and address: the tail every device element shares."""
+def _info(info: DeviceInfo, ind: str, inactive: bool, master: int | None = None) -> str:
+    """Boot order, alias, USB master and address: the tail every device element shares."""
     parts = []
-    if boot and info.boot_order is not None:
+    if info.boot_order is not None:
         parts.append(f"{ind}<boot order='{info.boot_order}'/>\n")
     if info.alias and (not inactive or info.alias.startswith("ua-")):
         parts.append(f"{ind}<alias name='{esc(info.alias)}'/>\n")
+    if master is not None:
+        parts.append(f"{ind}<master startport='{master}'/>\n")
     if info.address is not None:
         parts.append(f"{ind}{_addr(info.address)}\n")
     return "".join(parts)
@@ -334,7 +336,7 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
             body += f"{i}<driver{_attrs(c.driver, ('queues', 'cmd_per_lun', 'max_sectors', 'ioeventfd', 'iothread'))}/>\n"
         if c.target:
             body += f"{i}<target{_attrs(c.target, ('chassisNr', 'chassis', 'port', 'busNr', 'index'))}/>\n"
-        body += _info(c.info, i, inactive)
+        body += _info(c.info, i, inactive, c.master_startport)
         w(_element("controller", head, body, "    "))
     for n in devs.interfaces:
         body = f"{i}<mac address='{n.mac}'/>\n"

@@ -87,6 +87,7 @@ class Controller:
     model_name: str | None = None  # <model name='pcie-root-port'/>
     target: dict[str, str] = field(default_factory=dict)  # chassis, port, busNr
     driver: dict[str, str] = field(default_factory=dict)  # queues, iothread
+    master_startport: int | None = None  # a USB1 companion of a USB2 controller
     info: DeviceInfo = field(default_factory=DeviceInfo)
 
 

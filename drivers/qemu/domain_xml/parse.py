@@ -502,6 +502,7 @@ def _controller(el: etree._Element, devs: Devices) -> None:
     model_el = el.find("model")
     target = el.find("target")
     driver = el.find("driver")
+    master = el.find("master")
     cont = Controller(
         type=ctype,
         index=-1 if index is None else index,
@@ -510,6 +511,7 @@ def _controller(el: etree._Element, devs: Devices) -> None:
         model_name=model_el.get("name") if model_el is not None else None,
         target=dict(target.attrib) if target is not None else {},
         driver=dict(driver.attrib) if driver is not None else {},
+        master_startport=_int(master.get("startport"), "./master/@startport") if master is not None else None,
         info=_parse_info(el),
     )
     insert_controller(devs.controllers, cont)
