@@ -289,6 +289,18 @@ def _topology_xml(cells: list[host.NumaCell]) -> list[str]:
     return out
 
 
+def _cache_xml(banks: list[host.CacheBank]) -> list[str]:
+    out = ["    <cache>"]
+    for b in banks:
+        size, unit = b.pretty_size()
+        out.append(
+            f"      <bank id='{b.id}' level='{b.level}' type='{b.type}'"
+            f" size='{size}' unit='{unit}' cpus='{b.cpus}'/>"
+        )
+    out.append("    </cache>")
+    return out
+
+
 def _guest_xml(caps: QemuCaps) -> list[str]:
     out = [
         "  <guest>",
@@ -327,6 +339,7 @@ def capabilities_xml(
     all_caps: dict[str, QemuCaps],
     cpu: host.HostCPU,
     cells: list[host.NumaCell],
+    banks: list[host.CacheBank] | None = None,
     host_uuid: str | None = None,
 ) -> str:
     """The document ``virsh capabilities`` prints, for the emulators we probed.
@@ -344,6 +357,7 @@ def capabilities_xml(
         "    <power_management/>",
         f"    <iommu support='{iommu}'/>",
         *(_topology_xml(cells) if cells else []),
+        *(_cache_xml(banks) if banks else []),
         "    <secmodel>",
         "      <model>none</model>",
         "      <doi>0</doi>",

@@ -135,7 +135,7 @@ class QemuDriver:
     def capabilities(self) -> str:
         if self._caps_xml is None:
             self._caps_xml = capabilities.capabilities_xml(
-                self.all_caps, host.host_cpu(), host.numa_cells()
+                self.all_caps, host.host_cpu(), host.numa_cells(), host.cache_banks()
             )
         return self._caps_xml
 

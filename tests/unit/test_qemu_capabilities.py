@@ -98,11 +98,15 @@ CELLS = [
 ]
 
 
+BANKS = [host.CacheBank(id=0, level=3, type="both", size=32 << 20, cpus="0-1")]
+
+
 def test_capabilities_xml_content() -> None:
     xml = capabilities_xml(
-        {"x86_64": make_caps(), "i686": make_caps("i686", kvm=False)}, HOST_CPU, CELLS,
+        {"x86_64": make_caps(), "i686": make_caps("i686", kvm=False)}, HOST_CPU, CELLS, BANKS,
         host_uuid="3d1219c7-c4c5-404a-aa1f-6d2a48adfda4",
     )
+    assert "<bank id='0' level='3' type='both' size='32' unit='MiB' cpus='0-1'/>" in xml
     assert xml.index("<arch name='i686'>") < xml.index("<arch name='x86_64'>")
     assert "<machine canonical='pc-i440fx-7.2' maxCpus='255'>pc</machine>" in xml
     assert "<machine maxCpus='255' deprecated='yes'>pc-i440fx-1.4</machine>" in xml
@@ -116,7 +120,7 @@ def test_capabilities_xml_content() -> None:
 @pytest.mark.skipif(not shutil.which("virt-xml-validate"), reason="no virt-xml-validate")
 def test_capabilities_xml_validates(tmp_path: Path) -> None:
     path = tmp_path / "caps.xml"
-    path.write_text(capabilities_xml({"x86_64": make_caps()}, HOST_CPU, CELLS))
+    path.write_text(capabilities_xml({"x86_64": make_caps()}, HOST_CPU, CELLS, BANKS))
     result = subprocess.run(
         ["virt-xml-validate", str(path), "capability"], capture_output=True, text=True
     )
