@@ -47,9 +47,7 @@ class Client(asyncio.Protocol):
     """The server side of one connection.
 
     ``identity`` is known before the first byte; ``conn`` is set by
-    CONNECT_OPEN; ``state`` is a dict where layers keep per-client data
-    (event registrations, authentication progress) without this class
-    knowing them.
+    CONNECT_OPEN; ``server`` gives handlers the daemon-wide services.
     """
 
     def __init__(self, table: Table, identity: Identity, server: Any = None, *,
@@ -58,10 +56,8 @@ class Client(asyncio.Protocol):
         self.server = server
         self.table = table
         self.identity = identity
-        self.readonly = identity.readonly
         self.authenticated = authenticated
         self.conn: Connection | None = None
-        self.state: dict[str, Any] = {}
         self.loop = asyncio.get_running_loop()
         self.closed = False
         self._transport: asyncio.Transport | None = None

@@ -16,7 +16,7 @@ import logging
 import pkgutil
 import types
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from protocol import packet
@@ -41,7 +41,6 @@ class Connection:
     uri: str
     readonly: bool
     flags: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Call:
@@ -121,10 +120,6 @@ class Table:
             entries[number] = Entry(proc, handler,
                                     needs_conn and proc.name not in _NO_CONNECTION)
         self._programs[(program.number, program.version)] = entries
-
-    def entry(self, prog: int, vers: int, proc: int) -> Entry | None:
-        procs = self._programs.get((prog, vers))
-        return None if procs is None else procs.get(proc)
 
     async def call(self, client: Client, prog: int, vers: int, proc: int, serial: int,
                    status: int, pkt: bytes) -> bytes:

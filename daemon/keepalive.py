@@ -26,10 +26,6 @@ class KeepAlive:
         self._ping = ping
         self._dead = dead
 
-    @property
-    def running(self) -> bool:
-        return self._timer is not None
-
     def seen(self) -> None:
         """The peer sent something: it is alive."""
         self._last = self._loop.time()

@@ -138,7 +138,6 @@ class Server:
         client = Client(self._tables[service], identity, self, max_requests=requests,
                         keepalive_interval=interval, keepalive_count=count,
                         authenticated=scheme.initially_authenticated(identity))
-        client.state["listener"] = listener.name
         group.add(client)
         client.on_close.append(self._client_gone)
         try:
@@ -165,7 +164,7 @@ class Server:
         return self._drivers.get(name)
 
     def auth_for(self, client: Client) -> auth.Auth:
-        return self._auth.get(client.state.get("listener", ""), auth.AuthNone())
+        return self._auth.get(client.identity.listener, auth.AuthNone())
 
     def idle(self) -> bool:
         """No clients and no running guests: the daemon may exit (``--timeout``)."""

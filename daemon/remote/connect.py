@@ -47,7 +47,7 @@ async def connect_open(call: Call, args: Any) -> None:
     driver = client.server.driver("qemu")
     if driver is None:
         raise VirError(ErrorCode.NO_CONNECT, f"no connection driver available for {uri}")
-    readonly = client.readonly or bool(args.flags & VIR_CONNECT_RO)
+    readonly = client.identity.readonly or bool(args.flags & VIR_CONNECT_RO)
     client.conn = Connection(driver, uri, readonly, args.flags)
 
 
