@@ -427,6 +427,9 @@ class QemuDriver:
         dom.started(id, d, LiveState(id=id))
         dom.set_state(State.PAUSED, Paused.STARTING_UP)
         self._by_id[id] = dom
+        # Written at once, so that a daemon dying right now leaves no QEMU behind
+        # unknown: the next one finds it half-started and stops it.
+        self._save_status(dom)
         try:
             dom.live_state = await self._live_facts(proc, d, id)
             if paused:
@@ -643,7 +646,10 @@ class QemuDriver:
             dom = Domain(d, persistent=False)
             self._register(dom)
         proc: QemuProcess | None = None
-        if pid_alive(st.pid) and _is_our_qemu(st.pid, d.uuid):
+        half_started = st.state == State.PAUSED and st.reason == Paused.STARTING_UP
+        if half_started and pid_alive(st.pid) and _is_our_qemu(st.pid, d.uuid):
+            _kill_quietly(st.pid)
+        elif pid_alive(st.pid) and _is_our_qemu(st.pid, d.uuid):
             try:
                 proc = await QemuProcess.attach(
                     d.name,
@@ -653,7 +659,7 @@ class QemuDriver:
                     on_exit=lambda p: self._on_exit(dom, p),
                 )
                 status = await proc.monitor.execute("query-status")
-            except (OSError, VirError, asyncio.TimeoutError, Exception) as e:
+            except Exception as e:  # whatever it is, this guest cannot be managed
                 log.error("cannot re-attach to %s (pid %d): %s", d.name, st.pid, e)
                 if proc is not None:
                     await proc.kill(graceful=False)
@@ -667,7 +673,7 @@ class QemuDriver:
                     os.unlink(stale)
                 except FileNotFoundError:
                     pass
-            dom.stopped(Shutoff.CRASHED)
+            dom.stopped(Shutoff.FAILED if half_started else Shutoff.CRASHED)
             if not dom.persistent:
                 self._forget(dom)
             return
