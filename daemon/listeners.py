@@ -98,7 +98,14 @@ class Listener:
                 log.warning("%s: dropping connection, peer unknown: %s", self.name, e)
                 conn.close()
                 continue
-            await accept(conn, self, identity)
+            try:
+                await accept(conn, self, identity)
+            except asyncio.CancelledError:
+                conn.close()
+                raise
+            except Exception:  # one bad connection must not stop the listener
+                log.exception("%s: cannot set up a connection", self.name)
+                conn.close()
 
     async def close(self) -> None:
         if self._task is not None:
