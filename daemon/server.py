@@ -144,8 +144,9 @@ class Server:
             await asyncio.get_running_loop().connect_accepted_socket(lambda: client, sock)
         except OSError as e:
             log.warning("cannot set up connection from %s: %s", identity, e)
-            group.discard(client)
+            self._client_gone(client)
             sock.close()
+            return
         log.debug("client %r connected", client)
 
     def _client_gone(self, client: Client) -> None:
