@@ -77,6 +77,7 @@ async def test_probe_uses_cache_until_binary_changes(tmp_path: Path, monkeypatch
     assert len(calls) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/bin/qemu-system-x86_64").exists(), reason="no QEMU")
 async def test_probe_real_qemu(tmp_path: Path) -> None:
     caps = await capabilities.probe("/usr/bin/qemu-system-x86_64", "x86_64", tmp_path)

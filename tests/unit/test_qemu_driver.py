@@ -197,9 +197,10 @@ def test_monitor_path_stays_short(tmp_path: Path) -> None:
 
 # -- with a real QEMU ------------------------------------------------------------
 
-needs_qemu = pytest.mark.skipif(
-    not os.path.exists(CAPS.emulator), reason="no QEMU to start guests with"
-)
+def needs_qemu(test):  # type: ignore[no-untyped-def]
+    """These start a real QEMU: quick, but not "no QEMU", so they count as slow."""
+    skip = pytest.mark.skipif(not os.path.exists(CAPS.emulator), reason="no QEMU")
+    return pytest.mark.slow(skip(test))
 
 
 async def wait_state(dom: Domain, state: State, timeout: float = 10.0) -> None:

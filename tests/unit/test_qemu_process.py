@@ -14,7 +14,10 @@ from drivers.qemu.process import QemuProcess, format_command, pid_alive
 from protocol.errors import VirError
 
 QEMU = "/usr/bin/qemu-system-x86_64"
-needs_qemu = pytest.mark.skipif(not os.path.exists(QEMU), reason="no QEMU")
+def needs_qemu(test):  # type: ignore[no-untyped-def]
+    """These start a real QEMU: quick, but not "no QEMU", so they count as slow."""
+    skip = pytest.mark.skipif(not os.path.exists(QEMU), reason="no QEMU")
+    return pytest.mark.slow(skip(test))
 
 
 def test_format_command_one_option_per_line() -> None:
