@@ -73,7 +73,9 @@ def assign_virtio_serial_addresses(d: DomainDef) -> None:
 
 
 def _usb_infos(d: DomainDef) -> Iterator[DeviceInfo]:
-    """USB devices in the order libvirt gives them ports."""
+    """USB devices in the order libvirt gives them ports (hubs first: others plug into them)."""
+    for hub in d.devices.other("hub"):
+        yield hub.info
     for disk in d.devices.disks:
         if disk.bus == "usb":
             yield disk.info
@@ -134,6 +136,10 @@ def _pci_devices(d: DomainDef) -> Iterator[tuple[DeviceInfo, bool]]:
     """Devices needing a PCI slot, in the order libvirt hands them out (primary video aside),
     each with whether it is a PCI Express device (on q35 those go on root ports)."""
     devs = d.devices
+    for fs in devs.other("filesystem"):
+        driver = fs.element.find("driver")
+        if driver is None or driver.get("type") != "mtp":
+            yield fs.info, True
     for net in devs.interfaces:
         yield net.info, net.model in ("virtio", "e1000e")
     for s in devs.sounds:
@@ -159,9 +165,13 @@ def _pci_devices(d: DomainDef) -> Iterator[tuple[DeviceInfo, bool]]:
     for v in devs.videos:
         if v.model not in ("none", "ramfb"):
             yield v.info, v.model == "virtio"
+    for shmem in devs.other("shmem"):
+        yield shmem.info, False
     for i in devs.inputs:
         if i.bus == "virtio":
             yield i.info, True
+    for vsock in devs.other("vsock"):
+        yield vsock.info, True
 
 
 def _collect_existing(d: DomainDef, buses: _PciBuses) -> None:
@@ -174,7 +184,7 @@ def _all_infos(d: DomainDef) -> Iterator[DeviceInfo]:
     devs = d.devices
     for group in (devs.disks, devs.controllers, devs.interfaces, devs.sounds, devs.videos,
                   devs.rngs, devs.watchdogs, devs.inputs, devs.serials, devs.channels,
-                  devs.redirdevs):  # fmt: skip
+                  devs.redirdevs, *devs.others.values()):  # fmt: skip
         for dev in group:
             yield dev.info
     if devs.memballoon is not None:

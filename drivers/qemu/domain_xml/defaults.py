@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import uuid as uuidlib
 
+from lxml import etree
+
 from protocol.errors import ErrorDomain
 
 from .errors import unsupported, xml_error
@@ -90,6 +92,7 @@ def fill(d: DomainDef, caps: QemuCaps) -> None:
     for rng in d.devices.rngs:
         if rng.backend_model == "random" and not rng.backend_path:
             rng.backend_path = "/dev/random"
+    _fill_kept(d)
     _add_implicit_controllers(d)
     addresses.assign_drive_addresses(d)
     addresses.assign_virtio_serial_addresses(d)
@@ -110,6 +113,16 @@ def _fill_features(d: DomainDef) -> None:
         )
         if name == "hyperv":
             feature.attrs.setdefault("mode", "custom")
+
+
+def _fill_kept(d: DomainDef) -> None:
+    """The few defaults libvirt adds inside the sections and devices we keep as written."""
+    seclabel = d.kept.get("seclabel")
+    if seclabel is not None and seclabel.get("type") == "none" and seclabel.get("model") is None:
+        seclabel.set("model", "none")
+    for port, parallel in enumerate(d.devices.other("parallel")):
+        if parallel.element.find("target") is None:
+            etree.SubElement(parallel.element, "target", port=str(port))
 
 
 def _check_emulator(d: DomainDef, caps: QemuCaps) -> None:

@@ -72,14 +72,24 @@ def format_domain(
         w(f"  <maxMemory{slots} unit='KiB'>{d.max_memory}</maxMemory>\n")
     w(f"  <memory unit='KiB'>{d.memory}</memory>\n")
     w(f"  <currentMemory unit='KiB'>{d.current_memory}</currentMemory>\n")
+    if d.kept:
+        w(_kept(d, "blkiotune") + _kept(d, "memtune") + _kept(d, "memoryBacking"))
     cpuset = f" cpuset='{esc(d.vcpu_cpuset)}'" if d.vcpu_cpuset else ""
     current = f" current='{d.vcpu_current}'" if d.vcpu_current is not None else ""
     w(f"  <vcpu placement='{d.vcpu_placement}'{cpuset}{current}>{d.vcpus}</vcpu>\n")
+    if d.kept:
+        w(_kept(d, "vcpus"))
     if d.iothreads:
         w(f"  <iothreads>{d.iothreads}</iothreads>\n")
-    if live is not None and not inactive and live.partition:
+    if d.kept:
+        w(_kept(d, "iothreadids") + _kept(d, "cputune") + _kept(d, "numatune") + _kept(d, "resource"))
+    if live is not None and not inactive and live.partition and "resource" not in d.kept:
         w(f"  <resource>\n    <partition>{esc(live.partition)}</partition>\n  </resource>\n")
+    if d.kept:
+        w(_kept(d, "sysinfo"))
     _format_os(d, w)
+    if d.kept:
+        w(_kept(d, "idmap"))
     if d.features:
         w("  <features>\n")
         for name, feature in d.features.items():
@@ -102,7 +112,11 @@ def format_domain(
             if key in d.pm:
                 w(f"    <{key} enabled='{d.pm[key]}'/>\n")
         w("  </pm>\n")
+    if d.kept:
+        w(_kept(d, "perf"))
     _format_devices(d, w, inactive, secure, live)
+    if d.kept:
+        w(_kept(d, "seclabel") + _kept(d, "keywrap") + _kept(d, "launchSecurity"))
     w("</domain>\n")
     return "".join(out)
 
@@ -117,6 +131,34 @@ def _format_foreign(el: etree._Element, indent: str) -> str:
             node.tail = None
     text = etree.tostring(copy, pretty_print=True, encoding="unicode")
     return "".join(f"{indent}{line}\n" for line in text.rstrip("\n").split("\n"))
+
+
+def _format_kept(el: etree._Element, ind: str, tail: str = "") -> str:
+    """An element we keep as written, printed the way libvirt prints its own XML.
+
+    ``tail`` (boot order, alias, address) replaces those children of the original.
+    """
+    attrs = "".join(f" {k}='{esc(v)}'" for k, v in el.attrib.items())
+    children = [c for c in el if isinstance(c.tag, str) and c.tag not in _INFO_TAGS]
+    text = (el.text or "").strip()
+    if not children and not tail:
+        return f"{ind}<{el.tag}{attrs}>{esc(text)}</{el.tag}>\n" if text else f"{ind}<{el.tag}{attrs}/>\n"
+    inner = "".join(_format_kept(c, ind + "  ") for c in children)
+    return f"{ind}<{el.tag}{attrs}>\n{inner}{tail}{ind}</{el.tag}>\n"
+
+
+_INFO_TAGS = ("address", "alias", "boot")
+
+
+def _kept(d: DomainDef, tag: str) -> str:
+    el = d.kept.get(tag)
+    return _format_kept(el, "  ") if el is not None else ""
+
+
+def _others(d: DomainDef, tag: str, inactive: bool) -> str:
+    return "".join(
+        _format_kept(o.element, "    ", _info(o.info, "      ", inactive)) for o in d.devices.other(tag)
+    )
 
 
 def _format_os(d: DomainDef, w) -> None:
@@ -147,6 +189,8 @@ def _format_os(d: DomainDef, w) -> None:
         w(f"    <boot dev='{dev}'/>\n")
     if os.bootmenu:
         w(f"    <bootmenu{_attrs(os.bootmenu, ('enable', 'timeout'))}/>\n")
+    if os.smbios_mode:
+        w(f"    <smbios mode='{os.smbios_mode}'/>\n")
     w("  </os>\n")
 
 
@@ -324,6 +368,7 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
         w(f"    <emulator>{esc(devs.emulator)}</emulator>\n")
     for n, disk in enumerate(devs.disks):
         w(_format_disk(disk, inactive, len(devs.disks) - n))
+    others = bool(devs.others)
     for c in devs.controllers:
         head = f" type='{c.type}' index='{c.index}'"
         if c.model:
@@ -338,6 +383,8 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
             body += f"{i}<target{_attrs(c.target, ('chassisNr', 'chassis', 'port', 'busNr', 'index'))}/>\n"
         body += _info(c.info, i, inactive, c.master_startport)
         w(_element("controller", head, body, "    "))
+    if others:
+        w(_others(d, "lease", inactive) + _others(d, "filesystem", inactive))
     for n in devs.interfaces:
         body = f"{i}<mac address='{n.mac}'/>\n"
         if n.source:
@@ -354,14 +401,20 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
             body += f"{i}<mtu size='{n.mtu}'/>\n"
         body += _info(n.info, i, inactive)
         w(_element("interface", f" type='{n.type}'", body, "    "))
+    if others:
+        w(_others(d, "smartcard", inactive))
     for s in devs.serials:
         w(_format_chr(s, inactive, live))
+    if others:
+        w(_others(d, "parallel", inactive))
     for c in devs.consoles:
         w(_format_chr(c, inactive, live, tty_attr=True))
     for c in devs.channels:
         w(_format_chr(c, inactive, live))
     for inp in devs.inputs:
         w(_element("input", f" type='{inp.type}' bus='{inp.bus}'", _info(inp.info, i, inactive), "    "))
+    if others:
+        w(_others(d, "tpm", inactive))
     for g in devs.graphics:
         attrs = dict(g.attrs)
         listens = g.listens
@@ -388,8 +441,12 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
         model = f"{i}<model type='{v.model}'{_attrs(v.attrs, ('ram', 'vram', 'vram64', 'vgamem', 'heads'))}"
         model += " primary='yes'/>\n" if v.primary else "/>\n"
         w(_element("video", "", model + _info(v.info, i, inactive), "    "))
+    if others:
+        w(_others(d, "hostdev", inactive))
     for r in devs.redirdevs:
         w(_element("redirdev", f" bus='{r.bus}' type='{r.type}'", _info(r.info, i, inactive), "    "))
+    if others:
+        w(_others(d, "redirfilter", inactive) + _others(d, "hub", inactive))
     for wd in devs.watchdogs:
         action = f" action='{wd.action}'" if wd.action else ""
         w(_element("watchdog", f" model='{wd.model}'{action}", _info(wd.info, i, inactive), "    "))
@@ -406,4 +463,7 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
             body += f"{i}<backend model='{r.backend_model}'/>\n"
         body += _info(r.info, i, inactive)
         w(_element("rng", f" model='{r.model}'", body, "    "))
+    if others:
+        for tag in ("panic", "shmem", "memory", "iommu", "vsock", "crypto"):
+            w(_others(d, tag, inactive))
     w("  </devices>\n")

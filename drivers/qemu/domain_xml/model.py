@@ -191,6 +191,22 @@ class Redirdev:
 
 
 @dataclass
+class OtherDevice:
+    """A device libvirt knows that we keep as written (filesystem, hub, tpm, vsock, ...),
+    with the address we assign it."""
+
+    element: etree._Element
+    info: DeviceInfo = field(default_factory=DeviceInfo)
+
+
+# Devices kept as written, each kind in the place libvirt lists it among the devices.
+OTHER_DEVICE_TAGS = (
+    "lease filesystem smartcard parallel tpm hostdev redirfilter hub panic shmem memory "
+    "iommu vsock crypto".split()
+)
+
+
+@dataclass
 class Devices:
     emulator: str | None = None
     disks: list[Disk] = field(default_factory=list)
@@ -208,6 +224,10 @@ class Devices:
     watchdogs: list[Watchdog] = field(default_factory=list)
     memballoon: Memballoon | None = None
     rngs: list[Rng] = field(default_factory=list)
+    others: dict[str, list[OtherDevice]] = field(default_factory=dict)  # by tag
+
+    def other(self, tag: str) -> list[OtherDevice]:
+        return self.others.get(tag, [])
 
 
 @dataclass
@@ -227,6 +247,7 @@ class Os:
     bootmenu: dict[str, str] = field(default_factory=dict)  # enable, timeout
     firmware: str | None = None  # efi / bios: chosen from QEMU's firmware descriptors at start
     firmware_features: list[tuple[str, str]] = field(default_factory=list)  # (enabled, name)
+    smbios_mode: str | None = None
 
 
 @dataclass
@@ -301,6 +322,14 @@ class DomainDef:
     on_reboot: str = "restart"
     on_crash: str = "destroy"
     pm: dict[str, str] = field(default_factory=dict)  # suspend-to-mem / -disk: yes/no
+    kept: dict[str, etree._Element] = field(default_factory=dict)  # KEPT_SECTIONS as written
+
+
+# Top-level sections libvirt knows that we keep as written and print in its order.
+KEPT_SECTIONS = (
+    "blkiotune memtune memoryBacking vcpus iothreadids cputune numatune resource sysinfo "
+    "idmap perf seclabel keywrap launchSecurity".split()
+)
 
 
 @dataclass

@@ -45,6 +45,9 @@ from .model import (
     Video,
     VirtioSerialAddress,
     Watchdog,
+    KEPT_SECTIONS,
+    OTHER_DEVICE_TAGS,
+    OtherDevice,
 )
 
 DOMAIN_TYPES = frozenset(
@@ -233,6 +236,10 @@ def parse_domain(root: etree._Element) -> DomainDef:
         for child in pm:
             if child.tag in ("suspend-to-mem", "suspend-to-disk") and child.get("enabled"):
                 d.pm[child.tag] = child.get("enabled")
+    for tag in KEPT_SECTIONS:
+        el = root.find(tag)
+        if el is not None:
+            d.kept[tag] = el
     devices = root.find("devices")
     if devices is not None:
         _parse_devices(devices, d.devices)
@@ -307,6 +314,9 @@ def _parse_os(root: etree._Element) -> Os:
     bootmenu = el.find("bootmenu")
     if bootmenu is not None:
         os.bootmenu = dict(bootmenu.attrib)
+    smbios = el.find("smbios")
+    if smbios is not None:
+        os.smbios_mode = smbios.get("mode")
     return os
 
 
@@ -397,6 +407,8 @@ def _parse_devices(el: etree._Element, devs: Devices) -> None:
         handler = _DEVICE_PARSERS.get(tag)
         if handler is not None:
             handler(child, devs)
+        elif tag in OTHER_DEVICE_TAGS:
+            devs.others.setdefault(tag, []).append(OtherDevice(child, _parse_info(child)))
 
 
 def _emulator(el: etree._Element, devs: Devices) -> None:
