@@ -170,7 +170,8 @@ class QemuDriver:
 
     def list_domains(self, flags: int = 0) -> list[Domain]:
         doms = [dom for dom in self._by_uuid.values() if _matches(dom, flags)]
-        if flags & (LIST_AUTOSTART | LIST_NO_AUTOSTART) not in (0, LIST_AUTOSTART | LIST_NO_AUTOSTART):
+        both = LIST_AUTOSTART | LIST_NO_AUTOSTART
+        if flags & both not in (0, both):
             want = bool(flags & LIST_AUTOSTART)
             doms = [d for d in doms if self.get_autostart(d) == want]
         return doms
@@ -182,7 +183,7 @@ class QemuDriver:
         return sorted(self._by_id)
 
     def defined_names(self) -> list[str]:
-        return [d.name for d in self._by_uuid.values() if not d.active]
+        return [d.name for d in self._by_uuid.values() if d.persistent and not d.active]
 
     # -- definitions -------------------------------------------------------------
 
@@ -512,7 +513,8 @@ class QemuDriver:
             reason = Shutoff.CRASHED
         log_path = self.dirs.log_dir / f"{dom.name}.log"
         try:
-            append_log(log_path, f"{log_timestamp()}: shutting down, reason={reason.name.lower()}\n")
+            line = f"{log_timestamp()}: shutting down, reason={reason.name.lower()}\n"
+            append_log(log_path, line)
         except OSError:
             pass
         for path in (
@@ -594,7 +596,8 @@ class QemuDriver:
             dom.got_shutdown = True
             guest = bool(data.get("guest"))
             dom.set_state(State.SHUTDOWN, 0)
-            self._emit(dom, Event.SHUTDOWN, Detail.SHUTDOWN_GUEST if guest else Detail.SHUTDOWN_HOST)
+            detail = Detail.SHUTDOWN_GUEST if guest else Detail.SHUTDOWN_HOST
+            self._emit(dom, Event.SHUTDOWN, detail)
             if guest and dom.stop_reason is None and dom.process is not None:
                 # -no-shutdown keeps QEMU alive after a power-off; on_poweroff decides.
                 dom.stop_reason = Shutoff.SHUTDOWN

@@ -48,7 +48,9 @@ CAPS = QemuCaps(
 def make_driver(root: Path, events: list | None = None) -> QemuDriver:
     bus = EventBus()
     if events is not None:
-        bus.subscribe(lambda kind, dom, **data: events.append((dom.name, data["event"], data["detail"])))
+        bus.subscribe(
+            lambda kind, dom, **data: events.append((dom.name, data["event"], data["detail"]))
+        )
     drv = QemuDriver(Paths(root), bus)
     drv.all_caps = {host.host_arch(): CAPS}
     for d in (drv.dirs.config_dir, drv.dirs.state_dir):
