@@ -14,7 +14,8 @@ from .image import default_cache, ensure_guest
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.guest.build", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.guest.build",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--cache", type=Path, default=None,
                         help=f"cache directory (default {default_cache()})")
     args = parser.parse_args(argv)

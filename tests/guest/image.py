@@ -179,7 +179,7 @@ def _ask_apt() -> Packages:
         raise LookupError(f"apt knows no {KERNEL_META} or {BUSYBOX}: {proc.stderr.strip()}")
     dep = re.match(r"\s*(linux-image-\S+)\s*\(=\s*([^)\s]+)\)", fields[KERNEL_META]["Depends"])
     if dep is None:
-        raise LookupError(f"{KERNEL_META} depends on no exact kernel: {fields[KERNEL_META]['Depends']}")
+        raise LookupError(f"{KERNEL_META} names no exact kernel: {fields[KERNEL_META]['Depends']}")
     return Packages(dep[1], dep[2], fields[BUSYBOX]["Version"])
 
 

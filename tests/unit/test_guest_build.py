@@ -81,7 +81,8 @@ def elf_with_modinfo(info: bytes) -> bytes:
         "<HHIQQQIHHHHHH", 1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 3, 1)
 
     def section(name: int, offset: int, size: int) -> bytes:
-        return struct.pack("<IIQQQQIIQQ", name, 3 if name == 1 else 1, 0, 0, offset, size, 0, 0, 1, 0)
+        kind = 3 if name == 1 else 1  # SHT_STRTAB for .shstrtab, else SHT_PROGBITS
+        return struct.pack("<IIQQQQIIQQ", name, kind, 0, 0, offset, size, 0, 0, 1, 0)
 
     return header + body + section(0, 0, 0) + section(1, 64, len(shstrtab)) + \
         section(11, 64 + len(shstrtab), len(info))
