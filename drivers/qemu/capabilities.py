@@ -13,13 +13,13 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qemu.qmp import QMPClient
 
 from drivers import host
+from drivers.qemu.status import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -181,19 +181,6 @@ def _cache_key(emulator: str) -> dict:
     return {"path": emulator, "mtime": st.st_mtime_ns, "size": st.st_size, "kvm": kvm_key}
 
 
-def _atomic_write(path: Path, data: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 async def probe(emulator: str, arch: str, cache_dir: Path | None = None) -> QemuCaps:
     """Capabilities of ``emulator``, from the cache when the binary has not changed."""
     key = _cache_key(emulator)
@@ -208,7 +195,7 @@ async def probe(emulator: str, arch: str, cache_dir: Path | None = None) -> Qemu
     caps = await asyncio.wait_for(_query(emulator, arch), PROBE_TIMEOUT)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(cache, json.dumps({"key": key, "caps": caps.to_json()}))
+        write_atomic(cache, json.dumps({"key": key, "caps": caps.to_json()}), mode=0o644)
     return caps
 
 
