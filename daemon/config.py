@@ -133,7 +133,6 @@ class Config:
     auth_unix_rw: str = "none"
     max_clients: int = 5000
     max_queued_clients: int = 1000
-    max_anonymous_clients: int = 20
     max_client_requests: int = 5
     keepalive_interval: int = 5
     keepalive_count: int = 5
@@ -142,7 +141,6 @@ class Config:
     admin_keepalive_interval: int = 5
     admin_keepalive_count: int = 5
     log_level: int = 3
-    log_filters: str = ""
     log_outputs: str = ""
 
     @classmethod
