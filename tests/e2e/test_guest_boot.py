@@ -18,6 +18,8 @@ from qemu.qmp import QMPClient
 
 from guest import BANNER, PROMPT, Guest, ensure_guest
 
+pytestmark = pytest.mark.slow
+
 BOOT_TIMEOUT = 60.0
 COMMAND_TIMEOUT = 10.0
 POWEROFF_TIMEOUT = 20.0
