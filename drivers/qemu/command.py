@@ -146,6 +146,7 @@ def build_argv(
     vmcoreinfo = d.features.get("vmcoreinfo")
     if vmcoreinfo is not None and vmcoreinfo.attrs.get("state", "on") == "on":
         a += ["-device", _json({"driver": "vmcoreinfo"})]
+    a += d.qemu_args  # <qemu:commandline>; its <qemu:env> is the caller's to set
     a += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
     a += ["-msg", "timestamp=on"]
     return a

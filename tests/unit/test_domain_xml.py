@@ -156,6 +156,34 @@ BAD = [
      "XML error: Invalid value for attribute 'type' in element 'graphics': 'bogus'."),
     (_domain("<devices><controller type='bogus'/></devices>"), ErrorCode.XML_ERROR, ErrorDomain.XML,
      "XML error: Invalid value for attribute 'type' in element 'controller': 'bogus'."),
+    ("<domain type='kvm'><name>x</name><memory>65536</memory><os><type machine='q35'>hvm</type></os>"
+     "<devices><disk type='file'><source file='/a'/><target dev='hda' bus='ide'/></disk></devices></domain>",
+     ErrorCode.CONFIG_UNSUPPORTED, ErrorDomain.QEMU,
+     "unsupported configuration: IDE controllers are unsupported for this QEMU binary or machine type"),
+    (_domain("<devices><interface type='user'><address type='pci' domain='0x0000' bus='0x00' slot='0x03' "
+             "function='0x0'/></interface><interface type='user'><address type='pci' domain='0x0000' "
+             "bus='0x00' slot='0x03' function='0x0'/></interface></devices>"),
+     ErrorCode.XML_ERROR, ErrorDomain.DOMAIN, "XML error: Attempted double use of PCI Address 0000:00:03.0"),
+    (_domain("<devices><interface type='user'><address type='pci' domain='0x0000' bus='0x00' slot='0x01' "
+             "function='0x0'/></interface></devices>"),
+     ErrorCode.XML_ERROR, ErrorDomain.DOMAIN, "XML error: Attempted double use of PCI Address 0000:00:01.0"),
+    (_domain("<devices><interface type='user'><model type='foo bar'/></interface></devices>"),
+     ErrorCode.INVALID_ARG, ErrorDomain.DOMAIN, "invalid argument: Model name contains invalid characters"),
+    (_domain("<vcpu>300</vcpu>"), ErrorCode.CONFIG_UNSUPPORTED, ErrorDomain.QEMU,
+     "unsupported configuration: Maximum CPUs greater than specified machine type limit 255"),
+    (_domain("<vcpu>4</vcpu><cpu><topology sockets='1' cores='1' threads='1'/></cpu>"),
+     ErrorCode.CONFIG_UNSUPPORTED, ErrorDomain.QEMU,
+     "unsupported configuration: CPU topology doesn't match maximum vcpu count"),
+    (_domain("<devices><video><model type='foo'/></video></devices>"), ErrorCode.CONFIG_UNSUPPORTED,
+     ErrorDomain.DOMAIN, "unsupported configuration: unknown video model 'foo'"),
+    (_domain("<devices><controller type='usb' model='foo'/></devices>"), ErrorCode.CONFIG_UNSUPPORTED,
+     ErrorDomain.DOMAIN, "unsupported configuration: Unknown model type 'foo'"),
+    (_domain("<devices><serial type='foo'/></devices>"), ErrorCode.CONFIG_UNSUPPORTED, ErrorDomain.DOMAIN,
+     "unsupported configuration: unknown type presented to host for character device: foo"),
+    (_domain("<devices><sound model='foo'/></devices>"), ErrorCode.XML_ERROR, ErrorDomain.XML,
+     "XML error: Invalid value for attribute 'model' in element 'sound': 'foo'."),
+    ("<domain type='kvm'><name></name><memory>65536</memory><os><type>hvm</type></os></domain>",
+     ErrorCode.NO_NAME, ErrorDomain.DOMAIN, "missing name information"),
 ]  # fmt: skip
 
 

@@ -114,7 +114,13 @@ class _PciBuses:
         self.root_slots = range(1, 32)
 
     def take(self, addr: PciAddress) -> None:
-        self.used.add((addr.bus, addr.slot, addr.function))
+        key = (addr.bus, addr.slot, addr.function)
+        if key in self.used:
+            raise xml_error(
+                f"Attempted double use of PCI Address "
+                f"{addr.domain:04x}:{addr.bus:02x}:{addr.slot:02x}.{addr.function:x}"
+            )
+        self.used.add(key)
 
     def slot_free(self, bus: int, slot: int) -> bool:
         return not any((bus, slot, f) in self.used for f in range(8))
@@ -200,6 +206,8 @@ def assign_pci_addresses(d: DomainDef) -> None:
 
 def _assign_i440fx(d: DomainDef) -> None:
     buses = _PciBuses()
+    for function in (0, 3):  # PIIX3's ISA bridge and power management
+        buses.take(PciAddress(0, 1, function))
     _collect_existing(d, buses)
     for c in d.devices.controllers:
         if c.info.address is None and c.index == 0:
@@ -207,7 +215,7 @@ def _assign_i440fx(d: DomainDef) -> None:
                 c.info.address = PciAddress(0, 1, 2)
             elif c.type == "ide":
                 c.info.address = PciAddress(0, 1, 1)
-    for function in range(4):  # PIIX3: ISA bridge, IDE, USB, power management
+    for function in (1, 2):  # PIIX3's IDE and USB, whether or not the guest uses them
         buses.used.add((0, 1, function))
     _place_primary_video(d, buses, 2)
     for info, _ in _pci_devices(d):
@@ -256,13 +264,13 @@ def _place_primary_video(d: DomainDef, buses: _PciBuses, slot: int) -> None:
 
 def _assign_q35(d: DomainDef) -> None:
     buses = _PciBuses()
+    for function in (0, 3):  # ISA bridge and SMBus, always present
+        buses.take(PciAddress(0, 0x1F, function))
     _collect_existing(d, buses)
     for c in d.devices.controllers:
         if c.type == "sata" and c.index == 0 and c.info.address is None:
             c.info.address = PciAddress(0, 0x1F, 2)
-    for function in (0, 3):  # ISA bridge and SMBus, always present
-        buses.used.add((0, 0x1F, function))
-    buses.take(PciAddress(0, 0x1F, 2))
+            buses.take(c.info.address)
     _place_primary_video(d, buses, 1)
     for s in d.devices.sounds:
         if s.model == "ich9" and s.info.address is None and buses.slot_free(0, 0x1B):

@@ -145,6 +145,21 @@ def _check_emulator(d: DomainDef, caps: QemuCaps) -> None:
         addresses.is_i440fx(d) or addresses.is_q35(d)
     ):
         raise xml_error("No PCI buses available")
+    machine = caps.machines.get(d.os.machine)
+    if machine is not None and d.vcpus > machine.max_cpus:
+        raise unsupported(
+            f"Maximum CPUs greater than specified machine type limit {machine.max_cpus}", ErrorDomain.QEMU
+        )
+    topo = d.cpu.topology if d.cpu else None
+    if topo and topo.get("sockets", 1) * topo.get("dies", 1) * topo.get("cores", 1) * topo.get("threads", 1) != d.vcpus:
+        raise unsupported("CPU topology doesn't match maximum vcpu count", ErrorDomain.QEMU)
+    if addresses.is_q35(d) and (
+        any(disk.bus == "ide" for disk in d.devices.disks)
+        or any(c.type == "ide" for c in d.devices.controllers)
+    ):
+        raise unsupported(
+            "IDE controllers are unsupported for this QEMU binary or machine type", ErrorDomain.QEMU
+        )
 
 
 def _fill_cpu(d: DomainDef) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from lxml import etree
 
+from .parse import QEMU_NS
 from .model import (
     Address,
     CharDevice,
@@ -53,7 +54,8 @@ def format_domain(
     out: list[str] = []
     w = out.append
     domain_id = f" id='{live.id}'" if live is not None and not inactive else ""
-    w(f"<domain type='{d.type}'{domain_id}>\n")
+    ns = f" xmlns:qemu='{QEMU_NS}'" if d.qemu_args or d.qemu_env else ""
+    w(f"<domain type='{d.type}'{domain_id}{ns}>\n")
     w(f"  <name>{esc(d.name)}</name>\n")
     w(f"  <uuid>{d.uuid}</uuid>\n")
     if d.genid:
@@ -117,6 +119,11 @@ def format_domain(
     _format_devices(d, w, inactive, secure, live)
     if d.kept:
         w(_kept(d, "seclabel") + _kept(d, "keywrap") + _kept(d, "launchSecurity"))
+    if ns:
+        w("  <qemu:commandline>\n")
+        w("".join(f"    <qemu:arg value='{esc(arg)}'/>\n" for arg in d.qemu_args))
+        w("".join(f"    <qemu:env name='{esc(k)}' value='{esc(v)}'/>\n" for k, v in d.qemu_env))
+        w("  </qemu:commandline>\n")
     w("</domain>\n")
     return "".join(out)
 

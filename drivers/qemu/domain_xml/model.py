@@ -323,6 +323,8 @@ class DomainDef:
     on_crash: str = "destroy"
     pm: dict[str, str] = field(default_factory=dict)  # suspend-to-mem / -disk: yes/no
     kept: dict[str, etree._Element] = field(default_factory=dict)  # KEPT_SECTIONS as written
+    qemu_args: list[str] = field(default_factory=list)  # <qemu:commandline>: appended to argv
+    qemu_env: list[tuple[str, str]] = field(default_factory=list)  # ... and set in QEMU's environment
 
 
 # Top-level sections libvirt knows that we keep as written and print in its order.

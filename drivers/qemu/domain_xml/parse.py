@@ -74,6 +74,21 @@ CHR_TYPES = frozenset(
     "null vc pty dev file pipe stdio udp tcp unix spicevmc spiceport nmdm qemu-vdagent "
     "dbus".split()
 )
+CONTROLLER_MODELS = {
+    "usb": frozenset(
+        "piix3-uhci piix4-uhci ehci ich9-ehci1 ich9-uhci1 ich9-uhci2 ich9-uhci3 vt82c686b-uhci "
+        "pci-ohci nec-xhci qusb1 qusb2 qemu-xhci none".split()
+    ),
+    "scsi": frozenset(
+        "auto buslogic lsilogic lsisas1068 vmpvscsi ibmvscsi virtio-scsi lsisas1078 "
+        "virtio-transitional virtio-non-transitional ncr53c90 am53c974 dc390".split()
+    ),
+    "pci": frozenset(
+        "pci-root pcie-root pci-bridge dmi-to-pci-bridge pcie-root-port "
+        "pcie-switch-upstream-port pcie-switch-downstream-port pci-expander-bus "
+        "pcie-expander-bus pcie-to-pci-bridge".split()
+    ),
+}
 INPUT_TYPES = frozenset("mouse tablet keyboard passthrough evdev".split())
 INPUT_BUSES = frozenset("ps2 usb xen parallels virtio none".split())
 GRAPHICS_TYPES = frozenset("sdl vnc rdp desktop spice egl-headless dbus".split())
@@ -94,6 +109,8 @@ _UNITS = {
     "p": 1024**5, "pib": 1024**5, "pb": 1000**5,
     "e": 1024**6, "eib": 1024**6, "eb": 1000**6,
 }  # fmt: skip
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+_NIC_MODEL_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{1,2}(:[0-9a-fA-F]{1,2}){5}$")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -236,6 +253,13 @@ def parse_domain(root: etree._Element) -> DomainDef:
         for child in pm:
             if child.tag in ("suspend-to-mem", "suspend-to-disk") and child.get("enabled"):
                 d.pm[child.tag] = child.get("enabled")
+    commandline = root.find(f"{{{QEMU_NS}}}commandline")
+    if commandline is not None:
+        for el in commandline:
+            if el.tag == f"{{{QEMU_NS}}}arg" and el.get("value") is not None:
+                d.qemu_args.append(el.get("value"))
+            elif el.tag == f"{{{QEMU_NS}}}env" and el.get("name"):
+                d.qemu_env.append((el.get("name"), el.get("value", "")))
     for tag in KEPT_SECTIONS:
         el = root.find(tag)
         if el is not None:
@@ -515,6 +539,9 @@ def _controller(el: etree._Element, devs: Devices) -> None:
     target = el.find("target")
     driver = el.find("driver")
     master = el.find("master")
+    model = el.get("model")
+    if model is not None and model not in CONTROLLER_MODELS.get(ctype, (model,)):
+        raise unsupported(f"Unknown model type '{model}'")
     cont = Controller(
         type=ctype,
         index=-1 if index is None else index,
@@ -536,6 +563,10 @@ def _interface(el: etree._Element, devs: Devices) -> None:
     source = el.find("source")
     target = el.find("target")
     model = el.find("model")
+    if model is not None and not _NIC_MODEL_RE.match(model.get("type", "")):
+        raise VirError(
+            ErrorCode.INVALID_ARG, "invalid argument: Model name contains invalid characters", ErrorDomain.DOMAIN
+        )
     driver = el.find("driver")
     link = el.find("link")
     mtu = el.find("mtu")
@@ -558,7 +589,9 @@ def _interface(el: etree._Element, devs: Devices) -> None:
 
 
 def _chr(el: etree._Element, kind: str) -> CharDevice:
-    stype = _enum(el, "type", CHR_TYPES, kind) or "pty"
+    stype = el.get("type", "pty")
+    if stype not in CHR_TYPES:
+        raise unsupported(f"unknown type presented to host for character device: {stype}")
     source = el.find("source")
     attrs = {}
     if source is not None and stype != "pty":
@@ -620,7 +653,9 @@ def _video(el: etree._Element, devs: Devices) -> None:
     attrs: dict[str, str] = {}
     primary = False
     if model_el is not None:
-        model = _enum(model_el, "type", VIDEO_MODELS, "model") or "default"
+        model = model_el.get("type") or "default"
+        if model not in VIDEO_MODELS and model != "default":
+            raise unsupported(f"unknown video model '{model}'")
         attrs = {k: v for k, v in model_el.attrib.items() if k in ("ram", "vram", "vram64", "vgamem", "heads")}
         primary = model_el.get("primary") == "yes"
     devs.videos.append(Video(model, attrs, primary, _parse_info(el)))
