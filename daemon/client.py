@@ -41,6 +41,8 @@ _BACKLOG_MAX = packet.MESSAGE_MAX  # unsent bytes after which an event drops the
 
 _REQUESTS = "requests"  # pause reason: too many calls in flight
 _WRITING = "writing"  # pause reason: the peer does not read its replies
+_TURN = "turn"  # pause reason: a batch was handled, other clients go first
+_BATCH = 64  # packets handled per turn
 
 
 class Client(asyncio.Protocol):
@@ -112,47 +114,45 @@ class Client(asyncio.Protocol):
             self._parse()
             return
         # Fast path: nothing buffered, take packets straight from ``data``.
-        pos, end = 0, len(data)
-        self._parsing = True
-        try:
-            while end - pos >= 4 and not self._paused:
-                (length,) = _LENGTH_FROM(data, pos)
-                if length < _MIN or length > _MAX:
-                    self._bad_length(length)
-                    return
-                if end - pos < length:
-                    break
-                self._packet(data if length == end else data[pos:pos + length])
-                pos += length
-                if self.closed:
-                    return
-        finally:
-            self._parsing = False
-        if pos < end:
-            buf += data[pos:]
-            if not self._paused:  # a partial packet: validate its length early
-                self._parse()
+        used = self._consume(data)
+        if used < len(data) and not self.closed:
+            buf += data[used:]
 
     def _parse(self) -> None:
         """Handle the complete packets in the buffer, as long as we may."""
         buf = self._buf
-        pos, end = 0, len(buf)
+        del buf[:self._consume(buf)]
+
+    def _consume(self, view: bytes | bytearray) -> int:
+        """Handle complete packets at the start of ``view``; return the bytes used.
+
+        Stops when reading is paused, and after a batch of packets, so a
+        client that pipelines thousands of calls gives the others a turn.
+        """
+        pos, end = 0, len(view)
+        budget = _BATCH
         self._parsing = True
         try:
             while end - pos >= 4 and not self._paused:
-                (length,) = _LENGTH_FROM(buf, pos)
+                (length,) = _LENGTH_FROM(view, pos)
                 if length < _MIN or length > _MAX:
                     self._bad_length(length)
-                    return
+                    return end
                 if end - pos < length:
                     break
-                self._packet(bytes(buf[pos:pos + length]))
+                if not budget:
+                    self.pause_reading(_TURN)
+                    self.loop.call_soon(self.resume_reading, _TURN)
+                    break
+                budget -= 1
+                self._packet(view if length == end and type(view) is bytes
+                             else bytes(view[pos:pos + length]))
                 pos += length
                 if self.closed:
-                    return
+                    return end
         finally:
             self._parsing = False
-            del buf[:pos]
+        return pos
 
     def _bad_length(self, length: int) -> None:
         log.warning("%r: packet length %d out of range, closing", self, length)

@@ -295,3 +295,12 @@ async def test_client_not_reading_its_events_is_dropped(pair: Any) -> None:
         if client.closed:
             break
     assert client.closed
+
+
+async def test_long_pipelines_are_handled_in_turns(pair: Any) -> None:
+    client, peer, _ = await pair()
+    await peer.send(b"".join(packet.packet(PROG, 1, FAST, packet.CALL, s, packet.OK)
+                             for s in range(1000)))
+    serials = [(await peer.recv())[0][4] for _ in range(1000)]
+    assert serials == list(range(1000))
+    assert not client._buf and not client._paused
