@@ -15,7 +15,7 @@ from typing import Any
 
 from .capabilities import QemuCaps
 from .domain_xml.addresses import is_q35
-from .domain_xml.aliases import assign_aliases
+from .domain_xml.aliases import assign_aliases, fill_channel_paths
 from .domain_xml.model import (
     CharDevice,
     Controller,
@@ -554,9 +554,9 @@ def _chardevs(d: DomainDef, a: list[str], channel_dir: str | None) -> None:
         chr_id = f"char{c.info.alias}"
         a += ["-chardev", _chardev(c, chr_id)]
         a += ["-device", _json({"driver": "virtconsole", "chardev": chr_id, "id": c.info.alias})]
+    if channel_dir:
+        fill_channel_paths(d, channel_dir)
     for ch in devs.channels:
-        if ch.source.type == "unix" and "path" not in ch.source.attrs and channel_dir and ch.target_name:
-            ch.source.attrs = {"mode": "bind", "path": f"{channel_dir}/{ch.target_name}"}
         chr_id = f"char{ch.info.alias}"
         a += ["-chardev", _chardev(ch, chr_id)]
         addr = ch.info.address

@@ -1,4 +1,5 @@
-"""Device aliases as libvirtd names them at start: QEMU ids, and ``<alias>`` in live XML."""
+"""What the live definition gets at start: device aliases (QEMU's ids, ``<alias>`` in
+the live XML) and the channel socket paths the daemon makes up."""
 
 from __future__ import annotations
 
@@ -57,3 +58,10 @@ def _numbered(devices: list, prefix: str) -> None:
         if not dev.info.alias:
             dev.info.alias = f"{prefix}{i}"
 
+
+
+def fill_channel_paths(d: DomainDef, channel_dir: str) -> None:
+    """Give each unix channel without a path a socket in ``channel_dir``, named after its target."""
+    for ch in d.devices.channels:
+        if ch.source.type == "unix" and "path" not in ch.source.attrs and ch.target_name:
+            ch.source.attrs = {"mode": "bind", "path": f"{channel_dir}/{ch.target_name}"}

@@ -120,6 +120,9 @@ def _fill_kept(d: DomainDef) -> None:
     seclabel = d.kept.get("seclabel")
     if seclabel is not None and seclabel.get("type") == "none" and seclabel.get("model") is None:
         seclabel.set("model", "none")
+    if seclabel is not None and seclabel.get("type", "dynamic") == "dynamic":
+        for child in seclabel.findall("label") + seclabel.findall("imagelabel"):
+            seclabel.remove(child)  # chosen at each start
     for port, parallel in enumerate(d.devices.other("parallel")):
         if parallel.element.find("target") is None:
             etree.SubElement(parallel.element, "target", port=str(port))

@@ -305,7 +305,7 @@ def _format_disk(disk: Disk, inactive: bool, node_index: int) -> str:
         attr = "dev" if disk.type == "block" else "file"
         index = "" if inactive else f" index='{node_index}'"
         body.append(f"{i}<source {attr}='{esc(disk.source)}'{index}/>\n")
-        if not inactive:
+        if not inactive or disk.no_backing:
             body.append(f"{i}<backingStore/>\n")
     elif disk.net_source:
         head = f"{i}<source{_attrs(disk.net_source, ('protocol', 'name', 'query', 'tls'))}"

@@ -68,6 +68,7 @@ class Disk:
     target: str
     bus: str
     source: str | None = None  # path of the file or block device
+    no_backing: bool = False  # an explicit empty <backingStore/>: the image has no backing chain
     net_source: dict[str, str] = field(default_factory=dict)  # type='network': protocol, name
     hosts: list[dict[str, str]] = field(default_factory=list)  # type='network': name, port
     driver: dict[str, str] = field(default_factory=dict)  # name, type, cache, io, ...

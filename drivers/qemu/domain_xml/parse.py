@@ -109,6 +109,7 @@ _UNITS = {
     "p": 1024**5, "pib": 1024**5, "pb": 1000**5,
     "e": 1024**6, "eib": 1024**6, "eb": 1000**6,
 }  # fmt: skip
+GENERATED_CHANNEL_DIR = "/channel/target/domain-"  # the daemons' own channel socket dirs
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 _NIC_MODEL_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{1,2}(:[0-9a-fA-F]{1,2}){5}$")
@@ -467,6 +468,7 @@ def _disk(el: etree._Element, devs: Devices) -> None:
         target=target.get("dev", ""),
         bus=bus,
         source=source,
+        no_backing=el.find("backingStore") is not None and len(el.find("backingStore")) == 0,
         net_source=net_source,
         hosts=hosts,
         driver=dict(driver.attrib) if driver is not None else {},
@@ -596,6 +598,8 @@ def _chr(el: etree._Element, kind: str) -> CharDevice:
     attrs = {}
     if source is not None and stype != "pty":
         attrs = {k: v for k, v in source.attrib.items() if k in ("mode", "path", "host", "service", "append")}
+        if kind == "channel" and stype == "unix" and GENERATED_CHANNEL_DIR in attrs.get("path", ""):
+            attrs = {}  # a socket path the daemon made up at start is not part of the definition
     target = el.find("target")
     dev = CharDevice(kind=kind, source=CharSource(stype, attrs), info=_parse_info(el))
     protocol = el.find("protocol")
