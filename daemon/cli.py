@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"aiovirtd: {e}", file=sys.stderr)
         return 1
+    except Exception:
+        log.exception("aiovirtd failed")
+        return 1
     finally:
         pid_file.release()
     return 0
