@@ -122,8 +122,15 @@ _START_BYPASS_CACHE = 1 << 2
 _START_FORCE_BOOT = 1 << 3
 _START_VALIDATE = 1 << 4
 # Bypass-cache and force-boot only matter when restoring a managed save,
-# which never exists here; autodestroy is not implemented and is refused.
-_START_FLAGS = _START_PAUSED | _START_BYPASS_CACHE | _START_FORCE_BOOT
+# which never exists here.
+_START_FLAGS = _START_PAUSED | _START_AUTODESTROY | _START_BYPASS_CACHE | _START_FORCE_BOOT
+
+
+def _autodestroy(call: Call, dom: Domain, flags: int) -> None:
+    """A guest started with autodestroy ends with the connection that started it."""
+    if flags & _START_AUTODESTROY:
+        driver, id = call.driver, dom.id
+        call.client.on_close.append(lambda _client: driver.destroy_soon(dom, id))
 
 
 async def domain_create(call: Call, args: Any) -> None:
@@ -134,12 +141,16 @@ async def domain_create_with_flags(call: Call, args: Any) -> Any:
     _check_flags(args.flags, _START_FLAGS, "qemuDomainCreateWithFlags")
     dom = _dom(call, args.dom)
     await call.driver.create(dom, args.flags)
+    _autodestroy(call, dom, args.flags)
     return R.remote_domain_create_with_flags_ret(_handle(dom))
 
 
 async def domain_create_xml(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, _START_PAUSED | _START_VALIDATE, "qemuDomainCreateXML")
+    _check_flags(
+        args.flags, _START_PAUSED | _START_AUTODESTROY | _START_VALIDATE, "qemuDomainCreateXML"
+    )
     dom = await call.driver.create_xml(args.xml_desc, args.flags)
+    _autodestroy(call, dom, args.flags)
     return R.remote_domain_create_xml_ret(_handle(dom))
 
 

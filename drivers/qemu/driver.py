@@ -496,6 +496,18 @@ class QemuDriver:
             except FileNotFoundError:
                 pass
 
+    def destroy_soon(self, dom: Domain, id: int) -> None:
+        """Destroy the run ``id`` of ``dom`` if it still goes on: the end of a guest
+        started with autodestroy, when the connection that started it closes."""
+        if dom.id == id and not dom.removed:
+            self._spawn(self._destroy_quietly(dom))
+
+    async def _destroy_quietly(self, dom: Domain) -> None:
+        try:
+            await self.destroy(dom)
+        except VirError as e:
+            log.info("autodestroy of %s: %s", dom.name, e.message)
+
     def _on_exit(self, dom: Domain, proc: QemuProcess) -> None:
         if dom.process is proc:
             self._spawn(self._finish_stop(dom, proc))

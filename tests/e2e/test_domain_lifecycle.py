@@ -268,3 +268,17 @@ def test_autostart_once_per_boot(daemon: DaemonProcess) -> None:
     daemon.virsh("destroy", "a1")
     daemon.virsh("undefine", "a1")
     assert not (daemon.root / "etc/libvirt/qemu/autostart/a1.xml").exists()
+
+
+def test_autodestroy_ends_with_the_connection(daemon: DaemonProcess) -> None:
+    import libvirt
+
+    conn = daemon.conn()
+    conn.createXML(guest_xml("ad1"), libvirt.VIR_DOMAIN_START_AUTODESTROY)
+    define(daemon, "ad2")
+    conn.lookupByName("ad2").createWithFlags(libvirt.VIR_DOMAIN_START_AUTODESTROY)
+    assert sorted(out(daemon, "list", "--name").split()) == ["ad1", "ad2"]
+    conn.close()
+    wait_until(lambda: out(daemon, "list", "--name") == "")
+    assert out(daemon, "domstate", "--reason", "ad2") == "shut off (destroyed)"
+    daemon.virsh("undefine", "ad2")
