@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from daemon.keepalive import KeepAlive
@@ -73,7 +73,7 @@ class Client(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self.keepalive = KeepAlive(keepalive_interval, keepalive_count,
                                    self._send_ping, self._keepalive_dead)
-        self.on_close: list[Any] = []  # callables run once when the connection ends
+        self.on_close: list[Callable[[Client], None]] = []  # run once when the connection ends
 
     def __repr__(self) -> str:
         i = self.identity
