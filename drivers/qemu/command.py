@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .capabilities import QemuCaps
@@ -31,12 +31,22 @@ from .domain_xml.model import (
 
 _CONTROLLER_ORDER = ("pci", "usb", "scsi", "ide", "sata", "virtio-serial", "ccid")
 _USB_DRIVERS = {
-    "piix3-uhci": "piix3-usb-uhci", "piix4-uhci": "piix4-usb-uhci", "ich9-ehci1": "ich9-usb-ehci1",
-    "ich9-uhci1": "ich9-usb-uhci1", "ich9-uhci2": "ich9-usb-uhci2", "ich9-uhci3": "ich9-usb-uhci3",
-    "qemu-xhci": "qemu-xhci", "nec-xhci": "nec-usb-xhci", "pci-ohci": "pci-ohci",
-}  # fmt: skip
-_SCSI_DRIVERS = {"virtio-scsi": "virtio-scsi-pci", "lsilogic": "lsi", "lsisas1068": "mptsas1068",
-                 "lsisas1078": "megasas"}  # fmt: skip
+    "piix3-uhci": "piix3-usb-uhci",
+    "piix4-uhci": "piix4-usb-uhci",
+    "ich9-ehci1": "ich9-usb-ehci1",
+    "ich9-uhci1": "ich9-usb-uhci1",
+    "ich9-uhci2": "ich9-usb-uhci2",
+    "ich9-uhci3": "ich9-usb-uhci3",
+    "qemu-xhci": "qemu-xhci",
+    "nec-xhci": "nec-usb-xhci",
+    "pci-ohci": "pci-ohci",
+}
+_SCSI_DRIVERS = {
+    "virtio-scsi": "virtio-scsi-pci",
+    "lsilogic": "lsi",
+    "lsisas1068": "mptsas1068",
+    "lsisas1078": "megasas",
+}
 _NIC_DRIVERS = {"virtio": "virtio-net-pci"}
 _CACHE_MODES = {  # cache mode -> (direct, no-flush, write-cache)
     "none": (True, False, True),
@@ -60,7 +70,9 @@ def _pci_props(d: DomainDef, addr: PciAddress) -> dict[str, Any]:
     props: dict[str, Any] = {"bus": bus}
     if addr.multifunction == "on":
         props["multifunction"] = True
-    props["addr"] = f"0x{addr.slot:x}" if addr.function == 0 else f"0x{addr.slot:x}.0x{addr.function:x}"
+    props["addr"] = (
+        f"0x{addr.slot:x}" if addr.function == 0 else f"0x{addr.slot:x}.0x{addr.function:x}"
+    )
     return props
 
 
@@ -79,7 +91,7 @@ def build_argv(
     spice_port: int | None = None,
     net_fds: Mapping[str, int] | None = None,
 ) -> list[str]:
-    """argv for ``d``; it gets its aliases and channel socket paths filled in (the live XML shows them).
+    """argv for ``d``, which gets its aliases and channel socket paths (the live XML shows them).
 
     ``vnc_port``/``spice_port`` are the ports picked for autoport graphics (VNC falls back
     to QEMU's own search from 5900). ``net_fds`` maps an interface alias to a tap fd the
@@ -175,10 +187,29 @@ def _machine(d: DomainDef, a: list[str]) -> str:
             if not path:
                 continue
             node = f"libvirt-pflash{n}"
-            a += ["-blockdev", _json({"driver": "file", "filename": path, "node-name": f"{node}-storage",
-                                      "auto-read-only": True, "discard": "unmap"})]  # fmt: skip
-            a += ["-blockdev", _json({"node-name": f"{node}-format", "read-only": readonly,
-                                      "driver": "raw", "file": f"{node}-storage"})]  # fmt: skip
+            a += [
+                "-blockdev",
+                _json(
+                    {
+                        "driver": "file",
+                        "filename": path,
+                        "node-name": f"{node}-storage",
+                        "auto-read-only": True,
+                        "discard": "unmap",
+                    }
+                ),
+            ]
+            a += [
+                "-blockdev",
+                _json(
+                    {
+                        "node-name": f"{node}-format",
+                        "read-only": readonly,
+                        "driver": "raw",
+                        "file": f"{node}-storage",
+                    }
+                ),
+            ]
             parts.append(f"pflash{n}={node}-format")
     return ",".join(parts)
 
@@ -190,7 +221,11 @@ def _cpu(d: DomainDef) -> str:
     if cpu.mode in ("host-passthrough", "host-model"):
         # host-model is expanded by libvirt from the host CPU; "host" is the nearest we have.
         base = "host" if d.type == "kvm" else "max"
-        return f"{base},migratable=on" if cpu.mode == "host-passthrough" and cpu.migratable == "on" else base
+        return (
+            f"{base},migratable=on"
+            if cpu.mode == "host-passthrough" and cpu.migratable == "on"
+            else base
+        )
     if cpu.mode == "maximum":
         return ",".join(["max", *_cpu_flags(d)])
     parts = [cpu.model or "qemu64"]
@@ -226,7 +261,11 @@ def _cpu_flags(d: DomainDef) -> list[str]:
     if kvm is not None:
         for name, attrs in kvm.children:
             state = attrs.get("state", "on")
-            flags.append(f"kvm={'off' if state == 'on' else 'on'}" if name == "hidden" else f"kvm-{name}={state}")
+            flags.append(
+                f"kvm={'off' if state == 'on' else 'on'}"
+                if name == "hidden"
+                else f"kvm-{name}={state}"
+            )
     pmu = d.features.get("pmu")
     if pmu is not None:
         flags.append(f"pmu={pmu.attrs.get('state', 'on')}")
@@ -244,7 +283,10 @@ def _memory(d: DomainDef, a: list[str]) -> None:
     else:
         a += ["-m", str(mib)]
     if not (d.cpu and d.cpu.numa):
-        a += ["-object", _json({"qom-type": "memory-backend-ram", "id": "pc.ram", "size": mib * 1024 * 1024})]
+        a += [
+            "-object",
+            _json({"qom-type": "memory-backend-ram", "id": "pc.ram", "size": mib * 1024 * 1024}),
+        ]
 
 
 def _smp(d: DomainDef) -> str:
@@ -269,17 +311,25 @@ def _numa(d: DomainDef, a: list[str]) -> None:
     from .domain_xml.parse import scale_kib
 
     for n, cell in enumerate(d.cpu.numa):
-        kib = scale_kib(cell.attrs.get("memory", "0"), cell.attrs.get("unit"), "./cpu/numa/cell/@memory")
-        a += ["-object", _json({"qom-type": "memory-backend-ram", "id": f"ram-node{n}", "size": kib * 1024})]
+        kib = scale_kib(
+            cell.attrs.get("memory", "0"), cell.attrs.get("unit"), "./cpu/numa/cell/@memory"
+        )
+        a += [
+            "-object",
+            _json({"qom-type": "memory-backend-ram", "id": f"ram-node{n}", "size": kib * 1024}),
+        ]
         cell_id = cell.attrs.get("id", str(n))
-        a += ["-numa", f"node,nodeid={cell_id},cpus={cell.attrs.get('cpus', '')},memdev=ram-node{n}"]
+        a += [
+            "-numa",
+            f"node,nodeid={cell_id},cpus={cell.attrs.get('cpus', '')},memdev=ram-node{n}",
+        ]
 
 
 def _clock(d: DomainDef, a: list[str]) -> None:
     if d.clock.offset == "variable":
         # the guest's clock is the host's plus an offset, fixed now at start
         basis = d.clock.attrs.get("basis", "utc")
-        now = datetime.now() if basis == "localtime" else datetime.now(timezone.utc)
+        now = datetime.now() if basis == "localtime" else datetime.now(UTC)
         start = now + timedelta(seconds=int(d.clock.attrs.get("adjustment", "0")))
         rtc = f"base={start.strftime('%Y-%m-%dT%H:%M:%S')}"
     else:
@@ -355,14 +405,24 @@ def _controller_props(d: DomainDef, c: Controller) -> dict[str, Any] | None:
             return {"driver": "pcie-pci-bridge", "id": c.info.alias, **addr}
         if c.model != "pcie-root-port":
             return None
-        return {"driver": "pcie-root-port", "port": int(c.target.get("port", "0"), 0),
-                "chassis": int(c.target.get("chassis", "0")), "id": c.info.alias, **addr}  # fmt: skip
+        return {
+            "driver": "pcie-root-port",
+            "port": int(c.target.get("port", "0"), 0),
+            "chassis": int(c.target.get("chassis", "0")),
+            "id": c.info.alias,
+            **addr,
+        }
     if c.type == "usb":
         if c.model in (None, "none"):
             return None
         props: dict[str, Any] = {"driver": _USB_DRIVERS.get(c.model, c.model)}
         if c.master_startport is not None:  # a companion has no id of its own
-            return {**props, "masterbus": f"{_usb_alias(d, c.index)}.0", "firstport": c.master_startport, **addr}
+            return {
+                **props,
+                "masterbus": f"{_usb_alias(d, c.index)}.0",
+                "firstport": c.master_startport,
+                **addr,
+            }
         ports = c.attrs.get("ports")
         if ports and c.model in ("qemu-xhci", "nec-xhci"):
             props["p2"] = int(ports)
@@ -411,7 +471,10 @@ def _blockdevs(disk: Disk, node: str, a: list[str]) -> None:
         if disk.net_source.get("name"):
             storage["export"] = disk.net_source["name"]
     else:
-        storage = {"driver": "host_device" if disk.type == "block" else "file", "filename": disk.source}
+        storage = {
+            "driver": "host_device" if disk.type == "block" else "file",
+            "filename": disk.source,
+        }
     if drv.get("io") in ("native", "threads", "io_uring"):
         storage["aio"] = drv["io"]
     storage["node-name"] = f"{node}-storage"
@@ -437,7 +500,9 @@ def _cache(disk: Disk) -> tuple[bool, bool, bool] | None:
     return _CACHE_MODES.get(mode or "")
 
 
-def _disk_device(d: DomainDef, disk: Disk, node: str | None, boot: dict[int, int]) -> dict[str, Any]:
+def _disk_device(
+    d: DomainDef, disk: Disk, node: str | None, boot: dict[int, int]
+) -> dict[str, Any]:
     addr = disk.info.address
     props: dict[str, Any]
     if disk.bus == "virtio":
@@ -453,7 +518,9 @@ def _disk_device(d: DomainDef, disk: Disk, node: str | None, boot: dict[int, int
             props["bus"] = f"ide.{addr.bus}"
             props["unit"] = addr.unit
         else:
-            sata = f"ide.{addr.unit}" if addr.controller == 0 else f"sata{addr.controller}.{addr.unit}"
+            sata = (
+                f"ide.{addr.unit}" if addr.controller == 0 else f"sata{addr.controller}.{addr.unit}"
+            )
             props["bus"] = sata
         if disk.shareable:
             props["share-rw"] = True
@@ -489,7 +556,9 @@ def _disk_device(d: DomainDef, disk: Disk, node: str | None, boot: dict[int, int
     error_policy = disk.driver.get("error_policy")
     if error_policy in ("stop", "report", "ignore", "enospace"):
         props["werror"] = error_policy
-        props["rerror"] = disk.driver.get("rerror_policy", error_policy if error_policy != "enospace" else "report")
+        props["rerror"] = disk.driver.get(
+            "rerror_policy", error_policy if error_policy != "enospace" else "report"
+        )
     return props
 
 
@@ -533,7 +602,8 @@ def _chardev(c: CharDevice, chr_id: str) -> str:
         return f"spicevmc,id={chr_id},name=vdagent"
     if src.type == "tcp":
         server = src.attrs.get("mode") == "bind"
-        opts = f"socket,id={chr_id},host={src.attrs.get('host', '')},port={src.attrs.get('service', '')}"
+        host, port = src.attrs.get("host", ""), src.attrs.get("service", "")
+        opts = f"socket,id={chr_id},host={host},port={port}"
         if c.protocol == "telnet":
             opts += ",telnet=on"
         return opts + (",server=on,wait=off" if server else "")
@@ -546,8 +616,17 @@ def _chardevs(d: DomainDef, a: list[str], channel_dir: str | None) -> None:
         chr_id = f"char{s.info.alias}"
         a += ["-chardev", _chardev(s, chr_id)]
         if s.target_type == "isa-serial":
-            a += ["-device", _json({"driver": "isa-serial", "chardev": chr_id, "id": s.info.alias,
-                                    "index": s.target_port or 0})]  # fmt: skip
+            a += [
+                "-device",
+                _json(
+                    {
+                        "driver": "isa-serial",
+                        "chardev": chr_id,
+                        "id": s.info.alias,
+                        "index": s.target_port or 0,
+                    }
+                ),
+            ]
     for c in devs.consoles:
         if c.target_type != "virtio":
             continue  # a serial console is the serial device itself
@@ -561,8 +640,13 @@ def _chardevs(d: DomainDef, a: list[str], channel_dir: str | None) -> None:
         a += ["-chardev", _chardev(ch, chr_id)]
         addr = ch.info.address
         if ch.target_type == "virtio" and isinstance(addr, VirtioSerialAddress):
-            props = {"driver": "virtserialport", "bus": f"virtio-serial{addr.controller}.{addr.bus}",
-                     "nr": addr.port, "chardev": chr_id, "id": ch.info.alias}  # fmt: skip
+            props = {
+                "driver": "virtserialport",
+                "bus": f"virtio-serial{addr.controller}.{addr.bus}",
+                "nr": addr.port,
+                "chardev": chr_id,
+                "id": ch.info.alias,
+            }
             if ch.target_name:
                 props["name"] = ch.target_name
             a += ["-device", _json(props)]
@@ -579,11 +663,20 @@ def _inputs(d: DomainDef, a: list[str]) -> None:
     for inp in d.devices.inputs:
         if inp.bus == "usb":
             driver = {"tablet": "usb-tablet", "mouse": "usb-mouse", "keyboard": "usb-kbd"}[inp.type]
-            a += ["-device", _json({"driver": driver, "id": inp.info.alias, **_usb_props(inp.info)})]
+            a += [
+                "-device",
+                _json({"driver": driver, "id": inp.info.alias, **_usb_props(inp.info)}),
+            ]
         elif inp.bus == "virtio":
-            driver = {"tablet": "virtio-tablet-pci", "mouse": "virtio-mouse-pci",
-                      "keyboard": "virtio-keyboard-pci"}[inp.type]  # fmt: skip
-            a += ["-device", _json({"driver": driver, "id": inp.info.alias, **_addr_props(d, inp.info)})]
+            driver = {
+                "tablet": "virtio-tablet-pci",
+                "mouse": "virtio-mouse-pci",
+                "keyboard": "virtio-keyboard-pci",
+            }[inp.type]
+            a += [
+                "-device",
+                _json({"driver": driver, "id": inp.info.alias, **_addr_props(d, inp.info)}),
+            ]
 
 
 def _listen_address(attrs: dict[str, str], listens: list[dict[str, str]]) -> str:
@@ -598,7 +691,9 @@ def _graphics(d: DomainDef, a: list[str], vnc_port: int | None, spice_port: int 
     for g in d.devices.graphics:
         addr = _listen_address(g.attrs, g.listens)
         if g.type == "vnc":
-            port = vnc_port if g.attrs.get("autoport") == "yes" else int(g.attrs.get("port", "5900"))
+            port = (
+                vnc_port if g.attrs.get("autoport") == "yes" else int(g.attrs.get("port", "5900"))
+            )
             opts = f"{addr}:{(port or 5900) - 5900}"
             if port is None:
                 opts += ",to=100"
@@ -629,20 +724,32 @@ def _videos(d: DomainDef, a: list[str]) -> None:
         addr = _addr_props(d, v.info)
         heads = int(v.attrs.get("heads", "1"))
         if v.model == "qxl":
-            props = {"driver": "qxl-vga" if v.primary else "qxl", "id": v.info.alias, "max_outputs": heads,
-                     "ram_size": int(v.attrs.get("ram", "65536")) * 1024,
-                     "vram_size": int(v.attrs.get("vram", "65536")) * 1024,
-                     "vram64_size_mb": int(v.attrs.get("vram64", "0")) // 1024,
-                     "vgamem_mb": int(v.attrs.get("vgamem", "16384")) // 1024}  # fmt: skip
+            props = {
+                "driver": "qxl-vga" if v.primary else "qxl",
+                "id": v.info.alias,
+                "max_outputs": heads,
+                "ram_size": int(v.attrs.get("ram", "65536")) * 1024,
+                "vram_size": int(v.attrs.get("vram", "65536")) * 1024,
+                "vram64_size_mb": int(v.attrs.get("vram64", "0")) // 1024,
+                "vgamem_mb": int(v.attrs.get("vgamem", "16384")) // 1024,
+            }
         elif v.model == "vga":
-            props = {"driver": "VGA", "id": v.info.alias, "vgamem_mb": int(v.attrs.get("vram", "16384")) // 1024}
+            props = {
+                "driver": "VGA",
+                "id": v.info.alias,
+                "vgamem_mb": int(v.attrs.get("vram", "16384")) // 1024,
+            }
         elif v.model == "cirrus":
             props = {"driver": "cirrus-vga", "id": v.info.alias}
         elif v.model == "virtio":
             driver = "virtio-vga" if v.primary else "virtio-gpu-pci"
             props = {"driver": driver, "id": v.info.alias, "max_outputs": heads}
         elif v.model == "bochs":
-            props = {"driver": "bochs-display", "id": v.info.alias, "vgamem": int(v.attrs.get("vram", "16384")) * 1024}
+            props = {
+                "driver": "bochs-display",
+                "id": v.info.alias,
+                "vgamem": int(v.attrs.get("vram", "16384")) * 1024,
+            }
         else:
             continue
         a += ["-device", _json({**props, **addr})]
@@ -655,7 +762,12 @@ def _sounds(d: DomainDef, a: list[str]) -> None:
         if s.model in ("ich6", "ich9", "ich7"):
             driver = {"ich6": "intel-hda", "ich9": "ich9-intel-hda", "ich7": "intel-hda"}[s.model]
             a += ["-device", _json({"driver": driver, "id": s.info.alias, **addr})]
-            codec = {"driver": "hda-duplex", "id": f"{s.info.alias}-codec0", "bus": f"{s.info.alias}.0", "cad": 0}
+            codec = {
+                "driver": "hda-duplex",
+                "id": f"{s.info.alias}-codec0",
+                "bus": f"{s.info.alias}.0",
+                "cad": 0,
+            }
             if audio:
                 codec["audiodev"] = audio
             a += ["-device", _json(codec)]
@@ -670,14 +782,21 @@ def _redirdevs(d: DomainDef, a: list[str]) -> None:
     for r in d.devices.redirdevs:
         chr_id = f"char{r.info.alias}"
         a += ["-chardev", f"spicevmc,id={chr_id},name=usbredir"]
-        a += ["-device", _json({"driver": "usb-redir", "chardev": chr_id, "id": r.info.alias,
-                                **_usb_props(r.info)})]  # fmt: skip
+        a += [
+            "-device",
+            _json(
+                {"driver": "usb-redir", "chardev": chr_id, "id": r.info.alias, **_usb_props(r.info)}
+            ),
+        ]
 
 
 def _watchdogs(d: DomainDef, a: list[str]) -> None:
     for w in d.devices.watchdogs:
         if w.model == "i6300esb":
-            a += ["-device", _json({"driver": "i6300esb", "id": w.info.alias, **_addr_props(d, w.info)})]
+            a += [
+                "-device",
+                _json({"driver": "i6300esb", "id": w.info.alias, **_addr_props(d, w.info)}),
+            ]
         elif w.model == "ib700":
             a += ["-device", _json({"driver": "ib700", "id": w.info.alias})]
         if w.action:
@@ -690,7 +809,16 @@ def _rngs(d: DomainDef, a: list[str]) -> None:
     for n, r in enumerate(d.devices.rngs):
         obj = f"objrng{n}"
         if r.backend_model == "random":
-            a += ["-object", _json({"qom-type": "rng-random", "id": obj, "filename": r.backend_path or "/dev/urandom"})]
+            a += [
+                "-object",
+                _json(
+                    {
+                        "qom-type": "rng-random",
+                        "id": obj,
+                        "filename": r.backend_path or "/dev/urandom",
+                    }
+                ),
+            ]
         elif r.backend_model == "builtin":
             a += ["-object", _json({"qom-type": "rng-builtin", "id": obj})]
         else:

@@ -15,19 +15,23 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_domain_xml import CAPS, DATA
 
 from drivers.qemu.command import build_argv
 from drivers.qemu.domain_xml import parse
 from drivers.qemu.domain_xml.firmware import select_firmware
 
-from test_domain_xml import CAPS, DATA
-
 ARGV = sorted(p.stem for p in DATA.glob("*.argv"))
 # domxml-to-native turns every interface into a tap and re-addresses them, and
 # expands host-model from the host CPU: those options are compared by hand below.
-NOT_COMPARED = {"net": ("-netdev",), "q35-legacy": ("-netdev", "net"), "addresses": ("-netdev", "net"), "features": ("-cpu",),
-                "q35-mixed": ("-netdev", "-vnc"),  # its passwd is not in the XML virsh hands over
-                "i440fx-mixed": ("-netdev", "-cpu", "-rtc")}  # minimum match and a clock offset from now
+NOT_COMPARED = {
+    "net": ("-netdev",),
+    "q35-legacy": ("-netdev", "net"),
+    "addresses": ("-netdev", "net"),
+    "features": ("-cpu",),
+    "q35-mixed": ("-netdev", "-vnc"),  # its passwd is not in the XML virsh hands over
+    "i440fx-mixed": ("-netdev", "-cpu", "-rtc"),
+}  # minimum match and a clock offset from now
 
 
 def _reference(name: str) -> list[str]:
@@ -39,9 +43,14 @@ def _ours(name: str, **kw) -> list[str]:
     d = parse((DATA / f"{name}.xml").read_text(), CAPS)
     select_firmware(d, "/var/lib/libvirt/qemu/nvram")
     return build_argv(
-        d, CAPS, monitor_path="/mon.sock", vnc_port=5900, spice_port=5901,
-        channel_dir=f"/var/lib/libvirt/qemu/channel/target/domain--1-{d.name}", **kw,
-    )  # fmt: skip
+        d,
+        CAPS,
+        monitor_path="/mon.sock",
+        vnc_port=5900,
+        spice_port=5901,
+        channel_dir=f"/var/lib/libvirt/qemu/channel/target/domain--1-{d.name}",
+        **kw,
+    )
 
 
 def _normalise(argv: list[str], skip: tuple[str, ...] = ()) -> list[str]:
@@ -84,12 +93,20 @@ def test_network_backends() -> None:
     netdevs = [json.loads(v) for v in _option(argv, "-netdev")]
     assert netdevs[0] == {"type": "user", "id": "hostnet0"}
     assert netdevs[1] == {"type": "tap", "fd": "42", "id": "hostnet1"}
-    assert netdevs[2] == {"type": "tap", "ifname": "h5atap0", "script": "no", "downscript": "no", "id": "hostnet2"}
+    assert netdevs[2] == {
+        "type": "tap",
+        "ifname": "h5atap0",
+        "script": "no",
+        "downscript": "no",
+        "id": "hostnet2",
+    }
     nics = [json.loads(v) for v in _option(argv, "-device") if '"netdev"' in v]
     assert [(n["driver"], n["id"], n["addr"]) for n in nics] == [
-        ("virtio-net-pci", "net0", "0x2"), ("e1000", "net1", "0x3"),
-        ("rtl8139", "net2", "0x4"), ("rtl8139", "net3", "0x5"),
-    ]  # fmt: skip
+        ("virtio-net-pci", "net0", "0x2"),
+        ("e1000", "net1", "0x3"),
+        ("rtl8139", "net2", "0x4"),
+        ("rtl8139", "net3", "0x5"),
+    ]
 
 
 def test_nic_boot_index_as_libvirtd_starts_it() -> None:
@@ -124,7 +141,9 @@ def _firmware_guest_argv(tmp: Path) -> list[str]:
     if not kvm:
         xml = xml.replace("type='kvm'", "type='qemu'")
     d = parse(xml, CAPS)
-    return build_argv(d, CAPS, monitor_path=str(tmp / "monitor.sock"), pidfile=str(tmp / "qemu.pid"))
+    return build_argv(
+        d, CAPS, monitor_path=str(tmp / "monitor.sock"), pidfile=str(tmp / "qemu.pid")
+    )
 
 
 @pytest.mark.slow
@@ -134,9 +153,11 @@ async def test_qemu_runs_our_argv(tmp_path: Path) -> None:
 
     argv = _firmware_guest_argv(tmp_path)
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     qmp = QMPClient("test")
     try:
         sock = tmp_path / "monitor.sock"
@@ -148,7 +169,9 @@ async def test_qemu_runs_our_argv(tmp_path: Path) -> None:
         await qmp.connect(str(sock))
         status = await qmp.execute("query-status")
         assert status["status"] == "prelaunch"  # -S: stopped before the first instruction
-        ids = {dev.get("qdev_id") for bus in await qmp.execute("query-pci") for dev in bus["devices"]}
+        ids = {
+            dev.get("qdev_id") for bus in await qmp.execute("query-pci") for dev in bus["devices"]
+        }
         assert {"usb", "balloon0"} <= ids  # libvirt's aliases are QEMU's ids
         await qmp.execute("quit")
         with contextlib.suppress(EOFError):  # QEMU may hang up before we do

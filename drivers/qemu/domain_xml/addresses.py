@@ -24,9 +24,17 @@ from .parse import disk_index
 # Controllers for disks on a bus: units a controller has, and buses per controller.
 DRIVE_LAYOUT = {"ide": (2, 2), "fdc": (2, 1), "sata": (6, 1), "scsi": (7, 1)}
 _USB_PORTS = {
-    "piix3-uhci": 2, "piix4-uhci": 2, "ich9-uhci1": 2, "ich9-uhci2": 2, "ich9-uhci3": 2,
-    "ich9-ehci1": 6, "nec-xhci": 4, "qemu-xhci": 4, "vt82c686b-uhci": 2, "pci-ohci": 3,
-}  # fmt: skip
+    "piix3-uhci": 2,
+    "piix4-uhci": 2,
+    "ich9-uhci1": 2,
+    "ich9-uhci2": 2,
+    "ich9-uhci3": 2,
+    "ich9-ehci1": 6,
+    "nec-xhci": 4,
+    "qemu-xhci": 4,
+    "vt82c686b-uhci": 2,
+    "pci-ohci": 3,
+}
 _USB2_FUNCTION = {"ich9-ehci1": 7, "ich9-uhci1": 0, "ich9-uhci2": 1, "ich9-uhci3": 2}
 
 
@@ -90,11 +98,17 @@ def _usb_infos(d: DomainDef) -> Iterator[DeviceInfo]:
 
 
 def assign_usb_addresses(d: DomainDef) -> None:
-    usb = [c for c in d.devices.controllers if c.type == "usb" and c.model != "none" and c.master_startport is None]
+    usb = [
+        c
+        for c in d.devices.controllers
+        if c.type == "usb" and c.model != "none" and c.master_startport is None
+    ]
     if not usb:
         return
     ports = {c.index: int(c.attrs.get("ports", 0)) or _USB_PORTS.get(c.model or "", 2) for c in usb}
-    used = {(i.address.bus, i.address.port) for i in _usb_infos(d) if isinstance(i.address, UsbAddress)}
+    used = {
+        (i.address.bus, i.address.port) for i in _usb_infos(d) if isinstance(i.address, UsbAddress)
+    }
     for info in _usb_infos(d):
         if info.address is not None:
             continue
@@ -156,7 +170,11 @@ def _pci_devices(d: DomainDef) -> Iterator[tuple[DeviceInfo, bool]]:
             continue
         if c.type == "ide" and c.index == 0:
             continue
-        pcie = c.type in ("virtio-serial", "sata") or c.model in ("qemu-xhci", "nec-xhci", "virtio-scsi")
+        pcie = c.type in ("virtio-serial", "sata") or c.model in (
+            "qemu-xhci",
+            "nec-xhci",
+            "virtio-scsi",
+        )
         yield c.info, pcie
     for disk in devs.disks:
         if disk.bus == "virtio":
@@ -188,9 +206,20 @@ def _collect_existing(d: DomainDef, buses: _PciBuses) -> None:
 
 def _all_infos(d: DomainDef) -> Iterator[DeviceInfo]:
     devs = d.devices
-    for group in (devs.disks, devs.controllers, devs.interfaces, devs.sounds, devs.videos,
-                  devs.rngs, devs.watchdogs, devs.inputs, devs.serials, devs.channels,
-                  devs.redirdevs, *devs.others.values()):  # fmt: skip
+    for group in (
+        devs.disks,
+        devs.controllers,
+        devs.interfaces,
+        devs.sounds,
+        devs.videos,
+        devs.rngs,
+        devs.watchdogs,
+        devs.inputs,
+        devs.serials,
+        devs.channels,
+        devs.redirdevs,
+        *devs.others.values(),
+    ):
         for dev in group:
             yield dev.info
     if devs.memballoon is not None:
@@ -241,7 +270,12 @@ def _place_usb2(d: DomainDef, c: Controller, buses: _PciBuses) -> None:
     multi = "on" if c.model == "ich9-uhci1" else None
     for other in d.devices.controllers:
         a = other.info.address
-        if other is not c and other.index == c.index and other.model in _USB2_FUNCTION and isinstance(a, PciAddress):
+        if (
+            other is not c
+            and other.index == c.index
+            and other.model in _USB2_FUNCTION
+            and isinstance(a, PciAddress)
+        ):
             c.info.address = PciAddress(a.bus, a.slot, function, multifunction=multi)
             buses.take(c.info.address)
             return
@@ -320,7 +354,9 @@ def _assign_q35(d: DomainDef) -> None:
             info.address = PciAddress(bus=bus, slot=slot)
     for index in new:
         if index in parent:
-            bridge = Controller(type="pci", index=index, model="pcie-to-pci-bridge", model_name="pcie-pci-bridge")
+            bridge = Controller(
+                type="pci", index=index, model="pcie-to-pci-bridge", model_name="pcie-pci-bridge"
+            )
             bridge.info.address = PciAddress(bus=parent[index], slot=0)
             d.devices.controllers.append(bridge)
         else:
@@ -332,10 +368,13 @@ def _add_root_port(d: DomainDef, buses: _PciBuses, index: int) -> None:
     addr = None
     for slot in buses.root_slots:
         ports_here = [
-            c for c in d.devices.controllers
-            if c.model == "pcie-root-port" and isinstance(c.info.address, PciAddress)
-            and c.info.address.bus == 0 and c.info.address.slot == slot
-        ]  # fmt: skip
+            c
+            for c in d.devices.controllers
+            if c.model == "pcie-root-port"
+            and isinstance(c.info.address, PciAddress)
+            and c.info.address.bus == 0
+            and c.info.address.slot == slot
+        ]
         if ports_here and len(ports_here) < 8:
             function = len(ports_here)
             if (0, slot, function) not in buses.used:

@@ -49,7 +49,11 @@ def assign_aliases(d: DomainDef) -> None:
     _numbered(devs.redirdevs, "redir")
     _numbered(devs.watchdogs, "watchdog")
     _numbered(devs.rngs, "rng")
-    if devs.memballoon is not None and devs.memballoon.model != "none" and not devs.memballoon.info.alias:
+    if (
+        devs.memballoon is not None
+        and devs.memballoon.model != "none"
+        and not devs.memballoon.info.alias
+    ):
         devs.memballoon.info.alias = "balloon0"
 
 
@@ -57,7 +61,6 @@ def _numbered(devices: list, prefix: str) -> None:
     for i, dev in enumerate(devices):
         if not dev.info.alias:
             dev.info.alias = f"{prefix}{i}"
-
 
 
 def fill_channel_paths(d: DomainDef, channel_dir: str) -> None:

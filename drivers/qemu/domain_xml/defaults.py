@@ -14,6 +14,8 @@ from lxml import etree
 
 from protocol.errors import ErrorDomain
 
+from ..capabilities import QemuCaps
+from . import addresses
 from .errors import unsupported, xml_error
 from .model import (
     Audio,
@@ -28,8 +30,6 @@ from .model import (
     Video,
 )
 from .parse import disk_index
-from ..capabilities import QemuCaps
-from . import addresses
 
 KNOWN_ARCHES = frozenset(
     "aarch64 alpha armv6l armv7l armv7b cris i686 ia64 lm32 loongarch64 m68k microblaze "
@@ -37,8 +37,14 @@ KNOWN_ARCHES = frozenset(
     "ppc64le ppcemb riscv32 riscv64 s390 s390x sh4 sh4eb sparc sparc64 unicore32 x86_64 "
     "xtensa xtensaeb".split()
 )
-_BUS_BY_PREFIX = (("hd", "ide"), ("sd", "scsi"), ("vd", "virtio"), ("fd", "fdc"),
-                  ("xvd", "xen"), ("ubd", "uml"))  # fmt: skip
+_BUS_BY_PREFIX = (
+    ("hd", "ide"),
+    ("sd", "scsi"),
+    ("vd", "virtio"),
+    ("fd", "fdc"),
+    ("xvd", "xen"),
+    ("ubd", "uml"),
+)
 _VIDEO_DEFAULTS = {
     "cirrus": {"vram": "16384", "heads": "1"},
     "vga": {"vram": "16384", "heads": "1"},
@@ -74,7 +80,9 @@ def fill(d: DomainDef, caps: QemuCaps) -> None:
         d.devices.emulator = caps.emulator
     order = {name: i for i, name in enumerate(FEATURE_ORDER)}
     d.features = {
-        name: d.features[name] for name in sorted(d.features, key=lambda n: order.get(n, -1)) if name in order
+        name: d.features[name]
+        for name in sorted(d.features, key=lambda n: order.get(n, -1))
+        if name in order
     }
     _fill_features(d)
     _fill_cpu(d)
@@ -144,17 +152,23 @@ def _check_emulator(d: DomainDef, caps: QemuCaps) -> None:
         raise unsupported(f"No guest options available for arch '{arch}'", ErrorDomain.CAPABILITIES)
     d.os.arch = arch
     d.os.machine = caps.canonical_machine(d.os.machine)
-    if not caps.has_machine(d.os.machine) or not (
-        addresses.is_i440fx(d) or addresses.is_q35(d)
-    ):
+    if not caps.has_machine(d.os.machine) or not (addresses.is_i440fx(d) or addresses.is_q35(d)):
         raise xml_error("No PCI buses available")
     machine = caps.machines.get(d.os.machine)
     if machine is not None and d.vcpus > machine.max_cpus:
         raise unsupported(
-            f"Maximum CPUs greater than specified machine type limit {machine.max_cpus}", ErrorDomain.QEMU
+            f"Maximum CPUs greater than specified machine type limit {machine.max_cpus}",
+            ErrorDomain.QEMU,
         )
     topo = d.cpu.topology if d.cpu else None
-    if topo and topo.get("sockets", 1) * topo.get("dies", 1) * topo.get("cores", 1) * topo.get("threads", 1) != d.vcpus:
+    if (
+        topo
+        and topo.get("sockets", 1)
+        * topo.get("dies", 1)
+        * topo.get("cores", 1)
+        * topo.get("threads", 1)
+        != d.vcpus
+    ):
         raise unsupported("CPU topology doesn't match maximum vcpu count", ErrorDomain.QEMU)
     if addresses.is_q35(d) and (
         any(disk.bus == "ide" for disk in d.devices.disks)
@@ -257,14 +271,22 @@ def _add_implicit_controllers(d: DomainDef) -> None:
         _maybe_add(d, "pci", 0, "pcie-root")
     else:
         _maybe_add(d, "pci", 0, "pci-root")
-    for bus, ctype, model in (("scsi", "scsi", "lsilogic"), ("fdc", "fdc", None),
-                              ("ide", "ide", None), ("sata", "sata", None)):  # fmt: skip
+    for bus, ctype, model in (
+        ("scsi", "scsi", "lsilogic"),
+        ("fdc", "fdc", None),
+        ("ide", "ide", None),
+        ("sata", "sata", None),
+    ):
         needed = set()
         for disk in d.devices.disks:
             if disk.bus == bus:
                 units, buses = addresses.DRIVE_LAYOUT[bus]
                 a = disk.info.address
-                needed.add(a.controller if isinstance(a, DriveAddress) else disk_index(disk.target) // (units * buses))
+                needed.add(
+                    a.controller
+                    if isinstance(a, DriveAddress)
+                    else disk_index(disk.target) // (units * buses)
+                )
         for index in sorted(needed):
             _maybe_add(d, ctype, index, model)
     if any(c.target_type == "virtio" for c in d.devices.channels + d.devices.consoles):
@@ -309,7 +331,9 @@ def _fill_chardevs(d: DomainDef) -> None:
                 )
             )
         else:
-            first.source = CharSource(devs.serials[0].source.type, dict(devs.serials[0].source.attrs))
+            first.source = CharSource(
+                devs.serials[0].source.type, dict(devs.serials[0].source.attrs)
+            )
             first.protocol = devs.serials[0].protocol
     if devs.serials and not devs.consoles:
         serial = devs.serials[0]
@@ -353,7 +377,11 @@ def _fill_graphics(d: DomainDef) -> None:
             continue
         if not g.listens:
             g.listens = [{"type": "address", **({"address": a["listen"]} if "listen" in a else {})}]
-        elif "listen" not in a and g.listens[0].get("type") == "address" and g.listens[0].get("address"):
+        elif (
+            "listen" not in a
+            and g.listens[0].get("type") == "address"
+            and g.listens[0].get("address")
+        ):
             a["listen"] = g.listens[0]["address"]
     if not d.devices.audios:
         kind = "spice" if any(g.type == "spice" for g in d.devices.graphics) else "none"
@@ -378,7 +406,4 @@ def _fill_videos(d: DomainDef) -> None:
 
 def _any_boot_order(d: DomainDef) -> bool:
     devs = d.devices
-    return any(
-        dev.info.boot_order is not None
-        for dev in (*devs.disks, *devs.interfaces)
-    )
+    return any(dev.info.boot_order is not None for dev in (*devs.disks, *devs.interfaces))

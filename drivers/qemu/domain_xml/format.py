@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from lxml import etree
 
-from .parse import QEMU_NS
 from .model import (
     Address,
     CharDevice,
@@ -22,17 +21,36 @@ from .model import (
     UsbAddress,
     VirtioSerialAddress,
 )
+from .parse import QEMU_NS
 
 _ESCAPES = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", "'": "&apos;", '"': "&quot;"})
-_DISK_DRIVER_ORDER = (
-    "name type cache error_policy rerror_policy io ioeventfd event_idx copy_on_read "
-    "discard iothread detect_zeroes queues queue_size".split()
+# Attribute order where libvirt's differs from how a user may have written them.
+ORDER: dict[str, tuple[str, ...]] = {
+    "disk/driver": (
+        "name", "type", "cache", "error_policy", "rerror_policy", "io", "ioeventfd", "event_idx",
+        "copy_on_read", "discard", "iothread", "detect_zeroes", "queues", "queue_size",
+    ),
+    "graphics/vnc": (
+        "port", "autoport", "websocket", "listen", "keymap", "sharePolicy", "passwd",
+        "passwdValidTo", "connected",
+    ),
+    "graphics/spice": (
+        "port", "tlsPort", "autoport", "listen", "keymap", "defaultMode", "passwd",
+        "passwdValidTo", "connected",
+    ),
+    "nvram": ("template", "format"),
+    "timer": ("name", "track", "tickpolicy", "frequency", "mode", "present"),
+    "controller/driver": ("queues", "cmd_per_lun", "max_sectors", "ioeventfd", "iothread"),
+    "controller/target": ("chassisNr", "chassis", "port", "busNr", "index"),
+    "interface/source": ("network", "portgroup", "bridge", "dev", "mode"),
+    "interface/driver": (
+        "name", "txmode", "ioeventfd", "event_idx", "queues", "rx_queue_size", "tx_queue_size",
+    ),
+    "video/model": ("ram", "vram", "vram64", "vgamem", "heads"),
+}  # fmt: skip
+_SPICE_CHILD_ORDER = (
+    "channel image jpeg zlib playback streaming mouse clipboard filetransfer gl".split()
 )
-_GRAPHICS_ORDER = {
-    "vnc": "port autoport websocket listen keymap sharePolicy passwd passwdValidTo connected".split(),
-    "spice": "port tlsPort autoport listen keymap defaultMode passwd passwdValidTo connected".split(),
-}
-_SPICE_CHILD_ORDER = "channel image jpeg zlib playback streaming mouse clipboard filetransfer gl".split()
 
 
 def esc(value: object) -> str:
@@ -84,7 +102,12 @@ def format_domain(
     if d.iothreads:
         w(f"  <iothreads>{d.iothreads}</iothreads>\n")
     if d.kept:
-        w(_kept(d, "iothreadids") + _kept(d, "cputune") + _kept(d, "numatune") + _kept(d, "resource"))
+        w(
+            _kept(d, "iothreadids")
+            + _kept(d, "cputune")
+            + _kept(d, "numatune")
+            + _kept(d, "resource")
+        )
     if live is not None and not inactive and live.partition and "resource" not in d.kept:
         w(f"  <resource>\n    <partition>{esc(live.partition)}</partition>\n  </resource>\n")
     if d.kept:
@@ -149,7 +172,11 @@ def _format_kept(el: etree._Element, ind: str, tail: str = "") -> str:
     children = [c for c in el if isinstance(c.tag, str) and c.tag not in _INFO_TAGS]
     text = (el.text or "").strip()
     if not children and not tail:
-        return f"{ind}<{el.tag}{attrs}>{esc(text)}</{el.tag}>\n" if text else f"{ind}<{el.tag}{attrs}/>\n"
+        return (
+            f"{ind}<{el.tag}{attrs}>{esc(text)}</{el.tag}>\n"
+            if text
+            else f"{ind}<{el.tag}{attrs}/>\n"
+        )
     inner = "".join(_format_kept(c, ind + "  ") for c in children)
     return f"{ind}<{el.tag}{attrs}>\n{inner}{tail}{ind}</{el.tag}>\n"
 
@@ -164,7 +191,8 @@ def _kept(d: DomainDef, tag: str) -> str:
 
 def _others(d: DomainDef, tag: str, inactive: bool) -> str:
     return "".join(
-        _format_kept(o.element, "    ", _info(o.info, "      ", inactive)) for o in d.devices.other(tag)
+        _format_kept(o.element, "    ", _info(o.info, "      ", inactive))
+        for o in d.devices.other(tag)
     )
 
 
@@ -186,10 +214,15 @@ def _format_os(d: DomainDef, w) -> None:
             w(f"    <loader{_attrs(os.loader_attrs, order)}/>\n")
     if os.nvram is not None or os.nvram_attrs:
         if os.nvram:
-            w(f"    <nvram{_attrs(os.nvram_attrs, ('template', 'format'))}>{esc(os.nvram)}</nvram>\n")
+            w(f"    <nvram{_attrs(os.nvram_attrs, ORDER['nvram'])}>{esc(os.nvram)}</nvram>\n")
         else:
-            w(f"    <nvram{_attrs(os.nvram_attrs, ('template', 'format'))}/>\n")
-    for tag, value in (("kernel", os.kernel), ("initrd", os.initrd), ("cmdline", os.cmdline), ("dtb", os.dtb)):
+            w(f"    <nvram{_attrs(os.nvram_attrs, ORDER['nvram'])}/>\n")
+    for tag, value in (
+        ("kernel", os.kernel),
+        ("initrd", os.initrd),
+        ("cmdline", os.cmdline),
+        ("dtb", os.dtb),
+    ):
         if value is not None:
             w(f"    <{tag}>{esc(value)}</{tag}>\n")
     for dev in os.boot_devs:
@@ -247,7 +280,7 @@ def _format_clock(d: DomainDef, w) -> None:
         return
     w(head + ">\n")
     for t in c.timers:
-        w(f"    <timer{_attrs(t.attrs, ('name', 'track', 'tickpolicy', 'frequency', 'mode', 'present'))}/>\n")
+        w(f"    <timer{_attrs(t.attrs, ORDER['timer'])}/>\n")
     w("  </clock>\n")
 
 
@@ -266,7 +299,10 @@ def _addr(a: Address) -> str:
     if isinstance(a, UsbAddress):
         return f"<address type='usb' bus='{a.bus}' port='{a.port}'/>"
     if isinstance(a, VirtioSerialAddress):
-        return f"<address type='virtio-serial' controller='{a.controller}' bus='{a.bus}' port='{a.port}'/>"
+        return (
+            f"<address type='virtio-serial' controller='{a.controller}' bus='{a.bus}' "
+            f"port='{a.port}'/>"
+        )
     if isinstance(a, IsaAddress):
         iobase = f" iobase='0x{a.iobase:x}'" if a.iobase is not None else ""
         irq = f" irq='0x{a.irq:x}'" if a.irq is not None else ""
@@ -300,7 +336,7 @@ def _format_disk(disk: Disk, inactive: bool, node_index: int) -> str:
     driver = disk.driver
     if not inactive and disk.source is None:
         driver = {k: v for k, v in driver.items() if k != "type"}  # no image, no format
-    body = [f"{i}<driver{_attrs(driver, _DISK_DRIVER_ORDER)}/>\n"]
+    body = [f"{i}<driver{_attrs(driver, ORDER['disk/driver'])}/>\n"]
     if disk.source is not None:
         attr = "dev" if disk.type == "block" else "file"
         index = "" if inactive else f" index='{node_index}'"
@@ -328,7 +364,9 @@ def _format_disk(disk: Disk, inactive: bool, node_index: int) -> str:
     return _element("disk", f" type='{disk.type}' device='{disk.device}'", "".join(body), "    ")
 
 
-def _format_chr(c: CharDevice, inactive: bool, live: LiveState | None, tty_attr: bool = False) -> str:
+def _format_chr(
+    c: CharDevice, inactive: bool, live: LiveState | None, tty_attr: bool = False
+) -> str:
     i = "      "
     body = []
     src = c.source
@@ -340,7 +378,9 @@ def _format_chr(c: CharDevice, inactive: bool, live: LiveState | None, tty_attr:
             if tty_attr:
                 tty = f" tty='{esc(path)}'"
     elif src.attrs:
-        body.append(f"{i}<source{_attrs(src.attrs, ('mode', 'host', 'service', 'path', 'append'))}/>\n")
+        body.append(
+            f"{i}<source{_attrs(src.attrs, ('mode', 'host', 'service', 'path', 'append'))}/>\n"
+        )
     if c.protocol:
         body.append(f"{i}<protocol type='{c.protocol}'/>\n")
     target = ""
@@ -350,7 +390,13 @@ def _format_chr(c: CharDevice, inactive: bool, live: LiveState | None, tty_attr:
         target += f" name='{esc(c.target_name)}'"
     if c.target_port is not None:
         target += f" port='{c.target_port}'"
-    if live is not None and not inactive and c.kind == "channel" and c.target_type == "virtio" and src.type == "unix":
+    if (
+        live is not None
+        and not inactive
+        and c.kind == "channel"
+        and c.target_type == "virtio"
+        and src.type == "unix"
+    ):
         target += f" state='{live.channel_states.get(c.info.alias or '', 'disconnected')}'"
     if c.target_model:
         body.append(f"{i}<target{target}>\n{i}  <model name='{c.target_model}'/>\n{i}</target>\n")
@@ -362,9 +408,11 @@ def _format_chr(c: CharDevice, inactive: bool, live: LiveState | None, tty_attr:
 
 def _with_listen(attrs: dict[str, str], address: str, gtype: str) -> dict[str, str]:
     """The graphics attributes with ``listen`` put where libvirt prints it."""
-    order = _GRAPHICS_ORDER[gtype]
+    order = ORDER[f"graphics/{gtype}"]
     merged = {**attrs, "listen": address}
-    return {k: merged[k] for k in sorted(merged, key=lambda k: order.index(k) if k in order else 99)}
+    return {
+        k: merged[k] for k in sorted(merged, key=lambda k: order.index(k) if k in order else 99)
+    }
 
 
 def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveState | None) -> None:
@@ -385,9 +433,9 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
         if c.model_name:
             body += f"{i}<model name='{c.model_name}'/>\n"
         if c.driver:
-            body += f"{i}<driver{_attrs(c.driver, ('queues', 'cmd_per_lun', 'max_sectors', 'ioeventfd', 'iothread'))}/>\n"
+            body += f"{i}<driver{_attrs(c.driver, ORDER['controller/driver'])}/>\n"
         if c.target:
-            body += f"{i}<target{_attrs(c.target, ('chassisNr', 'chassis', 'port', 'busNr', 'index'))}/>\n"
+            body += f"{i}<target{_attrs(c.target, ORDER['controller/target'])}/>\n"
         body += _info(c.info, i, inactive, c.master_startport)
         w(_element("controller", head, body, "    "))
     if others:
@@ -395,13 +443,13 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
     for n in devs.interfaces:
         body = f"{i}<mac address='{n.mac}'/>\n"
         if n.source:
-            body += f"{i}<source{_attrs(n.source, ('network', 'portgroup', 'bridge', 'dev', 'mode'))}/>\n"
+            body += f"{i}<source{_attrs(n.source, ORDER['interface/source'])}/>\n"
         if n.target_dev:
             body += f"{i}<target dev='{esc(n.target_dev)}'/>\n"
         if n.model:
             body += f"{i}<model type='{esc(n.model)}'/>\n"
         if n.driver:
-            body += f"{i}<driver{_attrs(n.driver, ('name', 'txmode', 'ioeventfd', 'event_idx', 'queues', 'rx_queue_size', 'tx_queue_size'))}/>\n"
+            body += f"{i}<driver{_attrs(n.driver, ORDER['interface/driver'])}/>\n"
         if n.link_state:
             body += f"{i}<link state='{n.link_state}'/>\n"
         if n.mtu is not None:
@@ -419,7 +467,11 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
     for c in devs.channels:
         w(_format_chr(c, inactive, live))
     for inp in devs.inputs:
-        w(_element("input", f" type='{inp.type}' bus='{inp.bus}'", _info(inp.info, i, inactive), "    "))
+        w(
+            _element(
+                "input", f" type='{inp.type}' bus='{inp.bus}'", _info(inp.info, i, inactive), "    "
+            )
+        )
     if others:
         w(_others(d, "tpm", inactive))
     for g in devs.graphics:
@@ -435,23 +487,37 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
                 attrs = _with_listen(attrs, live.listen_address, g.type)
         if not secure:
             attrs.pop("passwd", None)
-        body = "".join(f"{i}<listen{_attrs(ln, ('type', 'address', 'network', 'socket'))}/>\n" for ln in listens)
+        body = "".join(
+            f"{i}<listen{_attrs(ln, ('type', 'address', 'network', 'socket'))}/>\n"
+            for ln in listens
+        )
         rank = {t: n for n, t in enumerate(_SPICE_CHILD_ORDER)}
         for tag, cattrs in sorted(g.children, key=lambda c: rank.get(c[0], 99)):
             body += f"{i}<{tag}{_attrs(cattrs)}/>\n"
-        w(_element("graphics", f" type='{g.type}'{_attrs(attrs, _GRAPHICS_ORDER.get(g.type))}", body, "    "))
+        w(
+            _element(
+                "graphics",
+                f" type='{g.type}'{_attrs(attrs, ORDER.get(f'graphics/{g.type}'))}",
+                body,
+                "    ",
+            )
+        )
     for s in devs.sounds:
         w(_element("sound", f" model='{s.model}'", _info(s.info, i, inactive), "    "))
     for a in devs.audios:
         w(f"    <audio id='{a.id}' type='{a.type}'/>\n")
     for v in devs.videos:
-        model = f"{i}<model type='{v.model}'{_attrs(v.attrs, ('ram', 'vram', 'vram64', 'vgamem', 'heads'))}"
+        model = f"{i}<model type='{v.model}'{_attrs(v.attrs, ORDER['video/model'])}"
         model += " primary='yes'/>\n" if v.primary else "/>\n"
         w(_element("video", "", model + _info(v.info, i, inactive), "    "))
     if others:
         w(_others(d, "hostdev", inactive))
     for r in devs.redirdevs:
-        w(_element("redirdev", f" bus='{r.bus}' type='{r.type}'", _info(r.info, i, inactive), "    "))
+        w(
+            _element(
+                "redirdev", f" bus='{r.bus}' type='{r.type}'", _info(r.info, i, inactive), "    "
+            )
+        )
     if others:
         w(_others(d, "redirfilter", inactive) + _others(d, "hub", inactive))
     for wd in devs.watchdogs:

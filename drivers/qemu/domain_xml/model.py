@@ -8,7 +8,6 @@ canonical machine type, assigned addresses), so formatting is a plain walk.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from lxml import etree
 
@@ -49,7 +48,7 @@ class IsaAddress:
     irq: int | None = None
 
 
-Address = Union[PciAddress, DriveAddress, UsbAddress, VirtioSerialAddress, IsaAddress]
+Address = PciAddress | DriveAddress | UsbAddress | VirtioSerialAddress | IsaAddress
 
 
 @dataclass
@@ -325,7 +324,9 @@ class DomainDef:
     pm: dict[str, str] = field(default_factory=dict)  # suspend-to-mem / -disk: yes/no
     kept: dict[str, etree._Element] = field(default_factory=dict)  # KEPT_SECTIONS as written
     qemu_args: list[str] = field(default_factory=list)  # <qemu:commandline>: appended to argv
-    qemu_env: list[tuple[str, str]] = field(default_factory=list)  # ... and set in QEMU's environment
+    qemu_env: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # ... and set in QEMU's environment
 
 
 # Top-level sections libvirt knows that we keep as written and print in its order.

@@ -15,6 +15,8 @@ from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 from .errors import bad_attr, bad_value, internal, unsupported, xml_error
 from .model import (
+    KEPT_SECTIONS,
+    OTHER_DEVICE_TAGS,
     Address,
     Audio,
     CharDevice,
@@ -36,6 +38,7 @@ from .model import (
     Memballoon,
     NumaCell,
     Os,
+    OtherDevice,
     PciAddress,
     Redirdev,
     Rng,
@@ -45,9 +48,6 @@ from .model import (
     Video,
     VirtioSerialAddress,
     Watchdog,
-    KEPT_SECTIONS,
-    OTHER_DEVICE_TAGS,
-    OtherDevice,
 )
 
 DOMAIN_TYPES = frozenset(
@@ -63,16 +63,13 @@ BOOT_DEVS = frozenset("fd cdrom hd network".split())
 DISK_TYPES = frozenset("file block dir network volume nvme vhostuser".split())
 DISK_DEVICES = frozenset("disk cdrom floppy lun".split())
 DISK_BUSES = frozenset("ide fdc scsi virtio xen usb uml sata sd".split())
-CONTROLLER_TYPES = frozenset(
-    "ide fdc scsi sata virtio-serial ccid usb pci xenbus isa nvme".split()
-)
+CONTROLLER_TYPES = frozenset("ide fdc scsi sata virtio-serial ccid usb pci xenbus isa nvme".split())
 NET_TYPES = frozenset(
     "user ethernet vhostuser server client mcast network bridge internal direct hostdev udp "
     "vdpa null vds".split()
 )
 CHR_TYPES = frozenset(
-    "null vc pty dev file pipe stdio udp tcp unix spicevmc spiceport nmdm qemu-vdagent "
-    "dbus".split()
+    "null vc pty dev file pipe stdio udp tcp unix spicevmc spiceport nmdm qemu-vdagent dbus".split()
 )
 CONTROLLER_MODELS = {
     "usb": frozenset(
@@ -101,14 +98,28 @@ WATCHDOG_ACTIONS = frozenset("reset shutdown poweroff pause dump none inject-nmi
 MEMBALLOON_MODELS = frozenset("virtio xen none virtio-transitional virtio-non-transitional".split())
 
 _UNITS = {
-    "b": 1, "byte": 1, "bytes": 1,
-    "k": 1024, "kib": 1024, "kb": 1000,
-    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
-    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
-    "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
-    "p": 1024**5, "pib": 1024**5, "pb": 1000**5,
-    "e": 1024**6, "eib": 1024**6, "eb": 1000**6,
-}  # fmt: skip
+    "b": 1,
+    "byte": 1,
+    "bytes": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+    "p": 1024**5,
+    "pib": 1024**5,
+    "pb": 1000**5,
+    "e": 1024**6,
+    "eib": 1024**6,
+    "eb": 1000**6,
+}
 GENERATED_CHANNEL_DIR = "/channel/target/domain-"  # the daemons' own channel socket dirs
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 _NIC_MODEL_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -146,7 +157,9 @@ def _text(el: etree._Element | None) -> str | None:
     return el.text or ""
 
 
-def _enum(el: etree._Element, attr: str, allowed: frozenset[str], tag: str | None = None) -> str | None:
+def _enum(
+    el: etree._Element, attr: str, allowed: frozenset[str], tag: str | None = None
+) -> str | None:
     value = el.get(attr)
     if value is not None and value not in allowed:
         raise bad_attr(tag or el.tag, attr, value)
@@ -277,9 +290,7 @@ def _parse_memory(root: etree._Element) -> tuple[int, int]:
     if mem is not None:
         memory = scale_kib(mem.text or "", mem.get("unit"), "./memory[1]")
     if memory == 0:
-        raise xml_error(
-            "Memory size must be specified via <memory> or in the <numa> configuration"
-        )
+        raise xml_error("Memory size must be specified via <memory> or in the <numa> configuration")
     cur = root.find("currentMemory")
     current = memory
     if cur is not None:
@@ -327,7 +338,9 @@ def _parse_os(root: etree._Element) -> Os:
     os.firmware = el.get("firmware")
     fw = el.find("firmware")
     if fw is not None:
-        os.firmware_features = [(f.get("enabled", "yes"), f.get("name", "")) for f in fw.findall("feature")]
+        os.firmware_features = [
+            (f.get("enabled", "yes"), f.get("name", "")) for f in fw.findall("feature")
+        ]
     loader = el.find("loader")
     if loader is not None:
         os.loader = loader.text
@@ -448,7 +461,9 @@ def _disk(el: etree._Element, devs: Devices) -> None:
     net_source: dict[str, str] = {}
     hosts: list[dict[str, str]] = []
     if source_el is not None and dtype == "network":
-        net_source = {k: v for k, v in source_el.attrib.items() if k in ("protocol", "name", "query", "tls")}
+        net_source = {
+            k: v for k, v in source_el.attrib.items() if k in ("protocol", "name", "query", "tls")
+        }
         hosts = [dict(h.attrib) for h in source_el.findall("host")]
     elif source_el is not None:
         source = source_el.get("dev") if dtype == "block" else source_el.get("file")
@@ -475,7 +490,9 @@ def _disk(el: etree._Element, devs: Devices) -> None:
         readonly=el.find("readonly") is not None,
         shareable=el.find("shareable") is not None,
         serial=serial.text if serial is not None else None,
-        target_extra={k: v for k, v in target.attrib.items() if k in ("removable", "rotation_rate")},
+        target_extra={
+            k: v for k, v in target.attrib.items() if k in ("removable", "rotation_rate")
+        },
         info=_parse_info(el),
     )
     _insert_disk(devs.disks, disk)
@@ -552,7 +569,9 @@ def _controller(el: etree._Element, devs: Devices) -> None:
         model_name=model_el.get("name") if model_el is not None else None,
         target=dict(target.attrib) if target is not None else {},
         driver=dict(driver.attrib) if driver is not None else {},
-        master_startport=_int(master.get("startport"), "./master/@startport") if master is not None else None,
+        master_startport=_int(master.get("startport"), "./master/@startport")
+        if master is not None
+        else None,
         info=_parse_info(el),
     )
     insert_controller(devs.controllers, cont)
@@ -567,7 +586,9 @@ def _interface(el: etree._Element, devs: Devices) -> None:
     model = el.find("model")
     if model is not None and not _NIC_MODEL_RE.match(model.get("type", "")):
         raise VirError(
-            ErrorCode.INVALID_ARG, "invalid argument: Model name contains invalid characters", ErrorDomain.DOMAIN
+            ErrorCode.INVALID_ARG,
+            "invalid argument: Model name contains invalid characters",
+            ErrorDomain.DOMAIN,
         )
     driver = el.find("driver")
     link = el.find("link")
@@ -597,7 +618,11 @@ def _chr(el: etree._Element, kind: str) -> CharDevice:
     source = el.find("source")
     attrs = {}
     if source is not None and stype != "pty":
-        attrs = {k: v for k, v in source.attrib.items() if k in ("mode", "path", "host", "service", "append")}
+        attrs = {
+            k: v
+            for k, v in source.attrib.items()
+            if k in ("mode", "path", "host", "service", "append")
+        }
         if kind == "channel" and stype == "unix" and GENERATED_CHANNEL_DIR in attrs.get("path", ""):
             attrs = {}  # a socket path the daemon made up at start is not part of the definition
     target = el.find("target")
@@ -660,7 +685,11 @@ def _video(el: etree._Element, devs: Devices) -> None:
         model = model_el.get("type") or "default"
         if model not in VIDEO_MODELS and model != "default":
             raise unsupported(f"unknown video model '{model}'")
-        attrs = {k: v for k, v in model_el.attrib.items() if k in ("ram", "vram", "vram64", "vgamem", "heads")}
+        attrs = {
+            k: v
+            for k, v in model_el.attrib.items()
+            if k in ("ram", "vram", "vram64", "vgamem", "heads")
+        }
         primary = model_el.get("primary") == "yes"
     devs.videos.append(Video(model, attrs, primary, _parse_info(el)))
 
@@ -706,7 +735,9 @@ def _watchdog(el: etree._Element, devs: Devices) -> None:
 
 
 def _redirdev(el: etree._Element, devs: Devices) -> None:
-    devs.redirdevs.append(Redirdev(el.get("bus", "usb"), el.get("type", "spicevmc"), _parse_info(el)))
+    devs.redirdevs.append(
+        Redirdev(el.get("bus", "usb"), el.get("type", "spicevmc"), _parse_info(el))
+    )
 
 
 _DEVICE_PARSERS = {
