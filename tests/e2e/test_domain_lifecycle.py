@@ -282,3 +282,69 @@ def test_autodestroy_ends_with_the_connection(daemon: DaemonProcess) -> None:
     wait_until(lambda: out(daemon, "list", "--name") == "")
     assert out(daemon, "domstate", "--reason", "ad2") == "shut off (destroyed)"
     daemon.virsh("undefine", "ad2")
+
+
+class PtyConsole:
+    """A guest's serial console through the pty QEMU opened for it."""
+
+    def __init__(self, path: str) -> None:
+        import termios
+        import tty
+
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        tty.setraw(self.fd, termios.TCSANOW)
+        self.output = b""
+
+    def expect(self, text: bytes, timeout: float, poke: bool = False) -> None:
+        """Read until ``text``; with ``poke``, press Enter now and then (a pty
+        drops what the guest wrote while nobody was reading)."""
+        deadline = time.monotonic() + timeout
+        next_poke = 0.0
+        while text not in self.output:
+            now = time.monotonic()
+            if now > deadline:
+                raise AssertionError(f"no {text!r} on the console: {self.output[-500:]!r}")
+            if poke and now > next_poke:
+                os.write(self.fd, b"\n")
+                next_poke = now + 1.0
+            try:
+                self.output += os.read(self.fd, 4096)
+            except BlockingIOError:
+                time.sleep(0.05)
+
+    def send(self, line: str) -> None:
+        os.write(self.fd, line.encode() + b"\n")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def test_guest_powers_itself_off(daemon: DaemonProcess, events: EventWatch) -> None:
+    import re
+
+    from guest import PROMPT, ensure_guest
+
+    g = ensure_guest()
+    path = daemon.root / "linux.xml"
+    path.write_text(
+        "<domain type='qemu'><name>linux</name><memory unit='MiB'>128</memory>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type>"
+        f"<kernel>{g.kernel}</kernel><initrd>{g.initrd}</initrd><cmdline>{g.cmdline}</cmdline>"
+        "</os><features><acpi/></features><devices><serial type='pty'/></devices></domain>"
+    )
+    daemon.virsh("define", str(path))
+    daemon.virsh("start", "linux")
+    pty = re.search(r"<source path='(/dev/pts/\d+)'/>", out(daemon, "dumpxml", "linux"))
+    assert pty is not None
+    console = PtyConsole(pty.group(1))
+    try:
+        console.expect(PROMPT.encode(), 90, poke=True)
+        cpu = int(daemon.conn().lookupByName("linux").info()[4])
+        assert cpu > 100_000_000  # booting Linux under TCG takes CPU time
+        console.send("poweroff -f")
+        events.wait_for("Stopped Shutdown", 30)
+    finally:
+        console.close()
+    assert out(daemon, "domstate", "--reason", "linux") == "shut off (shutdown)"
+    assert events.lines()[-2:] == ["Shutdown Finished after guest request", "Stopped Shutdown"]
+    daemon.virsh("undefine", "linux")
