@@ -95,8 +95,9 @@ def build_argv(
 
     ``vnc_port``/``spice_port`` are the ports picked for autoport graphics (VNC falls back
     to QEMU's own search from 5900). ``net_fds`` maps an interface alias to a tap fd the
-    caller opened; without one, bridge/network/ethernet interfaces use the tap named by
-    ``<target dev>`` (or vnetN), which the caller must have created.
+    caller opened; without one, bridge/network/ethernet interfaces get the tap named by
+    ``<target dev>``, which the caller should set on the live definition (libvirtd shows
+    it there) and attach to its bridge; QEMU creates a missing one, unattached and down.
     """
     assign_aliases(d)
     a: list[str] = [caps.emulator, "-name", f"guest={d.name},debug-threads=on", "-S"]
@@ -584,7 +585,8 @@ def _netdev(net: Interface, hostnet: str, n: int, net_fds: Mapping[str, int]) ->
     fd = net_fds.get(net.info.alias or "")
     if fd is not None:
         return {"type": "tap", "fd": str(fd), "id": hostnet}
-    ifname = net.target_dev or f"vnet{n}"
+    # without a name from the caller: one from the MAC, which guests on a host do not share
+    ifname = net.target_dev or f"vn{net.mac.replace(':', '')[6:]}{n}"
     return {"type": "tap", "ifname": ifname, "script": "no", "downscript": "no", "id": hostnet}
 
 
