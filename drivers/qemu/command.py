@@ -9,9 +9,12 @@ out; QEMU runs in the foreground as a plain child of the driver.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 from .capabilities import QemuCaps
 from .domain_xml.addresses import is_q35
@@ -681,6 +684,20 @@ def _inputs(d: DomainDef, a: list[str]) -> None:
             ]
 
 
+def free_port(address: str = "127.0.0.1", first: int = 5900, last: int = 65535) -> int:
+    """The first port from ``first`` nobody listens on at ``address``, as libvirtd picks them."""
+    for port in range(first, last + 1):
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+            try:
+                s.bind((address, port))
+            except OSError:
+                continue
+            return port
+    raise VirError(
+        ErrorCode.INTERNAL_ERROR, "internal error: Unable to find an unused port", ErrorDomain.QEMU
+    )
+
+
 def _listen_address(attrs: dict[str, str], listens: list[dict[str, str]]) -> str:
     for ln in listens:
         if ln.get("address"):
@@ -708,6 +725,8 @@ def _graphics(d: DomainDef, a: list[str], vnc_port: int | None, spice_port: int 
                 a += ["-k", g.attrs["keymap"]]
         elif g.type == "spice":
             port = spice_port if g.attrs.get("autoport") == "yes" else g.attrs.get("port")
+            if port is None and g.attrs.get("autoport") == "yes":
+                port = free_port(addr)  # SPICE, unlike VNC, cannot search for one itself
             opts = []
             if port:
                 opts.append(f"port={port}")
