@@ -67,6 +67,7 @@ FEATURE_ORDER = (
 
 
 def fill(d: DomainDef, caps: QemuCaps) -> None:
+    """Check ``d`` against ``caps`` and complete it as libvirtd's post-parse step does."""
     _check_emulator(d, caps)
     if not d.uuid:
         d.uuid = str(uuidlib.uuid4())
