@@ -36,7 +36,13 @@ from drivers.qemu.domain import (
 )
 from drivers.qemu.domain_xml import DomainDef, LiveState
 from drivers.qemu.domain_xml.aliases import assign_aliases
-from drivers.qemu.process import QemuProcess, append_log, log_timestamp, pid_alive
+from drivers.qemu.process import (
+    QemuProcess,
+    append_log,
+    log_timestamp,
+    open_tap,
+    pid_alive,
+)
 from drivers.qemu.status import Status, format_status, parse_status, write_atomic
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
@@ -406,24 +412,31 @@ class QemuDriver:
         pidfile = self.dirs.state_dir / f"{d.name}.pid"
         channel_dir = self._channel_dir(id, d.name)
         channel_dir.mkdir(parents=True, exist_ok=True)
-        argv = command.build_argv(
-            d,
-            self.caps,
-            monitor_path=monitor_path,
-            pidfile=str(pidfile),
-            channel_dir=str(channel_dir),
-        )
-        log_path = self.dirs.log_dir / f"{d.name}.log"
-        proc = await QemuProcess.launch(
-            argv,
-            name=d.name,
-            monitor_path=monitor_path,
-            log_path=log_path,
-            env=self._env(),
-            on_event=lambda name, data: self._on_qmp_event(dom, name, data),
-            on_exit=lambda p: self._on_exit(dom, p),
-            header=self._header(),
-        )
+        assign_aliases(d)
+        net_fds = _open_taps(d)
+        try:
+            argv = command.build_argv(
+                d,
+                self.caps,
+                monitor_path=monitor_path,
+                pidfile=str(pidfile),
+                channel_dir=str(channel_dir),
+                net_fds=net_fds,
+            )
+            proc = await QemuProcess.launch(
+                argv,
+                name=d.name,
+                monitor_path=monitor_path,
+                log_path=self.dirs.log_dir / f"{d.name}.log",
+                env=self._env(),
+                on_event=lambda name, data: self._on_qmp_event(dom, name, data),
+                on_exit=lambda p: self._on_exit(dom, p),
+                header=self._header(),
+                pass_fds=tuple(net_fds.values()),
+            )
+        finally:
+            for fd in net_fds.values():  # QEMU holds its own copies now
+                os.close(fd)
         dom.process = proc
         dom.started(id, d, LiveState(id=id))
         dom.set_state(State.PAUSED, Paused.STARTING_UP)
@@ -781,6 +794,40 @@ def _matches(dom: Domain, flags: int) -> bool:
     if flags & LIST_HAS_CHECKPOINT and not flags & LIST_NO_CHECKPOINT:
         return False
     return True
+
+
+def _open_taps(d: DomainDef) -> dict[str, int]:
+    """Tap fds for the guest's NICs by alias; the live definition learns their names.
+
+    Only bridges given by name are joined: there is no network driver here to
+    turn a ``<source network=...>`` into a bridge.
+    """
+    fds: dict[str, int] = {}
+    try:
+        for net in d.devices.interfaces:
+            if net.type == "user":
+                continue
+            if net.type == "network":
+                name = net.source.get("network", "")
+                raise VirError(
+                    ErrorCode.NO_NETWORK,
+                    f"Network not found: no network with matching name '{name}'",
+                    ErrorDomain.NETWORK,
+                )
+            if net.type not in ("bridge", "ethernet"):
+                raise VirError(
+                    ErrorCode.CONFIG_UNSUPPORTED,
+                    f"unsupported configuration: interface type '{net.type}' is not supported",
+                    ErrorDomain.QEMU,
+                )
+            bridge = net.source.get("bridge") if net.type == "bridge" else None
+            fd, net.target_dev = open_tap(net.target_dev or "vnet%d", net.mac, bridge)
+            fds[net.info.alias or ""] = fd
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
 
 
 def _is_our_qemu(pid: int, uuid: str) -> bool:

@@ -9,10 +9,13 @@ children too (after a re-attach they belong to init).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import shlex
 import signal
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -66,6 +69,58 @@ def _log_since(path: Path, offset: int) -> str:
         return ""
 
 
+# -- the host side of a guest's NICs ------------------------------------------
+
+_TUNSETIFF = 0x400454CA
+_IFF_TAP, _IFF_NO_PI, _IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _SIOCSIFHWADDR, _SIOCBRADDIF = 0x8913, 0x8914, 0x8924, 0x89A2
+_IFF_UP = 0x1
+_ARPHRD_ETHER = 1
+
+
+def _ifreq(name: str, fmt: str = "", *values: object) -> bytes:
+    """A ``struct ifreq``: the interface name, then the union (40 bytes in all)."""
+    return struct.pack("16s" + fmt, name.encode(), *values).ljust(40, b"\0")
+
+
+def open_tap(name: str, mac: str, bridge: str | None) -> tuple[int, str]:
+    """Create a tap device for QEMU, up, and on ``bridge`` if given.
+
+    ``name`` may hold ``%d`` for the kernel to number it (libvirt's "vnet%d").
+    The tap has the guest's MAC with the first byte 0xFE, as libvirt gives it,
+    so the bridge never takes the guest's address as its own. It goes away when
+    QEMU, the last holder of the returned fd, exits. Returns (fd, name).
+    """
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        raise VirError(
+            ErrorCode.SYSTEM_ERROR, f"Unable to open /dev/net/tun: {e.strerror}", ErrorDomain.NONE
+        ) from None
+    try:
+        flags = _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR
+        ifr = fcntl.ioctl(fd, _TUNSETIFF, _ifreq(name, "H", flags))
+        actual = ifr[:16].split(b"\0", 1)[0].decode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            hwaddr = bytes([0xFE]) + bytes.fromhex(mac.replace(":", ""))[1:]
+            fcntl.ioctl(s, _SIOCSIFHWADDR, _ifreq(actual, "H6s", _ARPHRD_ETHER, hwaddr))
+            if bridge is not None:
+                index = socket.if_nametoindex(actual)
+                fcntl.ioctl(s, _SIOCBRADDIF, _ifreq(bridge, "i", index))
+            current = fcntl.ioctl(s, _SIOCGIFFLAGS, _ifreq(actual, "H", 0))
+            up = struct.unpack_from("16xH", current)[0] | _IFF_UP
+            fcntl.ioctl(s, _SIOCSIFFLAGS, _ifreq(actual, "H", up))
+    except OSError as e:
+        os.close(fd)
+        where = f" to bridge '{bridge}'" if bridge else ""
+        raise VirError(
+            ErrorCode.SYSTEM_ERROR,
+            f"Unable to add tap interface '{name}'{where}: {e.strerror}",
+            ErrorDomain.NONE,
+        ) from None
+    return fd, actual
+
+
 def pid_alive(pid: int) -> bool:
     """True for a live, non-zombie process."""
     try:
@@ -115,6 +170,7 @@ class QemuProcess:
         on_event: EventCallback,
         on_exit: Callable[[QemuProcess], None],
         header: str,
+        pass_fds: tuple[int, ...] = (),
         timeout: float = START_TIMEOUT,
     ) -> QemuProcess:
         """Start QEMU (stopped, with ``-S`` in ``argv``) and connect to its monitor."""
@@ -135,6 +191,7 @@ class QemuProcess:
                     cwd="/",
                     start_new_session=True,
                     close_fds=True,
+                    pass_fds=pass_fds,
                 )
             except OSError as e:
                 raise VirError(

@@ -348,3 +348,45 @@ def test_guest_powers_itself_off(daemon: DaemonProcess, events: EventWatch) -> N
     assert out(daemon, "domstate", "--reason", "linux") == "shut off (shutdown)"
     assert events.lines()[-2:] == ["Shutdown Finished after guest request", "Stopped Shutdown"]
     daemon.virsh("undefine", "linux")
+
+
+@pytest.fixture
+def bridge() -> Iterator[str]:
+    """A throw-away Linux bridge for the test's taps, deleted afterwards."""
+    name = f"avdbr{os.getpid() % 100000}"
+    res = subprocess.run(["ip", "link", "add", name, "type", "bridge"], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot create a bridge: {res.stderr.decode().strip()}")
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
+def test_nics_on_a_bridge(daemon: DaemonProcess, bridge: str) -> None:
+    path = daemon.root / "n1.xml"
+    path.write_text(
+        guest_xml("n1").replace(
+            "<devices>",
+            "<devices><interface type='bridge'><mac address='52:54:00:aa:bb:01'/>"
+            f"<source bridge='{bridge}'/><model type='virtio'/></interface>"
+            "<interface type='network'><source network='nowhere'/></interface>",
+        )
+    )
+    daemon.virsh("define", str(path))
+    res = daemon.virsh("start", "n1", check=False)
+    assert "Network not found: no network with matching name 'nowhere'" in res.stderr
+    xml = out(daemon, "dumpxml", "--inactive", "n1")
+    xml = xml.replace("<interface type='network'>", "<interface type='user'>")
+    path.write_text(xml)
+    daemon.virsh("define", str(path))
+    daemon.virsh("start", "n1")
+    live = out(daemon, "dumpxml", "n1")
+    tap = live.split("<target dev='", 1)[1].split("'", 1)[0]
+    assert tap.startswith("vnet")
+    members = subprocess.run(["ip", "-br", "link", "show", "master", bridge],
+                             capture_output=True, text=True).stdout
+    assert tap in members and "fe:54:00:aa:bb:01" in members
+    daemon.virsh("destroy", "n1")
+    wait_until(lambda: not os.path.exists(f"/sys/class/net/{tap}"))
+    daemon.virsh("undefine", "n1")
