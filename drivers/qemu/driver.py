@@ -644,6 +644,9 @@ class QemuDriver:
             vnc_port=live.vnc_port,
             spice_port=live.spice_port,
             pty_paths=live.pty_paths,
+            taps={
+                n.info.alias or "": n.target_dev for n in d.devices.interfaces if n.target_dev
+            },
         )
         try:
             write_atomic(self.dirs.state_dir / f"{d.name}.xml", format_status(st))
@@ -657,6 +660,8 @@ class QemuDriver:
                 st = parse_status(path.read_text())
                 d = self._parse(st.domain_xml)
                 assign_aliases(d)  # as at start: the live XML shows them
+                for net in d.devices.interfaces:
+                    net.target_dev = st.taps.get(net.info.alias or "", net.target_dev)
             except (OSError, ValueError, KeyError, VirError) as e:
                 log.error("ignoring unreadable status file %s: %s", path, e)
                 continue

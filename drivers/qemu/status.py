@@ -41,6 +41,8 @@ class Status:
     vnc_port: int | None = None
     spice_port: int | None = None
     pty_paths: dict[str, str] = field(default_factory=dict)
+    # NIC alias -> tap name: the definition forgets generated "vnetN" names.
+    taps: dict[str, str] = field(default_factory=dict)
 
 
 def _reason_name(state: State, reason: int) -> str:
@@ -75,6 +77,10 @@ def format_status(st: Status) -> str:
             f"    <pty alias={quoteattr(alias)} path={quoteattr(path)}/>\n"
             for alias, path in st.pty_paths.items()
         ),
+        *(
+            f"    <tap alias={quoteattr(alias)} dev={quoteattr(dev)}/>\n"
+            for alias, dev in st.taps.items()
+        ),
         "  </livestate>\n",
         st.domain_xml,
         "</domstatus>\n",
@@ -108,6 +114,7 @@ def parse_status(text: str) -> Status:
         vnc_port=int(vnc) if vnc is not None else None,
         spice_port=int(spice) if spice is not None else None,
         pty_paths={p.get("alias", ""): p.get("path", "") for p in live.iter("pty")},
+        taps={t.get("alias", ""): t.get("dev", "") for t in live.iter("tap")},
     )
 
 

@@ -387,6 +387,8 @@ def test_nics_on_a_bridge(daemon: DaemonProcess, bridge: str) -> None:
     members = subprocess.run(["ip", "-br", "link", "show", "master", bridge],
                              capture_output=True, text=True).stdout
     assert tap in members and "fe:54:00:aa:bb:01" in members
+    daemon.restart()
+    assert f"<target dev='{tap}'/>" in out(daemon, "dumpxml", "n1")
     daemon.virsh("destroy", "n1")
     wait_until(lambda: not os.path.exists(f"/sys/class/net/{tap}"))
     daemon.virsh("undefine", "n1")

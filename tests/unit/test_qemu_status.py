@@ -22,6 +22,7 @@ def test_round_trip() -> None:
     st = Status(
         state=State.PAUSED, reason=Paused.USER, pid=1234, monitor_path="/run/x y/m.sock",
         id=7, domain_xml=DOMAIN, vnc_port=5901, pty_paths={"serial0": "/dev/pts/3"},
+        taps={"net0": "vnet0"},
     )
     text = format_status(st)
     assert "<domstatus state='paused' reason='user' pid='1234'>" in text
