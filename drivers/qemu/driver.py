@@ -609,6 +609,10 @@ class QemuDriver:
             self._cpus_stopped(dom)
         elif name == "RESUME":
             self._cpus_resumed(dom)
+        elif name == "BALLOON_CHANGE" and dom.live is not None:
+            # The guest gave memory back or took it: what info and the live XML show.
+            dom.live.current_memory = int(data.get("actual", 0)) // 1024
+            dom.xml_cache.clear()
         elif name == "VSERPORT_CHANGE" and dom.live_state is not None:
             alias = str(data.get("id", ""))
             dom.live_state.channel_states[alias] = (

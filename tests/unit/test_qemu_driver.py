@@ -6,6 +6,7 @@ Nothing here starts QEMU; the capabilities are made up.
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import signal
 from pathlib import Path
@@ -166,6 +167,16 @@ async def test_list_filters(tmp_path: Path) -> None:
     assert names(driver_mod.LIST_NO_AUTOSTART) == ["a", "b"]
     assert names(driver_mod.LIST_AUTOSTART) == []
     assert isinstance(a, Domain)
+
+
+async def test_balloon_change_shows_in_info(tmp_path: Path) -> None:
+    drv = make_driver(tmp_path)
+    dom = await drv.define_xml(xml("a"))
+    dom.started(1, copy.deepcopy(dom.config), None)  # as far as info is concerned
+    drv._on_qmp_event(dom, "BALLOON_CHANGE", {"actual": 32 << 20})
+    assert drv.get_info(dom).memory == 32768
+    assert "<currentMemory unit='KiB'>32768</currentMemory>" in drv.get_xml_desc(dom)
+    assert dom.config.current_memory == 65536  # the definition is not touched
 
 
 async def test_autostart(tmp_path: Path) -> None:
