@@ -632,12 +632,6 @@ def _chardevs(d: DomainDef, a: list[str], channel_dir: str | None) -> None:
                     }
                 ),
             ]
-    for c in devs.consoles:
-        if c.target_type != "virtio":
-            continue  # a serial console is the serial device itself
-        chr_id = f"char{c.info.alias}"
-        a += ["-chardev", _chardev(c, chr_id)]
-        a += ["-device", _json({"driver": "virtconsole", "chardev": chr_id, "id": c.info.alias})]
     if channel_dir:
         fill_channel_paths(d, channel_dir)
     for ch in devs.channels:
@@ -655,6 +649,12 @@ def _chardevs(d: DomainDef, a: list[str], channel_dir: str | None) -> None:
             if ch.target_name:
                 props["name"] = ch.target_name
             a += ["-device", _json(props)]
+    for c in devs.consoles:
+        if c.target_type != "virtio":
+            continue  # a serial console is the serial device itself
+        chr_id = f"char{c.info.alias}"
+        a += ["-chardev", _chardev(c, chr_id)]
+        a += ["-device", _json({"driver": "virtconsole", "chardev": chr_id, "id": c.info.alias})]
 
 
 def _usb_props(info: DeviceInfo) -> dict[str, Any]:

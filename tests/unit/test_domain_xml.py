@@ -187,3 +187,27 @@ def test_live_xml() -> None:
     assert "<alias name='input1'/>" in got and "<alias name='balloon0'/>" in got
     # the inactive form of the same definition shows none of it
     assert format(d) == (DATA / "serial.out.xml").read_text()
+
+
+def test_live_xml_matches_a_libvirtd_guest() -> None:
+    """live-q35.live-out.xml is libvirtd's XML of live-q35.xml running as id 21.
+
+    Compared without <cpu> (libvirtd expands it from the host CPU) and <seclabel>
+    (its DAC labels): we have neither machinery.
+    """
+    from drivers.qemu.command import build_argv
+
+    expected = (DATA / "live-q35.live-out.xml").read_text()
+    d = parse((DATA / "live-q35.xml").read_text(), CAPS)
+    channels = "/var/lib/libvirt/qemu/channel/target/domain-21-h5a-live2"
+    build_argv(d, CAPS, monitor_path="/m", channel_dir=channels, spice_port=5900)
+    live = LiveState(
+        id=21, pty_paths={"serial0": "/dev/pts/0", "console1": "/dev/pts/1"}, spice_port=5900
+    )
+    got = format(d, inactive=False, live=live)
+
+    def strip(xml: str) -> str:
+        xml = re.sub(r"  <cpu .*?</cpu>\n", "", xml, flags=re.S)
+        return re.sub(r"  <seclabel .*?</seclabel>\n", "", xml, flags=re.S)
+
+    assert strip(got) == strip(expected)

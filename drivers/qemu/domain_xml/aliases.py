@@ -3,6 +3,7 @@ the live XML) and the channel socket paths the daemon makes up."""
 
 from __future__ import annotations
 
+from .addresses import is_q35
 from .model import DomainDef, DriveAddress
 from .parse import disk_index
 
@@ -28,9 +29,11 @@ def assign_aliases(d: DomainDef) -> None:
         if c.info.alias:
             continue
         if c.type == "pci":
-            c.info.alias = f"pci.{c.index}"
+            c.info.alias = "pcie.0" if c.model == "pcie-root" else f"pci.{c.index}"
         elif c.type in ("ide", "usb") and c.index == 0:
             c.info.alias = c.type
+        elif c.type == "sata" and c.index == 0 and is_q35(d):
+            c.info.alias = "ide"  # q35's built-in AHCI is QEMU's "ide" bus
         else:
             c.info.alias = f"{c.type}{c.index}"
     _numbered(devs.interfaces, "net")

@@ -336,16 +336,18 @@ def _fill_chardevs(d: DomainDef) -> None:
                 devs.serials[0].source.type, dict(devs.serials[0].source.attrs)
             )
             first.protocol = devs.serials[0].protocol
-    if devs.serials and not devs.consoles:
+    if devs.serials and (not devs.consoles or devs.consoles[0].target_type != "serial"):
+        # the first serial port is always the first console too
         serial = devs.serials[0]
-        devs.consoles.append(
+        devs.consoles.insert(
+            0,
             CharDevice(
                 kind="console",
                 source=CharSource(serial.source.type, dict(serial.source.attrs)),
                 protocol=serial.protocol,
                 target_type="serial",
                 target_port=serial.target_port,
-            )
+            ),
         )
     for ch in devs.channels:
         ch.target_type = ch.target_type or "virtio"
