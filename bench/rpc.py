@@ -104,39 +104,39 @@ def define_domains(uri: str) -> None:
         conn.close()
 
 
-def measure(d: Daemon, seconds: float, clients: int) -> dict[str, float | str]:
-    """Every row of the table for one running daemon."""
-    res: dict[str, float | str] = {}
+def _try(label: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        print(f"{label}: {exc}", file=sys.stderr)
+        return f"error: {type(exc).__name__}"
+
+
+def measure(daemons: list[Daemon], seconds: float, clients: int) -> dict[str, dict[str, float | str]]:
+    """Every row of the table for each daemon.
+
+    The daemons take turns run by run, so a change in the load of the
+    (shared) machine falls on both alike.
+    """
+    res: dict[str, dict[str, float | str]] = {d.name: {} for d in daemons}
     time.sleep(1.0)
-    res["RSS idle after start (MiB)"] = d.rss_kib() / 1024
-    define_domains(d.uri)
+    for d in daemons:
+        res[d.name]["RSS idle after start (MiB)"] = d.rss_kib() / 1024
+    for d in daemons:
+        _try(f"{d.name} define", lambda: define_domains(d.uri))
     time.sleep(0.5)
-    res[f"RSS with {DOMAINS} domains (MiB)"] = d.rss_kib() / 1024
+    for d in daemons:
+        res[d.name][f"RSS with {DOMAINS} domains (MiB)"] = d.rss_kib() / 1024
     for op in OPS:
-        for label, fn in ((f"{op}/s, 1 conn", lambda: run_loop(d.uri, op, seconds)),
-                          (f"{op}/s, {clients} conns",
-                           lambda: run_concurrent(d.uri, op, seconds, clients))):
-            try:
-                res[label] = fn() / seconds
-            except Exception as exc:
-                res[label] = f"error: {exc}"[:60]
-    res["RSS after the runs (MiB)"] = d.rss_kib() / 1024
+        for n in (1, clients):
+            label = f"{op}/s, {n} conn{'s' if n > 1 else ''}"
+            for d in daemons:
+                res[d.name][label] = _try(f"{d.name} {label}", lambda: (
+                    run_loop(d.uri, op, seconds) if n == 1
+                    else run_concurrent(d.uri, op, seconds, n)) / seconds)
+    for d in daemons:
+        res[d.name]["RSS after the runs (MiB)"] = d.rss_kib() / 1024
     return res
-
-
-def run_daemon(start: Callable[[], Daemon], seconds: float, clients: int) -> dict[str, float | str]:
-    try:
-        d = start()
-    except Exception as exc:
-        print(f"could not start: {exc}", file=sys.stderr)
-        return {}
-    try:
-        return measure(d, seconds, clients)
-    except Exception as exc:
-        print(f"{d.name}: {exc}\n{d.log.read_text()[-2000:]}", file=sys.stderr)
-        return {}
-    finally:
-        d.stop()
 
 
 def fmt(v: float | str | None) -> str:
@@ -168,8 +168,18 @@ def main() -> int:
     args = ap.parse_args()
 
     t0 = time.monotonic()
-    theirs = run_daemon(start_libvirtd, args.seconds, args.clients)
-    ours = run_daemon(start_aiovirtd, args.seconds, args.clients)
+    daemons = []
+    try:
+        for start in (start_libvirtd, start_aiovirtd):
+            try:
+                daemons.append(start())
+            except Exception as exc:
+                print(f"could not start: {exc}", file=sys.stderr)
+        res = measure(daemons, args.seconds, args.clients)
+    finally:
+        for d in daemons:
+            d.stop()
+    ours, theirs = res.get("aiovirtd", {}), res.get("libvirtd", {})
     print(table(ours, theirs))
     print("\nratio: calls/s aiovirtd/libvirtd, RSS libvirtd/aiovirtd; >= 1.00 favours aiovirtd.")
     print(f"libvirtd: Debian's, as a session daemon of 'nobody'; {args.seconds:g} s per run; "
