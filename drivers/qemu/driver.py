@@ -40,6 +40,7 @@ from drivers.qemu.process import (
     QemuProcess,
     append_log,
     log_timestamp,
+    cpu_cgroup_root,
     open_tap,
     pid_alive,
 )
@@ -110,6 +111,7 @@ class QemuDriver:
         self._next_id = 1
         self._caps_xml: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cgroup_root = cpu_cgroup_root()
 
     # -- life of the driver ----------------------------------------------------
 
@@ -380,6 +382,12 @@ class QemuDriver:
         short.mkdir(mode=0o700, exist_ok=True)
         return str(short / f"{dom.uuid_str}.monitor")
 
+    def _cgroup(self, dom: Domain) -> Path | None:
+        """The guest's CPU cgroup, under libvirt's resource partition /machine."""
+        if self._cgroup_root is None:
+            return None
+        return self._cgroup_root / "machine" / f"qemu-{dom.uuid_str}.aiovirtd"
+
     def _channel_dir(self, id: int, name: str) -> Path:
         """Where a guest's channel sockets go (libvirtd's domain-ID-NAME naming)."""
         return self.dirs.lib_dir / "channel" / "target" / f"domain-{id}-{name[:20]}"
@@ -432,6 +440,7 @@ class QemuDriver:
                 on_exit=lambda p: self._on_exit(dom, p),
                 header=self._header(),
                 pass_fds=tuple(net_fds.values()),
+                cgroup=self._cgroup(dom),
             )
         finally:
             for fd in net_fds.values():  # QEMU holds its own copies now
@@ -550,10 +559,12 @@ class QemuDriver:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        try:
-            self._channel_dir(dom.id, dom.name).rmdir()
-        except OSError:
-            pass  # already gone, or a socket QEMU left behind
+        for directory in (self._channel_dir(dom.id, dom.name), self._cgroup(dom)):
+            try:
+                if directory is not None:
+                    directory.rmdir()
+            except OSError:
+                pass  # already gone, or still holding something
         self._by_id.pop(dom.id, None)
         dom.stopped(reason)
         if emit:

@@ -121,6 +121,40 @@ def open_tap(name: str, mac: str, bridge: str | None) -> tuple[int, str]:
     return fd, actual
 
 
+# -- CPU cgroup --------------------------------------------------------------
+
+
+def cpu_cgroup_root() -> Path | None:
+    """Where the cpu controller's hierarchy is (cgroup v1 or v2), or None."""
+    v1 = Path("/sys/fs/cgroup/cpu")
+    if (v1 / "cpu.shares").exists():
+        return v1
+    v2 = Path("/sys/fs/cgroup")
+    try:
+        if "cpu" in (v2 / "cgroup.controllers").read_text().split():
+            return v2
+    except OSError:
+        pass
+    return None
+
+
+def join_cgroup(group: Path, pid: int) -> None:
+    """Move ``pid`` (all its threads) into ``group``, made if needed.
+
+    Guests in a group of their own compete with the daemon as one: without it
+    a few busy vCPUs starve the daemon's single thread. A failure only costs
+    that fairness, so it is logged, not raised.
+    """
+    try:
+        group.mkdir(parents=True, exist_ok=True)
+        if (group.parent / "cgroup.subtree_control").exists():  # v2: let cpu reach the leaf
+            for parent in (group.parent.parent, group.parent):
+                (parent / "cgroup.subtree_control").write_text("+cpu")
+        (group / "cgroup.procs").write_text(str(pid))
+    except OSError as e:
+        log.warning("cannot put QEMU %d into cgroup %s: %s", pid, group, e)
+
+
 def pid_alive(pid: int) -> bool:
     """True for a live, non-zombie process."""
     try:
@@ -171,6 +205,7 @@ class QemuProcess:
         on_exit: Callable[[QemuProcess], None],
         header: str,
         pass_fds: tuple[int, ...] = (),
+        cgroup: Path | None = None,
         timeout: float = START_TIMEOUT,
     ) -> QemuProcess:
         """Start QEMU (stopped, with ``-S`` in ``argv``) and connect to its monitor."""
@@ -199,6 +234,8 @@ class QemuProcess:
                     f"Cannot run {argv[0]}: {e.strerror}",
                     ErrorDomain.QEMU,
                 ) from None
+        if cgroup is not None:
+            join_cgroup(cgroup, child.pid)
         proc = cls(name, child.pid, monitor_path, on_event, on_exit, child, log_path)
         proc.log_offset = offset
         try:

@@ -12,9 +12,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from drivers.qemu.process import cpu_cgroup_root
 from e2e.daemon import DaemonProcess
 
 pytestmark = pytest.mark.slow
@@ -113,6 +115,9 @@ def test_persistent_guest_life(daemon: DaemonProcess, events: EventWatch) -> Non
         assert line in info
     live = out(daemon, "dumpxml", "g1")
     assert f"<domain type='{VIRT}' id='1'>" in live and "<source path='/dev/pts/" in live
+    group = f"/machine/qemu-{UUID}.aiovirtd"
+    if cpu_cgroup_root() is not None:  # the guest competes with the daemon as one
+        assert group in Path(f"/proc/{qemu_pid(daemon, 'g1')}/cgroup").read_text()
     assert f"<domain type='{VIRT}'>" in out(daemon, "dumpxml", "--inactive", "g1")
 
     daemon.virsh("suspend", "g1")
@@ -123,6 +128,8 @@ def test_persistent_guest_life(daemon: DaemonProcess, events: EventWatch) -> Non
 
     daemon.virsh("destroy", "g1")
     assert out(daemon, "domstate", "--reason", "g1") == "shut off (destroyed)"
+    root = cpu_cgroup_root()
+    assert root is None or not (root / group.lstrip("/")).exists()
     assert out(daemon, "domid", "g1") == "-"
     assert " -    g1     shut off" in out(daemon, "list", "--all")
     daemon.virsh("undefine", "g1")
