@@ -18,9 +18,10 @@ from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 from .capabilities import QemuCaps
 from .domain_xml.addresses import is_q35
-from .domain_xml.aliases import assign_aliases, fill_channel_paths
+from .domain_xml.aliases import assign_aliases, fill_channel_paths, scsi_has_luns
 from .domain_xml.model import (
     CharDevice,
+    CharSource,
     Controller,
     DeviceInfo,
     Disk,
@@ -139,7 +140,9 @@ def build_argv(
     if d.os.cmdline:
         a += ["-append", d.os.cmdline]
     _controllers(d, a)
+    _hubs(d, a)
     _disks(d, a)
+    _filesystems(d, a)
     _interfaces(d, a, net_fds or {})
     _chardevs(d, a, channel_dir)
     _inputs(d, a)
@@ -148,8 +151,8 @@ def build_argv(
     _graphics(d, a, vnc_port, spice_port)
     _videos(d, a)
     _sounds(d, a)
-    _redirdevs(d, a)
     _watchdogs(d, a)
+    _redirdevs(d, a)
     mb = d.devices.memballoon
     if mb is not None and mb.model == "virtio":
         props = {"driver": "virtio-balloon-pci", "id": mb.info.alias}
@@ -164,6 +167,7 @@ def build_argv(
         a += ["-device", _json({"driver": "vmcoreinfo"})]
     a += d.qemu_args  # <qemu:commandline>; its <qemu:env> is the caller's to set
     a += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+    _panics_and_vsock(d, a)
     a += ["-msg", "timestamp=on"]
     return a
 
@@ -440,7 +444,7 @@ def _controller_props(d: DomainDef, c: Controller) -> dict[str, Any] | None:
     if c.type == "virtio-serial":
         return {"driver": "virtio-serial-pci", "id": c.info.alias, **addr}
     if c.type == "sata" and not (is_q35(d) and c.index == 0):
-        return {"driver": "ich9-ahci", "id": c.info.alias, **addr}
+        return {"driver": "ahci", "id": c.info.alias, **addr}
     return None
 
 
@@ -521,22 +525,22 @@ def _disk_device(
         if disk.bus == "ide":
             props["bus"] = f"ide.{addr.bus}"
             props["unit"] = addr.unit
+        elif addr.controller == 0 and is_q35(d):
+            props["bus"] = f"ide.{addr.unit}"  # q35's own AHCI
         else:
-            sata = (
-                f"ide.{addr.unit}" if addr.controller == 0 else f"sata{addr.controller}.{addr.unit}"
-            )
-            props["bus"] = sata
+            props["bus"] = f"sata{addr.controller}.{addr.unit}"
         if disk.shareable:
             props["share-rw"] = True
     elif disk.bus == "scsi" and isinstance(addr, DriveAddress):
         props = {
             "driver": "scsi-cd" if disk.device == "cdrom" else "scsi-hd",
             "bus": f"scsi{addr.controller}.{addr.bus}",
-            "channel": addr.bus,
-            "scsi-id": addr.target,
-            "lun": addr.unit,
-            "device_id": disk.serial if disk.serial is not None else f"drive-{disk.info.alias}",
         }
+        if scsi_has_luns(d, addr.controller):
+            props.update({"channel": addr.bus, "scsi-id": addr.target, "lun": addr.unit})
+        else:  # an old parallel SCSI bus: one device per id
+            props["scsi-id"] = addr.unit
+        props["device_id"] = disk.serial if disk.serial is not None else f"drive-{disk.info.alias}"
         if disk.shareable:
             props["share-rw"] = True
     elif disk.bus == "fdc" and isinstance(addr, DriveAddress):
@@ -632,6 +636,13 @@ def _chardevs(d: DomainDef, a: list[str], channel_dir: str | None) -> None:
                     }
                 ),
             ]
+    for par in devs.other("parallel"):
+        chr_id = f"char{par.info.alias}"
+        source = par.element.find("source")
+        attrs = {k: v for k, v in source.attrib.items()} if source is not None else {}
+        par_chr = CharDevice("parallel", CharSource(par.element.get("type", "pty"), attrs))
+        a += ["-chardev", _chardev(par_chr, chr_id)]
+        a += ["-device", _json({"driver": "isa-parallel", "chardev": chr_id, "id": par.info.alias})]
     if channel_dir:
         fill_channel_paths(d, channel_dir)
     for ch in devs.channels:
@@ -655,6 +666,45 @@ def _chardevs(d: DomainDef, a: list[str], channel_dir: str | None) -> None:
         chr_id = f"char{c.info.alias}"
         a += ["-chardev", _chardev(c, chr_id)]
         a += ["-device", _json({"driver": "virtconsole", "chardev": chr_id, "id": c.info.alias})]
+
+
+def _hubs(d: DomainDef, a: list[str]) -> None:
+    for hub in d.devices.other("hub"):
+        a += ["-device", _json({"driver": "usb-hub", "id": hub.info.alias, **_usb_props(hub.info)})]
+
+
+def _filesystems(d: DomainDef, a: list[str]) -> None:
+    """9p shares, and virtiofs ones whose virtiofsd the caller runs on ``fsN-fs.sock``."""
+    for fs in d.devices.other("filesystem"):
+        el, alias = fs.element, fs.info.alias
+        driver, source, target = el.find("driver"), el.find("source"), el.find("target")
+        path = source.get("dir", "") if source is not None else ""
+        tag = target.get("dir", "") if target is not None else ""
+        if driver is not None and driver.get("type") == "virtiofs":
+            socket_path = (
+                source.get("socket") if source is not None else None
+            ) or f"{alias}-fs.sock"
+            a += ["-chardev", f"socket,id=chr-vu-{alias},path={socket_path}"]
+            props = {"driver": "vhost-user-fs-pci", "id": alias, "chardev": f"chr-vu-{alias}"}
+            props["tag"] = tag
+        else:
+            model = el.get("accessmode", "passthrough")
+            a += ["-fsdev", f"local,security_model={model},id=fsdev-{alias},path={path}"]
+            props = {"driver": "virtio-9p-pci", "id": alias, "fsdev": f"fsdev-{alias}"}
+            props["mount_tag"] = tag
+        a += ["-device", _json({**props, **_addr_props(d, fs.info)})]
+
+
+def _panics_and_vsock(d: DomainDef, a: list[str]) -> None:
+    for panic in d.devices.other("panic"):
+        if panic.element.get("model", "isa") == "isa":
+            a += ["-device", _json({"driver": "pvpanic"})]
+    for vsock in d.devices.other("vsock"):
+        cid = vsock.element.find("cid")
+        address = cid.get("address") if cid is not None else None
+        props = {"driver": "vhost-vsock-pci", "id": vsock.info.alias}
+        props["guest-cid"] = int(address) if address else 3  # auto: the caller should pick one
+        a += ["-device", _json({**props, **_addr_props(d, vsock.info)})]
 
 
 def _usb_props(info: DeviceInfo) -> dict[str, Any]:
@@ -727,9 +777,7 @@ def _graphics(d: DomainDef, a: list[str], vnc_port: int | None, spice_port: int 
             port = spice_port if g.attrs.get("autoport") == "yes" else g.attrs.get("port")
             if port is None and g.attrs.get("autoport") == "yes":
                 port = free_port(addr)  # SPICE, unlike VNC, cannot search for one itself
-            opts = []
-            if port:
-                opts.append(f"port={port}")
+            opts = [f"port={port or 0}"]
             if g.listens and g.listens[0].get("type") != "none":
                 opts.append(f"addr={addr}")
             opts.append("disable-ticketing=on")
@@ -802,7 +850,13 @@ def _sounds(d: DomainDef, a: list[str]) -> None:
 def _redirdevs(d: DomainDef, a: list[str]) -> None:
     for r in d.devices.redirdevs:
         chr_id = f"char{r.info.alias}"
-        a += ["-chardev", f"spicevmc,id={chr_id},name=usbredir"]
+        if r.source.type == "spicevmc":
+            a += ["-chardev", f"spicevmc,id={chr_id},name=usbredir"]
+        else:
+            a += [
+                "-chardev",
+                _chardev(CharDevice("redirdev", r.source, protocol=r.protocol), chr_id),
+            ]
         a += [
             "-device",
             _json(

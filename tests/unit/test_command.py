@@ -202,6 +202,10 @@ def _runnable(name: str, tmp: Path) -> DomainDef:
             c.source.attrs, c.protocol = {}, None
             if c.kind != "channel":
                 c.source.type = "pty"
+    d.devices.others.pop("vsock", None)  # this host has no /dev/vhost-vsock
+    for fs in d.devices.other("filesystem"):  # virtiofs needs a virtiofsd: share by 9p
+        for driver in fs.element.findall("driver"):
+            fs.element.remove(driver)
     d.os.kernel = d.os.initrd = d.os.cmdline = None
     if d.os.nvram:
         shutil.copyfile(d.os.nvram_attrs["template"], tmp / "VARS.fd")

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from lxml import etree
+
 from .errors import xml_error
 from .model import (
     Controller,
     DeviceInfo,
     DomainDef,
     DriveAddress,
+    OtherDevice,
     PciAddress,
     UsbAddress,
     VirtioSerialAddress,
@@ -97,7 +100,11 @@ def _usb_infos(d: DomainDef) -> Iterator[DeviceInfo]:
         yield r.info
 
 
+HUB_PORTS = 8
+
+
 def assign_usb_addresses(d: DomainDef) -> None:
+    """Ports on the root hubs first, then on USB hubs; hubs are added when ports run out."""
     usb = [
         c
         for c in d.devices.controllers
@@ -106,18 +113,39 @@ def assign_usb_addresses(d: DomainDef) -> None:
     if not usb:
         return
     ports = {c.index: int(c.attrs.get("ports", 0)) or _USB_PORTS.get(c.model or "", 2) for c in usb}
+    hubs = d.devices.others.setdefault("hub", [])
+    count = len(list(_usb_infos(d)))
+    available = sum(ports.values()) + HUB_PORTS * len(hubs)
+    if count > available:
+        needed = -(-(count - available + 1) // (HUB_PORTS - 1))
+        hubs += [OtherDevice(etree.Element("hub", type="usb")) for _ in range(needed)]
+    if not hubs:
+        del d.devices.others["hub"]
     used = {
         (i.address.bus, i.address.port) for i in _usb_infos(d) if isinstance(i.address, UsbAddress)
     }
     for info in _usb_infos(d):
         if info.address is not None:
             continue
-        for bus in sorted(ports):
-            free = next((p for p in range(1, ports[bus] + 1) if (bus, str(p)) not in used), None)
-            if free is not None:
-                used.add((bus, str(free)))
-                info.address = UsbAddress(bus, str(free))
-                break
+        info.address = _free_usb_port(ports, hubs, used)
+        if info.address is not None:
+            used.add((info.address.bus, info.address.port))
+
+
+def _free_usb_port(
+    ports: dict[int, int], hubs: list[OtherDevice], used: set[tuple[int, str]]
+) -> UsbAddress | None:
+    for bus in sorted(ports):
+        for port in range(1, ports[bus] + 1):
+            if (bus, str(port)) not in used:
+                return UsbAddress(bus, str(port))
+    for hub in hubs:
+        a = hub.info.address
+        if isinstance(a, UsbAddress):
+            for port in range(1, HUB_PORTS + 1):
+                if (a.bus, f"{a.port}.{port}") not in used:
+                    return UsbAddress(a.bus, f"{a.port}.{port}")
+    return None
 
 
 class _PciBuses:

@@ -17,8 +17,10 @@ def assign_aliases(d: DomainDef) -> None:
         a = disk.info.address
         if disk.bus == "virtio":
             disk.info.alias = f"virtio-disk{max(disk_index(disk.target), 0)}"
-        elif isinstance(a, DriveAddress) and disk.bus == "scsi":
+        elif isinstance(a, DriveAddress) and disk.bus == "scsi" and scsi_has_luns(d, a.controller):
             disk.info.alias = f"scsi{a.controller}-{a.bus}-{a.target}-{a.unit}"
+        elif isinstance(a, DriveAddress) and disk.bus == "scsi":
+            disk.info.alias = f"scsi{a.controller}-{a.bus}-{a.unit}"
         elif isinstance(a, DriveAddress) and disk.bus in ("ide", "sata"):
             disk.info.alias = f"{disk.bus}{a.controller}-{a.bus}-{a.unit}"
         elif isinstance(a, DriveAddress) and disk.bus == "fdc":
@@ -52,12 +54,20 @@ def assign_aliases(d: DomainDef) -> None:
     _numbered(devs.redirdevs, "redir")
     _numbered(devs.watchdogs, "watchdog")
     _numbered(devs.rngs, "rng")
+    for tag, prefix in _OTHER_PREFIX.items():
+        _numbered(devs.other(tag), prefix)
     if (
         devs.memballoon is not None
         and devs.memballoon.model != "none"
         and not devs.memballoon.info.alias
     ):
         devs.memballoon.info.alias = "balloon0"
+
+
+_OTHER_PREFIX = {
+    "filesystem": "fs", "parallel": "parallel", "tpm": "tpm", "hub": "hub",
+    "shmem": "shmem", "vsock": "vsock", "hostdev": "hostdev", "smartcard": "smartcard",
+}  # fmt: skip
 
 
 def _numbered(devices: list, prefix: str) -> None:
@@ -71,3 +81,12 @@ def fill_channel_paths(d: DomainDef, channel_dir: str) -> None:
     for ch in d.devices.channels:
         if ch.source.type == "unix" and "path" not in ch.source.attrs and ch.target_name:
             ch.source.attrs = {"mode": "bind", "path": f"{channel_dir}/{ch.target_name}"}
+
+
+def scsi_has_luns(d: DomainDef, index: int) -> bool:
+    """Whether SCSI controller ``index`` addresses disks by target and LUN (virtio-scsi)
+    rather than by SCSI id alone (lsilogic and the other emulated HBAs)."""
+    for c in d.devices.controllers:
+        if c.type == "scsi" and c.index == index:
+            return c.model in ("virtio-scsi", "virtio-transitional", "virtio-non-transitional")
+    return False

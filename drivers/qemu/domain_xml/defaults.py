@@ -12,11 +12,11 @@ import uuid as uuidlib
 
 from lxml import etree
 
-from protocol.errors import ErrorDomain
+from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 from ..capabilities import QemuCaps
 from . import addresses
-from .errors import unsupported, xml_error
+from .errors import internal, unsupported, xml_error
 from .model import (
     Audio,
     CharDevice,
@@ -29,7 +29,7 @@ from .model import (
     Memballoon,
     Video,
 )
-from .parse import disk_index
+from .parse import WATCHDOG_MODELS, disk_index
 
 KNOWN_ARCHES = frozenset(
     "aarch64 alpha armv6l armv7l armv7b cris i686 ia64 lm32 loongarch64 m68k microblaze "
@@ -86,6 +86,8 @@ def fill(d: DomainDef, caps: QemuCaps) -> None:
         if name in order
     }
     _fill_features(d)
+    _check_usb(d)
+    _fill_watchdogs(d)
     _fill_cpu(d)
     _fill_disks(d)
     _fill_controllers(d)
@@ -96,8 +98,6 @@ def fill(d: DomainDef, caps: QemuCaps) -> None:
     _fill_videos(d)
     if d.devices.memballoon is None:
         d.devices.memballoon = Memballoon("virtio")
-    for wd in d.devices.watchdogs:
-        wd.action = wd.action or "reset"
     for rng in d.devices.rngs:
         if rng.backend_model == "random" and not rng.backend_path:
             rng.backend_path = "/dev/random"
@@ -135,6 +135,38 @@ def _fill_kept(d: DomainDef) -> None:
     for port, parallel in enumerate(d.devices.other("parallel")):
         if parallel.element.find("target") is None:
             etree.SubElement(parallel.element, "target", port=str(port))
+
+
+def _fill_watchdogs(d: DomainDef) -> None:
+    if len(d.devices.watchdogs) > 1:
+        raise internal("only a single watchdog device is supported")
+    for wd in d.devices.watchdogs:
+        if wd.model not in WATCHDOG_MODELS:
+            raise unsupported(f"unknown watchdog model '{wd.model}'")
+        wd.action = wd.action or "reset"
+
+
+def _check_usb(d: DomainDef) -> None:
+    """USB devices need a USB controller: model='none' says there is none."""
+    devs = d.devices
+    usb = [c for c in devs.controllers if c.type == "usb"]
+    if not any(c.model == "none" for c in usb):
+        return
+    if len(usb) > 1:
+        raise VirError(
+            ErrorCode.XML_DETAIL,
+            "Can't add another USB controller: USB is disabled for this domain",
+            ErrorDomain.DOMAIN,
+        )
+    if any(i.bus == "usb" for i in devs.inputs):
+        raise unsupported("Can't add USB input device. USB bus is disabled")
+    if devs.other("hub"):
+        raise unsupported("Can't add USB hub: USB is disabled for this domain")
+    if any(disk.bus == "usb" for disk in devs.disks) or devs.redirdevs:
+        raise unsupported(
+            "USB is disabled for this domain, but USB devices are present in the domain XML",
+            ErrorDomain.QEMU,
+        )
 
 
 def _check_emulator(d: DomainDef, caps: QemuCaps) -> None:
@@ -314,8 +346,8 @@ def _fill_chardevs(d: DomainDef) -> None:
     for i, c in enumerate(devs.consoles):
         if c.target_type is None:
             c.target_type = "serial"
-        if c.target_port is None:
-            c.target_port = i
+        if c.target_port is None or c.target_type != "serial":
+            c.target_port = i  # libvirt numbers non-serial consoles by position, as written
         if i == 0 and c.target_type == "serial" and devs.serials:
             c.target_port = devs.serials[0].target_port  # the console is the first serial port
     if devs.consoles and devs.consoles[0].target_type == "serial":
@@ -349,6 +381,8 @@ def _fill_chardevs(d: DomainDef) -> None:
                 target_port=serial.target_port,
             ),
         )
+    if any(c.target_type == "serial" for c in devs.consoles[1:]):
+        raise unsupported("Only the first console can be a serial port")
     for ch in devs.channels:
         ch.target_type = ch.target_type or "virtio"
 
@@ -395,6 +429,10 @@ def _fill_videos(d: DomainDef) -> None:
     devs = d.devices
     if not devs.videos and devs.graphics:
         devs.videos.append(Video("default"))
+    if len(devs.videos) > 1 and any(v.model == "none" for v in devs.videos):
+        raise unsupported(
+            "a 'none' video type must be the only video device defined for the domain"
+        )
     for i, v in enumerate(devs.videos):
         if v.model == "default":
             v.model = "cirrus"

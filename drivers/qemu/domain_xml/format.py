@@ -39,6 +39,7 @@ ORDER: dict[str, tuple[str, ...]] = {
         "passwdValidTo", "connected",
     ),
     "nvram": ("template", "format"),
+    "chr/source": ("mode", "host", "service", "path", "append"),
     "timer": ("name", "track", "tickpolicy", "frequency", "mode", "present"),
     "controller/driver": ("queues", "cmd_per_lun", "max_sectors", "ioeventfd", "iothread"),
     "controller/target": ("chassisNr", "chassis", "port", "busNr", "index"),
@@ -378,9 +379,7 @@ def _format_chr(
             if tty_attr:
                 tty = f" tty='{esc(path)}'"
     elif src.attrs:
-        body.append(
-            f"{i}<source{_attrs(src.attrs, ('mode', 'host', 'service', 'path', 'append'))}/>\n"
-        )
+        body.append(f"{i}<source{_attrs(src.attrs, ORDER['chr/source'])}/>\n")
     if c.protocol:
         body.append(f"{i}<protocol type='{c.protocol}'/>\n")
     target = ""
@@ -513,11 +512,13 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
     if others:
         w(_others(d, "hostdev", inactive))
     for r in devs.redirdevs:
-        w(
-            _element(
-                "redirdev", f" bus='{r.bus}' type='{r.type}'", _info(r.info, i, inactive), "    "
-            )
-        )
+        body = ""
+        if r.source.attrs:
+            body += f"{i}<source{_attrs(r.source.attrs, ORDER['chr/source'])}/>\n"
+        if r.protocol:
+            body += f"{i}<protocol type='{r.protocol}'/>\n"
+        body += _info(r.info, i, inactive)
+        w(_element("redirdev", f" bus='{r.bus}' type='{r.source.type}'", body, "    "))
     if others:
         w(_others(d, "redirfilter", inactive) + _others(d, "hub", inactive))
     for wd in devs.watchdogs:

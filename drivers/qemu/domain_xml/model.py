@@ -186,7 +186,8 @@ class Watchdog:
 @dataclass
 class Redirdev:
     bus: str
-    type: str
+    source: CharSource  # spicevmc, or tcp with host and service
+    protocol: str | None = None
     info: DeviceInfo = field(default_factory=DeviceInfo)
 
 

@@ -93,7 +93,7 @@ VIDEO_MODELS = frozenset(
     "vga cirrus vmvga xen vbox qxl parallels virtio gop none bochs ramfb".split()
 )
 SOUND_MODELS = frozenset("sb16 es1370 pcspk ac97 ich6 ich9 usb ich7".split())
-WATCHDOG_MODELS = frozenset("i6300esb ib700 diag288 itco".split())
+WATCHDOG_MODELS = frozenset("i6300esb ib700 diag288".split())
 WATCHDOG_ACTIONS = frozenset("reset shutdown poweroff pause dump none inject-nmi".split())
 MEMBALLOON_MODELS = frozenset("virtio xen none virtio-transitional virtio-non-transitional".split())
 
@@ -729,15 +729,14 @@ def _rng(el: etree._Element, devs: Devices) -> None:
 
 
 def _watchdog(el: etree._Element, devs: Devices) -> None:
-    model = _enum(el, "model", WATCHDOG_MODELS) or "i6300esb"
+    model = el.get("model", "i6300esb")  # checked with the others in defaults
     action = _enum(el, "action", WATCHDOG_ACTIONS)
     devs.watchdogs.append(Watchdog(model, action, _parse_info(el)))
 
 
 def _redirdev(el: etree._Element, devs: Devices) -> None:
-    devs.redirdevs.append(
-        Redirdev(el.get("bus", "usb"), el.get("type", "spicevmc"), _parse_info(el))
-    )
+    chr = _chr(el, "redirdev")
+    devs.redirdevs.append(Redirdev(el.get("bus", "usb"), chr.source, chr.protocol, chr.info))
 
 
 _DEVICE_PARSERS = {
