@@ -55,6 +55,7 @@ async def domain_lookup_by_id(call: Call, args: Any) -> Any:
 
 
 async def connect_list_all_domains(call: Call, args: Any) -> Any:
+    _check_flags(args.flags, (1 << 16) - 1, "qemuConnectListAllDomains")
     doms = call.driver.list_domains(args.flags)
     handles = [_handle(d) for d in doms] if args.need_results else []
     return R.remote_connect_list_all_domains_ret(handles, len(doms))

@@ -71,6 +71,8 @@ LIST_HAS_CHECKPOINT = 1 << 14
 LIST_NO_CHECKPOINT = 1 << 15
 
 START_PAUSED = 1 << 0
+UNDEFINE_NVRAM = 1 << 2
+UNDEFINE_KEEP_NVRAM = 1 << 3
 DESTROY_GRACEFUL = 1 << 0
 DESTROY_REMOVE_LOGS = 1 << 1
 XML_SECURE = 1 << 0
@@ -285,7 +287,18 @@ class QemuDriver:
                     "Requested operation is not valid: cannot undefine transient domain",
                     ErrorDomain.QEMU,
                 )
-            for path in (self._autostart_link(dom.name), self._config_path(dom.name)):
+            nvram = dom.config.os.nvram if dom.config is not None else None
+            if nvram and not flags & UNDEFINE_NVRAM and not flags & UNDEFINE_KEEP_NVRAM:
+                if os.path.exists(nvram):
+                    raise VirError(
+                        ErrorCode.OPERATION_INVALID,
+                        "Requested operation is not valid: cannot undefine domain with nvram",
+                        ErrorDomain.QEMU,
+                    )
+            doomed = [self._autostart_link(dom.name), self._config_path(dom.name)]
+            if nvram and flags & UNDEFINE_NVRAM:
+                doomed.append(Path(nvram))
+            for path in doomed:
                 try:
                     os.unlink(path)
                 except FileNotFoundError:

@@ -126,6 +126,21 @@ async def test_undefine(tmp_path: Path) -> None:
     assert e.message == f"Domain not found: no domain with matching uuid '{UUID}' (a)"
 
 
+async def test_undefine_with_nvram(tmp_path: Path) -> None:
+    drv = make_driver(tmp_path)
+    nvram = tmp_path / "a_VARS.fd"
+    dom = await drv.define_xml(xml("a"))
+    dom.config.os.nvram = str(nvram)  # as a UEFI guest's definition has it
+    await drv.undefine(dom)  # no varstore yet: nothing to lose
+    dom = await drv.define_xml(xml("a"))
+    dom.config.os.nvram = str(nvram)
+    nvram.write_bytes(b"vars")
+    e = await aerror(drv.undefine(dom))
+    assert e.message == "Requested operation is not valid: cannot undefine domain with nvram"
+    await drv.undefine(dom, driver_mod.UNDEFINE_NVRAM)
+    assert not nvram.exists()
+
+
 async def test_inactive_operations_refused(tmp_path: Path) -> None:
     drv = make_driver(tmp_path)
     dom = await drv.define_xml(xml("a", UUID))
