@@ -211,3 +211,19 @@ def test_live_xml_matches_a_libvirtd_guest() -> None:
         return re.sub(r"  <seclabel .*?</seclabel>\n", "", xml, flags=re.S)
 
     assert strip(got) == strip(expected)
+
+
+# Random mixes of devices defined on the reference libvirtd, with its answers.
+MIXES = json.loads((DATA / "generated.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "case", MIXES, ids=lambda case: re.search(r"h5a-gen-[\d-]+", case["xml"])[0]
+)
+def test_generated_mixes_match_libvirtd(case: dict) -> None:
+    if "error" in case:
+        with pytest.raises(VirError) as info:
+            parse(case["xml"], CAPS)
+        assert info.value.message == case["error"]
+    else:
+        assert _mask(format(parse(case["xml"], CAPS))) == _mask(case["out"])
