@@ -467,6 +467,7 @@ class QemuDriver:
         self._save_status(dom)
         try:
             dom.live_state = await self._live_facts(proc, d, id)
+            await self._set_passwords(proc, d)
             if paused:
                 self._emit(dom, Event.STARTED, Detail.STARTED_BOOTED)
                 dom.set_state(State.PAUSED, Paused.USER)
@@ -481,6 +482,14 @@ class QemuDriver:
             await proc.kill(graceful=False)
             await self._finish_stop(dom, proc, emit=False)
             raise
+
+    async def _set_passwords(self, proc: QemuProcess, d: DomainDef) -> None:
+        """VNC passwords go over the monitor, not on the command line anyone can read."""
+        for g in d.devices.graphics:
+            if g.type == "vnc" and g.attrs.get("passwd"):
+                args = {"protocol": "vnc", "password": g.attrs["passwd"], "connected": "keep"}
+                await proc.monitor.execute("set_password", args)
+                await proc.monitor.execute("expire_password", {"protocol": "vnc", "time": "never"})
 
     async def _live_facts(self, proc: QemuProcess, d: DomainDef, id: int) -> LiveState:
         """What QEMU chose at start that the live XML shows: pty paths, VNC port."""
