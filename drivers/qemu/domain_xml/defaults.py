@@ -77,6 +77,12 @@ def fill(d: DomainDef, caps: QemuCaps) -> None:
             raise unsupported("maximum vCPU count must not be less than current vCPU count")
         if d.vcpu_current == d.vcpus:
             d.vcpu_current = None
+    if d.on_reboot == "destroy" and d.on_poweroff == "restart":
+        raise unsupported(
+            "qemu driver doesn't support 'onReboot' set to 'destroy and "
+            "'onPoweroff' set to 'reboot'",
+            ErrorDomain.QEMU,
+        )
     if d.devices.emulator is None:
         d.devices.emulator = caps.emulator
     order = {name: i for i, name in enumerate(FEATURE_ORDER)}
@@ -221,7 +227,9 @@ def _fill_cpu(d: DomainDef) -> None:
             cpu.model_fallback = cpu.model_fallback or "forbid"
             cpu.check = cpu.check or "none"
         cpu.match = cpu.match or "exact"
-        cpu.check = cpu.check or "partial"
+        cpu.check = cpu.check or (
+            "none" if d.type == "qemu" else "partial"
+        )  # TCG: no host to check
         cpu.model_fallback = cpu.model_fallback or "allow"
     elif cpu.mode == "host-model":
         cpu.check = cpu.check or "partial"

@@ -8,6 +8,7 @@ defaults are ``defaults.py``'s job.
 from __future__ import annotations
 
 import re
+import uuid as uuidlib
 
 from lxml import etree
 
@@ -229,7 +230,7 @@ def parse_domain(root: etree._Element) -> DomainDef:
         vcpus=0,
         os=_parse_os(root),
         devices=Devices(),
-        genid=normalise_uuid(genid_el.text) if genid_el is not None and genid_el.text else None,
+        genid=_genid(genid_el),
         title=_text(root.find("title")),
         description=_text(root.find("description")),
     )
@@ -282,6 +283,13 @@ def parse_domain(root: etree._Element) -> DomainDef:
     if devices is not None:
         _parse_devices(devices, d.devices)
     return d
+
+
+def _genid(el: etree._Element | None) -> str | None:
+    """<genid/> asks for a fresh generation id; one with text keeps it."""
+    if el is None:
+        return None
+    return normalise_uuid(el.text) if el.text and el.text.strip() else str(uuidlib.uuid4())
 
 
 def _parse_memory(root: etree._Element) -> tuple[int, int]:
@@ -352,6 +360,8 @@ def _parse_os(root: etree._Element) -> Os:
     bootmenu = el.find("bootmenu")
     if bootmenu is not None:
         os.bootmenu = dict(bootmenu.attrib)
+        if os.bootmenu.get("enable") == "no":
+            os.bootmenu.pop("timeout", None)  # no menu, nothing to wait for
     smbios = el.find("smbios")
     if smbios is not None:
         os.smbios_mode = smbios.get("mode")
@@ -391,6 +401,8 @@ def _parse_clock(el: etree._Element) -> Clock:
     if offset not in CLOCK_OFFSETS:
         raise unsupported(f"unknown clock offset '{offset}'")
     attrs = {k: v for k, v in el.attrib.items() if k != "offset"}
+    if offset == "variable":
+        attrs = {"adjustment": attrs.get("adjustment", "0"), "basis": attrs.get("basis", "utc")}
     timers = [Timer(dict(t.attrib)) for t in el.findall("timer")]
     return Clock(offset=offset, attrs=attrs, timers=timers)
 
