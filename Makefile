@@ -18,9 +18,10 @@ VENV := .venv
 STATE := $(CURDIR)/.state
 PYTEST_ARGS ?=
 
-# virsh, QEMU and schema validation to run the daemon; libvirt-python (a test
-# extra, built from source) needs the headers, pkg-config and a compiler.
-DEBS := qemu-system-x86 qemu-utils libvirt-clients libxml2-utils \
+# virsh, QEMU with its UEFI firmware, ip for bridged NICs and schema validation
+# to run the daemon; libvirt-python (a test extra, built from source) needs the
+# headers, pkg-config and a compiler.
+DEBS := qemu-system-x86 qemu-utils ovmf iproute2 libvirt-clients libxml2-utils \
         python3-venv python3-dev libvirt-dev pkg-config gcc libc6-dev
 # libvirtd for the benchmark's reference daemon; it runs as a session daemon of
 # an unprivileged user, so the system units of libvirt-daemon-system are not needed.
