@@ -226,20 +226,15 @@ def _cpu(d: DomainDef) -> str:
     cpu = d.cpu
     if cpu is None:
         return "qemu64"
-    if cpu.mode in ("host-passthrough", "host-model"):
-        # host-model is expanded by libvirt from the host CPU; "host" is the nearest we have.
-        base = "host" if d.type == "kvm" else "max"
-        return (
-            f"{base},migratable=on"
-            if cpu.mode == "host-passthrough" and cpu.migratable == "on"
-            else base
-        )
-    if cpu.mode == "maximum":
-        return ",".join(["max", *_cpu_flags(d)])
-    parts = [cpu.model or "qemu64"]
-    for f in cpu.features:
-        state = "off" if f.policy in ("disable", "forbid") else "on"
-        parts.append(f"{f.name}={state}")
+    if cpu.mode in ("host-passthrough", "host-model", "maximum"):
+        # libvirt expands host-model from the host CPU; "host" is the nearest we have.
+        parts = ["host" if d.type == "kvm" and cpu.mode != "maximum" else "max"]
+        if cpu.migratable and cpu.mode != "host-model":
+            parts.append(f"migratable={cpu.migratable}")
+    else:
+        parts = [cpu.model or "qemu64"]
+        for f in cpu.features:
+            parts.append(f"{f.name}={'off' if f.policy in ('disable', 'forbid') else 'on'}")
     return ",".join(parts + _cpu_flags(d))
 
 
@@ -249,11 +244,14 @@ def _cpu_flags(d: DomainDef) -> list[str]:
     for t in d.clock.timers:
         if t.attrs.get("name") == "hypervclock" and t.attrs.get("present") == "yes":
             flags.append("hv-time=on")
-        elif t.attrs.get("name") == "kvmclock" and t.attrs.get("present") == "no":
-            flags.append("kvmclock=off")
+        elif t.attrs.get("name") == "kvmclock" and t.attrs.get("present"):
+            flags.append(f"kvmclock={'on' if t.attrs['present'] == 'yes' else 'off'}")
     apic = d.features.get("apic")
     if apic is not None and apic.attrs.get("eoi"):
         flags.append(f"kvm-pv-eoi={apic.attrs['eoi']}")
+    pvspinlock = d.features.get("pvspinlock")
+    if pvspinlock is not None:
+        flags.append(f"kvm-pv-unhalt={pvspinlock.attrs.get('state', 'on')}")
     hyperv = d.features.get("hyperv")
     if hyperv is not None:
         for name, attrs in hyperv.children:
@@ -340,8 +338,8 @@ def _clock(d: DomainDef, a: list[str]) -> None:
         now = datetime.now() if basis == "localtime" else datetime.now(UTC)
         start = now + timedelta(seconds=int(d.clock.attrs.get("adjustment", "0")))
         rtc = f"base={start.strftime('%Y-%m-%dT%H:%M:%S')}"
-    else:
-        rtc = f"base={'localtime' if d.clock.offset == 'localtime' else 'utc'}"
+    else:  # offset='timezone' runs on local time too, with TZ set in QEMU's environment
+        rtc = f"base={'utc' if d.clock.offset == 'utc' else 'localtime'}"
     extra: list[str] = []
     for t in d.clock.timers:
         name = t.attrs.get("name")
