@@ -34,8 +34,7 @@ from drivers.qemu.domain import (
     Shutoff,
     State,
 )
-from drivers.qemu.domain_xml import DomainDef, LiveState
-from drivers.qemu.domain_xml.aliases import assign_aliases
+from drivers.qemu.domain_xml import DomainDef, LiveState, assign_aliases
 from drivers.qemu.process import (
     QemuProcess,
     append_log,
@@ -287,7 +286,7 @@ class QemuDriver:
                     "Requested operation is not valid: cannot undefine transient domain",
                     ErrorDomain.QEMU,
                 )
-            nvram = dom.config.os.nvram if dom.config is not None else None
+            nvram = self._nvram_path(dom.config) if dom.config is not None else None
             if nvram and not flags & UNDEFINE_NVRAM and not flags & UNDEFINE_KEEP_NVRAM:
                 if os.path.exists(nvram):
                     raise VirError(
@@ -307,6 +306,14 @@ class QemuDriver:
             dom.set_config(None)
             if not dom.active:
                 self._forget(dom)
+
+    def _nvram_path(self, d: DomainDef) -> str | None:
+        """The guest's UEFI varstore, also where firmware autoselection will put it."""
+        if d.os.nvram:
+            return d.os.nvram
+        if d.os.firmware == "efi":
+            return str(self.dirs.lib_dir / "nvram" / f"{d.name}_VARS.fd")
+        return None
 
     # -- autostart -------------------------------------------------------------------
 
@@ -432,6 +439,15 @@ class QemuDriver:
         pidfile = self.dirs.state_dir / f"{d.name}.pid"
         channel_dir = self._channel_dir(id, d.name)
         channel_dir.mkdir(parents=True, exist_ok=True)
+        domain_xml.select_firmware(d, str(self.dirs.lib_dir / "nvram"))  # as _nvram_path
+        try:
+            domain_xml.ensure_nvram(d)
+        except OSError as e:
+            raise VirError(
+                ErrorCode.SYSTEM_ERROR,
+                f"Unable to create NVRAM file '{d.os.nvram}': {e.strerror}",
+                ErrorDomain.QEMU,
+            ) from None
         assign_aliases(d)
         net_fds = _open_taps(d)
         try:
@@ -695,7 +711,9 @@ class QemuDriver:
             try:
                 st = parse_status(path.read_text())
                 d = self._parse(st.domain_xml)
-                assign_aliases(d)  # as at start: the live XML shows them
+                # What build_argv gave the live definition at start.
+                assign_aliases(d)
+                domain_xml.fill_channel_paths(d, str(self._channel_dir(st.id, d.name)))
                 for net in d.devices.interfaces:
                     net.target_dev = st.taps.get(net.info.alias or "", net.target_dev)
             except (OSError, ValueError, KeyError, VirError) as e:

@@ -399,3 +399,36 @@ def test_nics_on_a_bridge(daemon: DaemonProcess, bridge: str) -> None:
     daemon.virsh("destroy", "n1")
     wait_until(lambda: not os.path.exists(f"/sys/class/net/{tap}"))
     daemon.virsh("undefine", "n1")
+
+
+def test_uefi_guest_and_channel_survive_restart(daemon: DaemonProcess) -> None:
+    if not Path("/usr/share/qemu/firmware").is_dir():
+        pytest.skip("no firmware descriptors")
+    path = daemon.root / "u1.xml"
+    path.write_text(
+        guest_xml("u1")
+        .replace(f"type='{VIRT}'", "type='qemu'")  # the secure-boot firmware needs SMM
+        .replace("<os>", "<os firmware='efi'>")
+        .replace("</os>", "</os><features><acpi/></features>")
+        .replace("machine='pc'", "machine='q35'")
+        .replace(
+            "<devices>",
+            "<devices><channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/>"
+            "</channel>",
+        )
+    )
+    daemon.virsh("define", str(path))
+    daemon.virsh("start", "u1")
+    live = out(daemon, "dumpxml", "u1")
+    nvram = live.split("<nvram", 1)[1].split(">", 1)[1].split("<", 1)[0]
+    assert Path(nvram).is_file() and "<loader readonly='yes'" in live
+    channel = live.split("<channel type='unix'>", 1)[1].split("</channel>", 1)[0]
+    assert "/channel/target/domain-1-u1/org.qemu.guest_agent.0" in channel
+    daemon.restart()
+    # Same content; the order of controllers may differ after the re-parse.
+    assert sorted(out(daemon, "dumpxml", "u1").splitlines()) == sorted(live.splitlines())
+    daemon.virsh("destroy", "u1")
+    res = daemon.virsh("undefine", "u1", check=False)
+    assert "cannot undefine domain with nvram" in res.stderr
+    daemon.virsh("undefine", "--nvram", "u1")
+    assert not Path(nvram).exists()
