@@ -124,6 +124,7 @@ class QemuDriver:
         if host.host_arch() not in self.all_caps:
             raise RuntimeError(f"no QEMU emulator found for {host.host_arch()}")
         self._load_configs()
+        self._sweep_cgroups()
         await self._reattach_all()
         await self._autostart()
 
@@ -407,6 +408,20 @@ class QemuDriver:
         if self._cgroup_root is None:
             return None
         return self._cgroup_root / "machine" / f"qemu-{dom.uuid_str}.aiovirtd"
+
+    def _sweep_cgroups(self) -> None:
+        """Remove the empty cgroups of guests that died while no daemon watched them.
+
+        Only empty ones can go (rmdir refuses the others), so guests of any
+        daemon still running keep theirs.
+        """
+        if self._cgroup_root is None:
+            return
+        for group in (self._cgroup_root / "machine").glob("qemu-*.aiovirtd"):
+            try:
+                group.rmdir()
+            except OSError:
+                pass
 
     def _channel_dir(self, id: int, name: str) -> Path:
         """Where a guest's channel sockets go (libvirtd's domain-ID-NAME naming)."""
