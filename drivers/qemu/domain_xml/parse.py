@@ -147,7 +147,7 @@ def _syntax_error(xml: str, e: etree.XMLSyntaxError) -> VirError:
     column = entry.column if entry is not None else 0
     lines = xml.split("\n")
     context = lines[line - 1] if 0 < line <= len(lines) and lines[line - 1] else "(null)"
-    caret = " " * max(0, min(column, len(context)) - 1) + "^" if context != "(null)" else "^"
+    caret = "-" * max(0, column - 1) + "^" if context != "(null)" else "^"
     text = f"(domain_definition):{line}: {message}\n{context}\n{caret}"
     return VirError(ErrorCode.XML_DETAIL, text, ErrorDomain.DOMAIN)
 
