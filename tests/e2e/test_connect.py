@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import libvirt
@@ -245,7 +246,7 @@ def test_sigterm_exits_cleanly(daemon: DaemonProcess) -> None:
         assert not pid_file.exists()
 
 
-def test_idle_timeout(start_daemon) -> None:
+def test_idle_timeout(start_daemon: Callable[..., DaemonProcess]) -> None:
     d = start_daemon("-t", "2")
     conn = libvirt.open(d.uri)
     time.sleep(3)
