@@ -130,14 +130,29 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 
 def parse_document(xml: str) -> etree._Element:
     """The root element, or libvirt's XML_DETAIL error naming line and context."""
-    parser = etree.XMLParser(remove_comments=True, resolve_entities=False, no_network=True)
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
     try:
         root = etree.fromstring(xml.encode(), parser)
     except etree.XMLSyntaxError as e:
         raise _syntax_error(xml, e) from None
     if root.tag != "domain":
         raise xml_error(f"expecting root element of 'domain', not '{root.tag}'", ErrorDomain.XML)
+    _drop_comments(root)
     return root
+
+
+def _drop_comments(root: etree._Element) -> None:
+    """Comments mean nothing to libvirt, except inside <metadata>, which it keeps as written."""
+    for comment in list(root.iter(etree.Comment)):
+        if any(a.tag == "metadata" and a.getparent() is root for a in comment.iterancestors()):
+            continue
+        parent, tail = comment.getparent(), comment.tail or ""
+        previous = comment.getprevious()
+        if previous is not None:
+            previous.tail = (previous.tail or "") + tail
+        else:
+            parent.text = (parent.text or "") + tail
+        parent.remove(comment)
 
 
 def _syntax_error(xml: str, e: etree.XMLSyntaxError) -> VirError:
