@@ -175,6 +175,12 @@ async def node_get_free_memory(call: Call, args: None) -> Any:
     return R.remote_node_get_free_memory_ret(host.free_memory())
 
 
+async def node_get_security_model(call: Call, args: None) -> Any:
+    # libvirtd sends both strings with their C terminator.
+    model, doi = call.driver.security_model()
+    return R.remote_node_get_security_model_ret(model.encode() + b"\0", doi.encode() + b"\0")
+
+
 async def node_get_cells_free_memory(call: Call, args: Any) -> Any:
     if args.maxcells > R.REMOTE_NODE_MAX_CELLS:
         raise VirError(ErrorCode.RPC, "maxcells > REMOTE_NODE_MAX_CELLS", ErrorDomain.RPC)
