@@ -6,11 +6,15 @@ serialising a tree, and XMLDesc is on the hot path.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lxml import etree
 
+from .addresses import is_i440fx
 from .model import (
     Address,
     CharDevice,
+    Controller,
     DeviceInfo,
     Disk,
     DomainDef,
@@ -21,7 +25,7 @@ from .model import (
     UsbAddress,
     VirtioSerialAddress,
 )
-from .parse import QEMU_NS
+from .parse import QEMU_NS, insert_controller
 
 _ESCAPES = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", "'": "&apos;", '"': "&quot;"})
 # Attribute order where libvirt's differs from how a user may have written them.
@@ -68,8 +72,17 @@ def _attrs(pairs: dict[str, str], order: list[str] | tuple[str, ...] | None = No
 
 
 def format_domain(
-    d: DomainDef, *, inactive: bool = True, secure: bool = False, live: LiveState | None = None
+    d: DomainDef,
+    *,
+    inactive: bool = True,
+    secure: bool = False,
+    live: LiveState | None = None,
+    migratable: bool = False,
 ) -> str:
+    """The XML of ``d``: inactive, live (with ``live``'s facts), or migratable (implies
+    inactive: what an older libvirtd on the other host would add itself is left out)."""
+    if migratable:
+        d, inactive = _migratable(d), True
     out: list[str] = []
     w = out.append
     domain_id = f" id='{live.id}'" if live is not None and not inactive else ""
@@ -150,6 +163,30 @@ def format_domain(
         w("  </qemu:commandline>\n")
     w("</domain>\n")
     return "".join(out)
+
+
+def _migratable(d: DomainDef) -> DomainDef:
+    """``d`` without the devices libvirt adds implicitly and old versions did not print."""
+    controllers: list[Controller] = []
+    for c in d.devices.controllers:
+        implicit_usb = (
+            c.type == "usb"
+            and c.index == 0
+            and c.model == "piix3-uhci"
+            and c.info.address == PciAddress(0, 1, 2)
+            and is_i440fx(d)
+        )
+        if not implicit_usb and not (c.type == "pci" and c.model == "pci-root"):
+            insert_controller(controllers, c)
+    inputs = list(d.devices.inputs)
+    keyboard = next((i for i in inputs if i.type == "keyboard" and i.bus == "ps2"), None)
+    if keyboard is not None:
+        inputs.remove(keyboard)
+    audios = d.devices.audios
+    if len(audios) == 1 and audios[0].id == 1 and audios[0].type in ("none", "spice"):
+        audios = []
+    devices = replace(d.devices, controllers=controllers, inputs=inputs, audios=audios)
+    return replace(d, devices=devices)
 
 
 def _format_foreign(el: etree._Element, indent: str) -> str:
