@@ -109,6 +109,8 @@ def build_argv(
     a += ["-machine", machine]
     a += ["-accel", "kvm" if d.type == "kvm" else "tcg"]
     a += ["-cpu", _cpu(d)]
+    if d.os.loader and d.os.loader_attrs.get("type", "rom") == "rom":
+        a += ["-bios", d.os.loader]
     if d.os.loader_attrs.get("secure") == "yes":
         a += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
     _memory(d, a)
@@ -231,6 +233,8 @@ def _cpu(d: DomainDef) -> str:
         parts = ["host" if d.type == "kvm" and cpu.mode != "maximum" else "max"]
         if cpu.migratable and cpu.mode != "host-model":
             parts.append(f"migratable={cpu.migratable}")
+        if cpu.cache.get("mode") == "passthrough":
+            parts += ["host-cache-info=on", "l3-cache=off"]
     else:
         parts = [cpu.model or "qemu64"]
         for f in cpu.features:
@@ -489,8 +493,10 @@ def _blockdevs(disk: Disk, node: str, a: list[str]) -> None:
     storage["auto-read-only"] = True
     storage["discard"] = "unmap"
     fmt: dict[str, Any] = {"node-name": f"{node}-format", "read-only": disk.readonly}
-    if drv.get("discard") == "unmap":
-        fmt["discard"] = "unmap"
+    if drv.get("discard") in ("unmap", "ignore"):
+        fmt["discard"] = drv["discard"]
+    if drv.get("detect_zeroes") in ("on", "off", "unmap"):
+        fmt["detect-zeroes"] = drv["detect_zeroes"]
     if cache is not None:
         fmt["cache"] = {"direct": cache[0], "no-flush": cache[1]}
     fmt["driver"] = drv.get("type", "raw")
@@ -555,8 +561,8 @@ def _disk_device(
     if id(disk.info) in boot:
         props["bootindex"] = boot[id(disk.info)]
     cache = _cache(disk)
-    if cache is not None and cache[2] and disk.bus in ("virtio", "scsi", "ide", "sata"):
-        props["write-cache"] = "on"
+    if cache is not None and disk.bus in ("virtio", "scsi", "ide", "sata"):
+        props["write-cache"] = "on" if cache[2] else "off"
     if disk.serial is not None:
         props["serial"] = disk.serial
     error_policy = disk.driver.get("error_policy")
@@ -581,7 +587,16 @@ def _interfaces(d: DomainDef, a: list[str], net_fds: Mapping[str, int]) -> None:
         }
         if id(net.info) in boot:
             props["bootindex"] = boot[id(net.info)]
-        a += ["-device", _json({**props, **_addr_props(d, net.info)})]
+        a += ["-device", _json({**props, **_addr_props(d, net.info), **_rom_props(net.info)})]
+
+
+def _rom_props(info: DeviceInfo) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    if info.rom.get("bar") in ("on", "off"):
+        props["rombar"] = 1 if info.rom["bar"] == "on" else 0
+    if info.rom.get("file") is not None:
+        props["romfile"] = info.rom["file"]
+    return props
 
 
 def _netdev(net: Interface, hostnet: str, n: int, net_fds: Mapping[str, int]) -> dict[str, Any]:
@@ -764,6 +779,10 @@ def _graphics(d: DomainDef, a: list[str], vnc_port: int | None, spice_port: int 
             opts = f"{addr}:{(port or 5900) - 5900}"
             if port is None:
                 opts += ",to=100"
+            if g.attrs.get("websocket"):
+                opts += f",websocket={g.attrs['websocket']}"
+            if g.attrs.get("sharePolicy"):
+                opts += f",share={g.attrs['sharePolicy']}"
             if g.attrs.get("passwd"):
                 opts += ",password=on"  # the password itself is set over QMP
             if audio:

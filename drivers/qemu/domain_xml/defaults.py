@@ -132,6 +132,10 @@ def _fill_features(d: DomainDef) -> None:
 
 def _fill_kept(d: DomainDef) -> None:
     """The few defaults libvirt adds inside the sections and devices we keep as written."""
+    if d.vcpu_placement == "auto" and "numatune" not in d.kept:
+        numatune = etree.Element("numatune")
+        etree.SubElement(numatune, "memory", mode="strict", placement="auto")
+        d.kept["numatune"] = numatune  # memory follows the CPUs numad picks
     seclabel = d.kept.get("seclabel")
     if seclabel is not None and seclabel.get("type") == "none" and seclabel.get("model") is None:
         seclabel.set("model", "none")

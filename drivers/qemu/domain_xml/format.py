@@ -219,7 +219,7 @@ def _format_kept(el: etree._Element, ind: str, tail: str = "") -> str:
     return f"{ind}<{el.tag}{attrs}>\n{inner}{tail}{ind}</{el.tag}>\n"
 
 
-_INFO_TAGS = ("address", "alias", "boot")
+_INFO_TAGS = ("address", "alias", "boot", "rom")
 
 
 def _kept(d: DomainDef, tag: str) -> str:
@@ -295,6 +295,8 @@ def _format_cpu(d: DomainDef, w) -> None:
             f"    <topology sockets='{t['sockets']}' dies='{t['dies']}' "
             f"cores='{t['cores']}' threads='{t['threads']}'/>\n"
         )
+    if cpu.cache:
+        body.append(f"    <cache{_attrs(cpu.cache, ('level', 'mode'))}/>\n")
     for f in cpu.features:
         body.append(f"    <feature policy='{f.policy}' name='{esc(f.name)}'/>\n")
     if cpu.numa:
@@ -357,6 +359,8 @@ def _info(info: DeviceInfo, ind: str, inactive: bool, master: int | None = None)
         parts.append(f"{ind}<alias name='{esc(info.alias)}'/>\n")
     if master is not None:
         parts.append(f"{ind}<master startport='{master}'/>\n")
+    if info.rom:
+        parts.append(f"{ind}<rom{_attrs(info.rom, ('bar', 'file', 'enabled'))}/>\n")
     if info.address is not None:
         parts.append(f"{ind}{_addr(info.address)}\n")
     return "".join(parts)
@@ -392,6 +396,8 @@ def _format_disk(disk: Disk, inactive: bool, node_index: int) -> str:
             body.append(head + "/>\n")
     extra = _attrs(disk.target_extra, ("tray", "removable", "rotation_rate"))
     body.append(f"{i}<target dev='{esc(disk.target)}' bus='{disk.bus}'{extra}/>\n")
+    if disk.iotune is not None:
+        body.append(_format_kept(disk.iotune, i))
     if disk.readonly:
         body.append(f"{i}<readonly/>\n")
     if disk.shareable:
@@ -544,7 +550,12 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
         w(f"    <audio id='{a.id}' type='{a.type}'/>\n")
     for v in devs.videos:
         model = f"{i}<model type='{v.model}'{_attrs(v.attrs, ORDER['video/model'])}"
-        model += " primary='yes'/>\n" if v.primary else "/>\n"
+        model += " primary='yes'" if v.primary else ""
+        if v.acceleration:
+            accel = _attrs(v.acceleration, ("accel3d", "accel2d", "rendernode"))
+            model += f">\n{i}  <acceleration{accel}/>\n{i}</model>\n"
+        else:
+            model += "/>\n"
         w(_element("video", "", model + _info(v.info, i, inactive), "    "))
     if others:
         w(_others(d, "hostdev", inactive))

@@ -58,6 +58,7 @@ class DeviceInfo:
     address: Address | None = None
     boot_order: int | None = None
     alias: str | None = None  # user aliases ("ua-...") survive in the inactive XML
+    rom: dict[str, str] = field(default_factory=dict)  # <rom bar= file= enabled=>
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Disk:
     shareable: bool = False
     serial: str | None = None
     target_extra: dict[str, str] = field(default_factory=dict)  # tray, removable, rotation_rate
+    iotune: etree._Element | None = None  # kept as written
     info: DeviceInfo = field(default_factory=DeviceInfo)
 
 
@@ -144,6 +146,7 @@ class Video:
     model: str  # cirrus, vga, qxl, virtio, none, ...
     attrs: dict[str, str] = field(default_factory=dict)  # ram, vram, vgamem, heads
     primary: bool = False
+    acceleration: dict[str, str] = field(default_factory=dict)  # accel3d, accel2d, rendernode
     info: DeviceInfo = field(default_factory=DeviceInfo)
 
 
@@ -280,6 +283,7 @@ class Cpu:
     model_fallback: str | None = None
     vendor: str | None = None
     topology: dict[str, int] | None = None  # sockets, dies, cores, threads
+    cache: dict[str, str] = field(default_factory=dict)  # level, mode
     features: list[CpuFeature] = field(default_factory=list)
     numa: list[NumaCell] = field(default_factory=list)
 

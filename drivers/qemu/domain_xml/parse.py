@@ -403,6 +403,9 @@ def _parse_cpu(el: etree._Element) -> Cpu:
             for k in ("sockets", "dies", "cores", "threads")
             if topo.get(k) is not None
         }
+    cache = el.find("cache")
+    if cache is not None:
+        cpu.cache = dict(cache.attrib)
     for feat in el.findall("feature"):
         cpu.features.append(CpuFeature(feat.get("policy", "require"), feat.get("name", "")))
     numa = el.find("numa")
@@ -430,6 +433,9 @@ def _parse_info(el: etree._Element) -> DeviceInfo:
     alias = el.find("alias")
     if alias is not None and (alias.get("name") or "").startswith("ua-"):
         info.alias = alias.get("name")
+    rom = el.find("rom")
+    if rom is not None:
+        info.rom = dict(rom.attrib)
     addr = el.find("address")
     if addr is not None:
         info.address = _parse_address(addr)
@@ -517,6 +523,7 @@ def _disk(el: etree._Element, devs: Devices) -> None:
         readonly=el.find("readonly") is not None,
         shareable=el.find("shareable") is not None,
         serial=serial.text if serial is not None else None,
+        iotune=el.find("iotune"),
         target_extra={
             k: v for k, v in target.attrib.items() if k in ("removable", "rotation_rate")
         },
@@ -718,7 +725,10 @@ def _video(el: etree._Element, devs: Devices) -> None:
             if k in ("ram", "vram", "vram64", "vgamem", "heads")
         }
         primary = model_el.get("primary") == "yes"
-    devs.videos.append(Video(model, attrs, primary, _parse_info(el)))
+    accel = model_el.find("acceleration") if model_el is not None else None
+    video = Video(model, attrs, primary, dict(accel.attrib) if accel is not None else {})
+    video.info = _parse_info(el)
+    devs.videos.append(video)
 
 
 def _sound(el: etree._Element, devs: Devices) -> None:
