@@ -2,14 +2,20 @@
 
 aiovirtd runs as root with ``--root`` under a temporary directory.
 
-Debian's libvirtd runs as a *session* daemon of the unprivileged user
-``nobody`` with its own XDG_RUNTIME_DIR, XDG_CONFIG_HOME and XDG_CACHE_HOME.
-A second privileged libvirtd would share /etc/libvirt, /run/libvirt and
-/var/lib/libvirt with the host's (its QEMU driver locks a pid file there) and
-would touch host networking; as another user it cannot reach any of that, so
-a libvirtd the machine already runs is left alone. Its QEMU driver does the
-same work for the calls measured (define, list, info, XML); only starting
-guests differs between session and system mode.
+Debian's libvirtd is started so that a libvirtd the machine already runs is
+never touched, in one of two ways:
+
+* ``system`` (like for like: the privileged daemon aiovirtd replaces): root's
+  libvirtd in new mount and network namespaces, with /run, /var and
+  /etc/libvirt covered by empty temporary directories. Without that it would
+  share libvirt's state with the host's daemon (its QEMU driver locks a pid
+  file in /run/libvirt/qemu) and could touch host networks and firewall; with
+  no /run it also reaches no D-Bus, so no polkit, firewalld or machined.
+  Its sockets live in the temporary directory (``unix_sock_dir``), which is
+  all a client outside needs: Unix socket paths cross network namespaces.
+* ``session``: the session daemon of the unprivileged user ``nobody``, with
+  its own XDG directories: it cannot reach root's state at all, but starts
+  fewer drivers, so it is leaner than the daemon aiovirtd replaces.
 """
 
 from __future__ import annotations
@@ -94,15 +100,45 @@ def start_aiovirtd() -> Daemon:
                                   sock, tmp, proc, log))
 
 
-def start_libvirtd(timeout: int = 600) -> Daemon:
-    """libvirtd as nobody's session daemon; ``--timeout`` ends it if we do not."""
+def start_libvirtd(mode: str = "system", timeout: int = 600) -> Daemon:
+    """Debian's libvirtd in ``mode`` (see above); ``--timeout`` ends it if we do not."""
     libvirtd = shutil.which("libvirtd") or "/usr/sbin/libvirtd"
     if not os.path.exists(libvirtd):
         raise RuntimeError("libvirtd not found: apt-get install libvirt-daemon")
     tmp = Path(tempfile.mkdtemp(prefix="lvb-", dir="/tmp"))
-    os.chown(tmp, NOBODY, NOBODY)
-    sock = tmp / "run/libvirt/libvirt-sock"
     log = tmp / "daemon.log"
+    if mode == "system":
+        sock, argv, env = _system_libvirtd(tmp, libvirtd, timeout)
+    else:
+        sock, argv, env = _session_libvirtd(tmp, libvirtd, timeout)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=tmp, env=env)
+    return _wait_listening(Daemon("libvirtd", f"qemu+unix:///{mode}?socket={sock}",
+                                  sock, tmp, proc, log))
+
+
+def _system_libvirtd(tmp: Path, libvirtd: str, timeout: int
+                     ) -> tuple[Path, list[str], dict[str, str]]:
+    for d in ("sock", "run", "var", "etc"):
+        (tmp / d).mkdir()
+    conf = tmp / "libvirtd.conf"
+    conf.write_text(f'unix_sock_dir = "{tmp}/sock"\n'
+                    'auth_unix_rw = "none"\nauth_unix_ro = "none"\n')
+    # Guests would run as Debian's libvirt-qemu user, which only
+    # libvirt-daemon-system creates; nothing is started here, so root will do.
+    (tmp / "etc/qemu.conf").write_text('user = "root"\ngroup = "root"\n')
+    script = (f"mount --bind {tmp}/run /run && mount --bind {tmp}/var /var && "
+              f"mount --bind {tmp}/etc /etc/libvirt && "
+              f'exec {libvirtd} -f {conf} -p {tmp}/libvirtd.pid --timeout {timeout}')
+    argv = ["unshare", "--mount", "--net", "--propagation", "private", "sh", "-c", script]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+    return tmp / "sock/libvirt-sock", argv, env
+
+
+def _session_libvirtd(tmp: Path, libvirtd: str, timeout: int
+                      ) -> tuple[Path, list[str], dict[str, str]]:
+    os.chown(tmp, NOBODY, NOBODY)
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": str(tmp),
@@ -111,11 +147,6 @@ def start_libvirtd(timeout: int = 600) -> Daemon:
         "XDG_CACHE_HOME": str(tmp / "cache"),
         "LC_ALL": "C",
     }
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-             libvirtd, "--timeout", str(timeout)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=tmp, env=env,
-        )
-    return _wait_listening(Daemon("libvirtd", f"qemu+unix:///session?socket={sock}",
-                                  sock, tmp, proc, log))
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            libvirtd, "--timeout", str(timeout)]
+    return tmp / "run/libvirt/libvirt-sock", argv, env

@@ -165,12 +165,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="length of each timed run")
     ap.add_argument("--clients", type=int, default=8, help="concurrent connections")
+    ap.add_argument("--libvirtd", choices=("system", "session"), default="system",
+                    help="how the reference libvirtd runs (see bench/_daemons.py)")
     args = ap.parse_args()
 
     t0 = time.monotonic()
     daemons = []
     try:
-        for start in (start_libvirtd, start_aiovirtd):
+        for start in (lambda: start_libvirtd(args.libvirtd), start_aiovirtd):
             try:
                 daemons.append(start())
             except Exception as exc:
@@ -182,7 +184,7 @@ def main() -> int:
     ours, theirs = res.get("aiovirtd", {}), res.get("libvirtd", {})
     print(table(ours, theirs))
     print("\nratio: calls/s aiovirtd/libvirtd, RSS libvirtd/aiovirtd; >= 1.00 favours aiovirtd.")
-    print(f"libvirtd: Debian's, as a session daemon of 'nobody'; {args.seconds:g} s per run; "
+    print(f"libvirtd: Debian's, {args.libvirtd} daemon; {args.seconds:g} s per run; "
           f"{time.monotonic() - t0:.0f} s in all.")
     return 0 if ours and theirs else 1
 
