@@ -779,8 +779,11 @@ def _graphics(d: DomainDef, a: list[str], vnc_port: int | None, spice_port: int 
             opts = f"{addr}:{(port or 5900) - 5900}"
             if port is None:
                 opts += ",to=100"
-            if g.attrs.get("websocket"):
-                opts += f",websocket={g.attrs['websocket']}"
+            websocket = g.attrs.get("websocket")
+            if websocket == "-1":  # autoport: libvirtd picks one from 5700 as well
+                websocket = str(free_port(addr, 5700))
+            if websocket:
+                opts += f",websocket={websocket}"
             if g.attrs.get("sharePolicy"):
                 opts += f",share={g.attrs['sharePolicy']}"
             if g.attrs.get("passwd"):
