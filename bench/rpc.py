@@ -171,12 +171,21 @@ def main() -> int:
 
     t0 = time.monotonic()
     daemons = []
+    # Namespaces need CAP_SYS_ADMIN and a mounted root (not a chroot or a
+    # locked-down container); the session daemon needs neither.
+    modes = [args.libvirtd] + (["session"] if args.libvirtd == "system" else [])
     try:
-        for start in (lambda: start_libvirtd(args.libvirtd), start_aiovirtd):
+        for mode in modes:
             try:
-                daemons.append(start())
+                daemons.append(start_libvirtd(mode))
+                args.libvirtd = mode
+                break
             except Exception as exc:
-                print(f"could not start: {exc}", file=sys.stderr)
+                print(f"could not start libvirtd ({mode}): {exc}", file=sys.stderr)
+        try:
+            daemons.append(start_aiovirtd())
+        except Exception as exc:
+            print(f"could not start: {exc}", file=sys.stderr)
         res = measure(daemons, args.seconds, args.clients)
     finally:
         for d in daemons:
