@@ -192,7 +192,7 @@ def _pci_devices(d: DomainDef) -> Iterator[tuple[DeviceInfo, bool]]:
         yield net.info, net.model in ("virtio", "e1000e")
     for s in devs.sounds:
         if s.model not in ("sb16", "pcspk", "usb"):
-            yield s.info, s.model == "ich9"
+            yield s.info, False  # HDA and AC97 are conventional PCI
     for c in devs.controllers:
         if c.type in ("pci", "fdc", "ccid") or (c.type == "usb" and c.model == "none"):
             continue

@@ -30,6 +30,7 @@ from .model import (
     Video,
 )
 from .parse import WATCHDOG_MODELS, disk_index
+from .validate import validate
 
 KNOWN_ARCHES = frozenset(
     "aarch64 alpha armv6l armv7l armv7b cris i686 ia64 lm32 loongarch64 m68k microblaze "
@@ -115,6 +116,7 @@ def fill(d: DomainDef, caps: QemuCaps) -> None:
     addresses.assign_usb_addresses(d)
     if not d.os.boot_devs and not _any_boot_order(d):
         d.os.boot_devs = ["hd"]
+    validate(d)
 
 
 def _fill_features(d: DomainDef) -> None:
@@ -262,6 +264,8 @@ def _fill_disks(d: DomainDef) -> None:
                 f"'{seen[disk.target]}' and '{disk.source or ''}'"
             )
         seen[disk.target] = disk.source or ""
+        if disk.device == "lun" and disk.type != "block":
+            raise unsupported("disk device='lun' is only valid for block type disk source")
         driver = {"name": disk.driver.get("name", "qemu"), "type": disk.driver.get("type", "raw")}
         driver.update(disk.driver)
         disk.driver = driver
@@ -409,7 +413,11 @@ def _fill_graphics(d: DomainDef) -> None:
     """Ports, autoport and listen as libvirt completes them (attribute order is format's job)."""
     for g in d.devices.graphics:
         a = g.attrs
-        if g.type == "vnc":
+        listen_none = bool(g.listens) and g.listens[0].get("type") == "none"
+        if g.type == "vnc" and listen_none:
+            a.pop("port", None)  # nothing listens, so no port
+            a.pop("autoport", None)
+        elif g.type == "vnc":
             if a.get("port") in (None, "-1", "0") or a.get("autoport") == "yes":
                 a.update(port="-1", autoport="yes")
             else:
@@ -433,7 +441,8 @@ def _fill_graphics(d: DomainDef) -> None:
         ):
             a["listen"] = g.listens[0]["address"]
     if not d.devices.audios:
-        kind = "spice" if any(g.type == "spice" for g in d.devices.graphics) else "none"
+        graphics = d.devices.graphics
+        kind = "spice" if graphics and graphics[-1].type == "spice" else "none"
         d.devices.audios.append(Audio(1, kind))
 
 
@@ -450,6 +459,8 @@ def _fill_videos(d: DomainDef) -> None:
             v.model = "cirrus"
         attrs = dict(_VIDEO_DEFAULTS.get(v.model, {}))
         attrs.update(v.attrs)
+        if v.model == "cirrus":
+            attrs["vram"] = "16384"  # QEMU's cirrus has exactly 16 MiB
         v.attrs = attrs
         if i == 0 and v.model != "none":
             v.primary = True

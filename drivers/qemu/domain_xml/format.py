@@ -487,7 +487,8 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
         if n.source:
             body += f"{i}<source{_attrs(n.source, ORDER['interface/source'])}/>\n"
         if n.target_dev:
-            body += f"{i}<target dev='{esc(n.target_dev)}'/>\n"
+            managed = f" managed='{n.target_managed}'" if n.target_managed else ""
+            body += f"{i}<target dev='{esc(n.target_dev)}'{managed}/>\n"
         if n.model:
             body += f"{i}<model type='{esc(n.model)}'/>\n"
         if n.driver:
@@ -509,11 +510,13 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
     for c in devs.channels:
         w(_format_chr(c, inactive, live))
     for inp in devs.inputs:
-        w(
-            _element(
-                "input", f" type='{inp.type}' bus='{inp.bus}'", _info(inp.info, i, inactive), "    "
-            )
+        body = (
+            f"{i}<source{_attrs(inp.source, ('evdev', 'dev', 'grab', 'grabToggle', 'repeat'))}/>\n"
+            if inp.source
+            else ""
         )
+        head = f" type='{inp.type}' bus='{inp.bus}'"
+        w(_element("input", head, body + _info(inp.info, i, inactive), "    "))
     if others:
         w(_others(d, "tpm", inactive))
     for g in devs.graphics:
@@ -545,7 +548,8 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
             )
         )
     for s in devs.sounds:
-        w(_element("sound", f" model='{s.model}'", _info(s.info, i, inactive), "    "))
+        codecs = "".join(f"{i}<codec type='{c}'/>\n" for c in s.codecs)
+        w(_element("sound", f" model='{s.model}'", codecs + _info(s.info, i, inactive), "    "))
     for a in devs.audios:
         w(f"    <audio id='{a.id}' type='{a.type}'/>\n")
     for v in devs.videos:
@@ -579,7 +583,16 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
         w(_element("memballoon", f" model='{mb.model}'{_attrs(mb.attrs)}", body, "    "))
     for r in devs.rngs:
         body = f"{i}<rate{_attrs(r.rate, ('bytes', 'period'))}/>\n" if r.rate else ""
-        if r.backend_path:
+        if r.backend_chr is not None:
+            egd = r.backend_chr
+            inner = ""
+            if egd.source.attrs:
+                inner += f"{i}  <source{_attrs(egd.source.attrs, ORDER['chr/source'])}/>\n"
+            if egd.protocol:
+                inner += f"{i}  <protocol type='{egd.protocol}'/>\n"
+            head = f" model='egd' type='{egd.source.type}'"
+            body += _element("backend", head, inner, i)
+        elif r.backend_path:
             body += f"{i}<backend model='{r.backend_model}'>{esc(r.backend_path)}</backend>\n"
         else:
             body += f"{i}<backend model='{r.backend_model}'/>\n"

@@ -99,6 +99,7 @@ class Interface:
     mac: str
     source: dict[str, str] = field(default_factory=dict)  # network=, bridge=, dev=, mode=
     target_dev: str | None = None
+    target_managed: str | None = None  # ethernet: managed='no' means the tap exists already
     model: str | None = None
     driver: dict[str, str] = field(default_factory=dict)
     link_state: str | None = None
@@ -128,9 +129,10 @@ class CharDevice:
 
 @dataclass
 class Input:
-    type: str  # mouse, keyboard, tablet
+    type: str  # mouse, keyboard, tablet, passthrough, evdev
     bus: str  # ps2, usb, virtio
     info: DeviceInfo = field(default_factory=DeviceInfo)
+    source: dict[str, str] = field(default_factory=dict)  # evdev=, dev=, grab=
 
 
 @dataclass
@@ -153,6 +155,7 @@ class Video:
 @dataclass
 class Sound:
     model: str
+    codecs: list[str] = field(default_factory=list)  # duplex, micro, output
     info: DeviceInfo = field(default_factory=DeviceInfo)
 
 
@@ -175,6 +178,7 @@ class Rng:
     model: str
     backend_model: str  # random, egd, builtin
     backend_path: str | None = None
+    backend_chr: CharDevice | None = None  # egd: a character device (type, source, protocol)
     rate: dict[str, str] = field(default_factory=dict)
     info: DeviceInfo = field(default_factory=DeviceInfo)
 

@@ -628,6 +628,7 @@ def _interface(el: etree._Element, devs: Devices) -> None:
     link = el.find("link")
     mtu = el.find("mtu")
     target_dev = target.get("dev") if target is not None else None
+    target_managed = target.get("managed") if target is not None else None
     if target_dev and ntype != "ethernet" and target_dev.startswith(("vnet", "macvtap", "macvlan")):
         target_dev = None  # libvirt's own generated names are not part of the definition
     devs.interfaces.append(
@@ -636,6 +637,7 @@ def _interface(el: etree._Element, devs: Devices) -> None:
             mac=mac,
             source=dict(source.attrib) if source is not None else {},
             target_dev=target_dev,
+            target_managed=target_managed,
             model=model.get("type") if model is not None else None,
             driver=dict(driver.attrib) if driver is not None else {},
             link_state=link.get("state") if link is not None else None,
@@ -689,7 +691,10 @@ def _channel(el: etree._Element, devs: Devices) -> None:
 def _input(el: etree._Element, devs: Devices) -> None:
     itype = _enum(el, "type", INPUT_TYPES, "input") or "mouse"
     bus = _enum(el, "bus", INPUT_BUSES, "input") or ("usb" if itype == "tablet" else "ps2")
-    devs.inputs.append(Input(itype, bus, _parse_info(el)))
+    source = el.find("source")
+    devs.inputs.append(
+        Input(itype, bus, _parse_info(el), dict(source.attrib) if source is not None else {})
+    )
 
 
 def _graphics(el: etree._Element, devs: Devices) -> None:
@@ -733,7 +738,8 @@ def _video(el: etree._Element, devs: Devices) -> None:
 
 def _sound(el: etree._Element, devs: Devices) -> None:
     model = _enum(el, "model", SOUND_MODELS, "sound") or ""
-    devs.sounds.append(Sound(model, _parse_info(el)))
+    codecs = [c.get("type", "duplex") for c in el.findall("codec")]
+    devs.sounds.append(Sound(model, codecs, _parse_info(el)))
 
 
 def _audio(el: etree._Element, devs: Devices) -> None:
@@ -741,6 +747,8 @@ def _audio(el: etree._Element, devs: Devices) -> None:
 
 
 def _memballoon(el: etree._Element, devs: Devices) -> None:
+    if devs.memballoon is not None:
+        raise internal("only a single memory balloon device is supported")
     model = _enum(el, "model", MEMBALLOON_MODELS) or "virtio"
     stats = el.find("stats")
     devs.memballoon = Memballoon(
@@ -754,15 +762,18 @@ def _memballoon(el: etree._Element, devs: Devices) -> None:
 def _rng(el: etree._Element, devs: Devices) -> None:
     backend = el.find("backend")
     rate = el.find("rate")
-    devs.rngs.append(
-        Rng(
-            model=el.get("model", "virtio"),
-            backend_model=backend.get("model", "random") if backend is not None else "random",
-            backend_path=(backend.text or None) if backend is not None else None,
-            rate=dict(rate.attrib) if rate is not None else {},
-            info=_parse_info(el),
-        )
+    model = backend.get("model", "random") if backend is not None else "random"
+    rng = Rng(
+        model=el.get("model", "virtio"),
+        backend_model=model,
+        rate=dict(rate.attrib) if rate is not None else {},
+        info=_parse_info(el),
     )
+    if model == "egd" and backend is not None:
+        rng.backend_chr = _chr(backend, "backend")
+    elif backend is not None:
+        rng.backend_path = (backend.text or "").strip() or None
+    devs.rngs.append(rng)
 
 
 def _watchdog(el: etree._Element, devs: Devices) -> None:
