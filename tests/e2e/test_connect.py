@@ -304,3 +304,13 @@ def test_root_keeps_everything_under_root(daemon: DaemonProcess, tmp_path: Path)
     leaked = [p for d in LIBVIRT_DIRS if d.exists() for p in d.rglob(f"*{name}*")]
     assert not leaked, leaked
     daemon.virsh("undefine", name)
+
+
+def test_two_roots_side_by_side(start_daemon: Callable[..., DaemonProcess],
+                                tmp_path: Path) -> None:
+    a, b = start_daemon(), start_daemon()
+    xml_file = tmp_path / "dom.xml"
+    xml_file.write_text(TINY_XML.format(name="h6-side"))
+    a.virsh("define", str(xml_file))
+    assert a.virsh("list", "--all", "--name").stdout.split() == ["h6-side"]
+    assert b.virsh("list", "--all").stdout == EMPTY_LIST
