@@ -160,8 +160,8 @@ def build_argv(
         props = {"driver": "virtio-balloon-pci", "id": mb.info.alias}
         if mb.attrs.get("autodeflate") == "on":
             props["deflate-on-oom"] = True
-        if mb.attrs.get("freePageReporting") == "on":
-            props["free-page-reporting"] = True
+        if mb.attrs.get("freePageReporting") in ("on", "off"):
+            props["free-page-reporting"] = mb.attrs["freePageReporting"] == "on"
         a += ["-device", _json({**props, **_addr_props(d, mb.info)})]
     _rngs(d, a)
     vmcoreinfo = d.features.get("vmcoreinfo")
@@ -619,7 +619,8 @@ def _chardev(c: CharDevice, chr_id: str) -> str:
         opts = f"socket,id={chr_id},path={src.attrs.get('path', '')}"
         return opts + (",server=on,wait=off" if server else "")
     if src.type == "file":
-        return f"file,id={chr_id},path={src.attrs.get('path', '')}"
+        append = f",append={src.attrs['append']}" if src.attrs.get("append") else ""
+        return f"file,id={chr_id},path={src.attrs.get('path', '')}{append}"
     if src.type == "spicevmc":
         return f"spicevmc,id={chr_id},name=vdagent"
     if src.type == "tcp":
@@ -727,24 +728,28 @@ def _usb_props(info: DeviceInfo) -> dict[str, Any]:
     return {}
 
 
+_INPUT_DRIVERS = {
+    ("tablet", "usb"): "usb-tablet",
+    ("mouse", "usb"): "usb-mouse",
+    ("keyboard", "usb"): "usb-kbd",
+    ("tablet", "virtio"): "virtio-tablet-pci",
+    ("mouse", "virtio"): "virtio-mouse-pci",
+    ("keyboard", "virtio"): "virtio-keyboard-pci",
+    ("passthrough", "virtio"): "virtio-input-host-pci",
+}
+
+
 def _inputs(d: DomainDef, a: list[str]) -> None:
+    """USB and virtio input devices; PS/2 ones are the machine's own."""
     for inp in d.devices.inputs:
-        if inp.bus == "usb":
-            driver = {"tablet": "usb-tablet", "mouse": "usb-mouse", "keyboard": "usb-kbd"}[inp.type]
-            a += [
-                "-device",
-                _json({"driver": driver, "id": inp.info.alias, **_usb_props(inp.info)}),
-            ]
-        elif inp.bus == "virtio":
-            driver = {
-                "tablet": "virtio-tablet-pci",
-                "mouse": "virtio-mouse-pci",
-                "keyboard": "virtio-keyboard-pci",
-            }[inp.type]
-            a += [
-                "-device",
-                _json({"driver": driver, "id": inp.info.alias, **_addr_props(d, inp.info)}),
-            ]
+        driver = _INPUT_DRIVERS.get((inp.type, inp.bus))
+        if driver is None:
+            continue
+        props: dict[str, Any] = {"driver": driver, "id": inp.info.alias}
+        if inp.type == "passthrough":
+            props["evdev"] = inp.source.get("evdev", "")
+        where = _usb_props(inp.info) if inp.bus == "usb" else _addr_props(d, inp.info)
+        a += ["-device", _json({**props, **where})]
 
 
 def free_port(address: str = "127.0.0.1", first: int = 5900, last: int = 65535) -> int:
@@ -772,11 +777,14 @@ def _graphics(d: DomainDef, a: list[str], vnc_port: int | None, spice_port: int 
     audio = f"audio{d.devices.audios[0].id}" if d.devices.audios else None
     for g in d.devices.graphics:
         addr = _listen_address(g.attrs, g.listens)
-        if g.type == "vnc":
+        if g.type == "vnc" and g.listens and g.listens[0].get("type") == "none":
+            a += ["-vnc", f"none,audiodev={audio}" if audio else "none"]
+        elif g.type == "vnc":
             port = (
                 vnc_port if g.attrs.get("autoport") == "yes" else int(g.attrs.get("port", "5900"))
             )
-            opts = f"{addr}:{(port or 5900) - 5900}"
+            host = f"[{addr}]" if ":" in addr else addr
+            opts = f"{host}:{(port or 5900) - 5900}"
             if port is None:
                 opts += ",to=100"
             websocket = g.attrs.get("websocket")
@@ -851,15 +859,16 @@ def _sounds(d: DomainDef, a: list[str]) -> None:
         if s.model in ("ich6", "ich9", "ich7"):
             driver = {"ich6": "intel-hda", "ich9": "ich9-intel-hda", "ich7": "intel-hda"}[s.model]
             a += ["-device", _json({"driver": driver, "id": s.info.alias, **addr})]
-            codec = {
-                "driver": "hda-duplex",
-                "id": f"{s.info.alias}-codec0",
-                "bus": f"{s.info.alias}.0",
-                "cad": 0,
-            }
-            if audio:
-                codec["audiodev"] = audio
-            a += ["-device", _json(codec)]
+            for cad, codec in enumerate(s.codecs or ["duplex"]):
+                props = {
+                    "driver": f"hda-{codec}",
+                    "id": f"{s.info.alias}-codec{cad}",
+                    "bus": f"{s.info.alias}.0",
+                    "cad": cad,
+                }
+                if audio:
+                    props["audiodev"] = audio
+                a += ["-device", _json(props)]
         elif s.model in ("ac97", "es1370"):
             props = {"driver": "AC97" if s.model == "ac97" else "ES1370", "id": s.info.alias}
             if audio:
@@ -916,6 +925,10 @@ def _rngs(d: DomainDef, a: list[str]) -> None:
             ]
         elif r.backend_model == "builtin":
             a += ["-object", _json({"qom-type": "rng-builtin", "id": obj})]
+        elif r.backend_chr is not None:
+            chr_id = f"char{r.info.alias}"
+            a += ["-chardev", _chardev(r.backend_chr, chr_id)]
+            a += ["-object", _json({"qom-type": "rng-egd", "id": obj, "chardev": chr_id})]
         else:
             continue
         props: dict[str, Any] = {"driver": "virtio-rng-pci", "rng": obj, "id": r.info.alias}

@@ -16,7 +16,7 @@ from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 from ..capabilities import QemuCaps
 from . import addresses
-from .errors import internal, unsupported, xml_error
+from .errors import unsupported, xml_error
 from .model import (
     Audio,
     CharDevice,
@@ -30,7 +30,7 @@ from .model import (
     Video,
 )
 from .parse import WATCHDOG_MODELS, disk_index
-from .validate import validate
+from .validate import check_devices_early, validate
 
 KNOWN_ARCHES = frozenset(
     "aarch64 alpha armv6l armv7l armv7b cris i686 ia64 lm32 loongarch64 m68k microblaze "
@@ -93,8 +93,10 @@ def fill(d: DomainDef, caps: QemuCaps) -> None:
         if name in order
     }
     _fill_features(d)
-    _check_usb(d)
+    _check_usb_controllers(d)
     _fill_watchdogs(d)
+    _check_usb_devices(d)
+    check_devices_early(d)
     _fill_cpu(d)
     _fill_disks(d)
     _fill_controllers(d)
@@ -150,26 +152,31 @@ def _fill_kept(d: DomainDef) -> None:
 
 
 def _fill_watchdogs(d: DomainDef) -> None:
-    if len(d.devices.watchdogs) > 1:
-        raise internal("only a single watchdog device is supported")
     for wd in d.devices.watchdogs:
         if wd.model not in WATCHDOG_MODELS:
             raise unsupported(f"unknown watchdog model '{wd.model}'")
         wd.action = wd.action or "reset"
 
 
-def _check_usb(d: DomainDef) -> None:
-    """USB devices need a USB controller: model='none' says there is none."""
-    devs = d.devices
-    usb = [c for c in devs.controllers if c.type == "usb"]
-    if not any(c.model == "none" for c in usb):
-        return
-    if len(usb) > 1:
+def _usb_disabled(d: DomainDef) -> bool:
+    return any(c.type == "usb" and c.model == "none" for c in d.devices.controllers)
+
+
+def _check_usb_controllers(d: DomainDef) -> None:
+    """model='none' says there is no USB: no other USB controller may say otherwise."""
+    if _usb_disabled(d) and sum(c.type == "usb" for c in d.devices.controllers) > 1:
         raise VirError(
             ErrorCode.XML_DETAIL,
             "Can't add another USB controller: USB is disabled for this domain",
             ErrorDomain.DOMAIN,
         )
+
+
+def _check_usb_devices(d: DomainDef) -> None:
+    """USB devices need a USB controller."""
+    devs = d.devices
+    if not _usb_disabled(d):
+        return
     if any(i.bus == "usb" for i in devs.inputs):
         raise unsupported("Can't add USB input device. USB bus is disabled")
     if devs.other("hub"):
@@ -254,18 +261,9 @@ def _fill_cpu(d: DomainDef) -> None:
 
 
 def _fill_disks(d: DomainDef) -> None:
-    seen: dict[str, str] = {}
     for disk in d.devices.disks:
         if not disk.bus:
             disk.bus = next((bus for p, bus in _BUS_BY_PREFIX if disk.target.startswith(p)), "ide")
-        if disk.target in seen:
-            raise xml_error(
-                f"target '{disk.target}' duplicated for disk sources "
-                f"'{seen[disk.target]}' and '{disk.source or ''}'"
-            )
-        seen[disk.target] = disk.source or ""
-        if disk.device == "lun" and disk.type != "block":
-            raise unsupported("disk device='lun' is only valid for block type disk source")
         driver = {"name": disk.driver.get("name", "qemu"), "type": disk.driver.get("type", "raw")}
         driver.update(disk.driver)
         disk.driver = driver
@@ -464,8 +462,6 @@ def _fill_videos(d: DomainDef) -> None:
         v.attrs = attrs
         if i == 0 and v.model != "none":
             v.primary = True
-        elif v.model in ("vga", "cirrus", "vmvga", "bochs", "ramfb") and i > 0:
-            raise unsupported(f"video type '{v.model}' is only valid as primary video device")
 
 
 def _any_boot_order(d: DomainDef) -> bool:

@@ -777,7 +777,9 @@ def _rng(el: etree._Element, devs: Devices) -> None:
 
 
 def _watchdog(el: etree._Element, devs: Devices) -> None:
-    model = el.get("model", "i6300esb")  # checked with the others in defaults
+    if devs.watchdogs:
+        raise internal("only a single watchdog device is supported")
+    model = el.get("model", "i6300esb")  # checked once the definition is read
     action = _enum(el, "action", WATCHDOG_ACTIONS)
     devs.watchdogs.append(Watchdog(model, action, _parse_info(el)))
 

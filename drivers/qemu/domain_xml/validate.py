@@ -1,19 +1,34 @@
-"""What libvirt's QEMU driver refuses once a definition is parsed and completed.
+"""What libvirt's QEMU driver refuses in a definition it could read.
 
-These checks run last, device by device in libvirt's order, so that a definition
-with several faults gets the same complaint libvirtd gives.
+libvirtd checks some devices as it completes them and the rest once the whole
+definition is complete; keeping the two apart (and each in libvirt's device order)
+makes a definition with several faults get the complaint libvirtd gives.
 """
 
 from __future__ import annotations
 
 from protocol.errors import ErrorDomain, VirError
 
-from .errors import unsupported
+from .errors import unsupported, xml_error
 from .model import DomainDef
 
 
+def check_devices_early(d: DomainDef) -> None:
+    """What libvirtd refuses while it completes each device."""
+    for disk in d.devices.disks:
+        if disk.device == "lun" and disk.type != "block":
+            raise unsupported("disk device='lun' is only valid for block type disk source")
+    for net in d.devices.interfaces:
+        if net.mtu is not None and net.type == "user":
+            raise _qemu("setting MTU on interface type user is not supported yet")
+
+
 def validate(d: DomainDef) -> None:
+    """What libvirtd refuses in the complete definition."""
     devs = d.devices
+    for n, video in enumerate(devs.videos):
+        if n > 0 and video.model in ("vga", "cirrus", "vmvga", "bochs", "ramfb"):
+            raise unsupported(f"video type '{video.model}' is only valid as primary video device")
     threads = d.iothreads or 0
     for disk in devs.disks:
         iothread = disk.driver.get("iothread")
@@ -23,16 +38,21 @@ def validate(d: DomainDef) -> None:
         iothread = c.driver.get("iothread")
         if iothread is not None and not 0 < int(iothread) <= threads:
             raise _qemu(f"controller iothread '{iothread}' not defined in iothreadid")
-    for net in devs.interfaces:
-        if net.mtu is not None and net.type == "user":
-            raise _qemu("setting MTU on interface type user is not supported yet")
+    for g in devs.graphics:
+        if g.type == "spice" and g.attrs.get("tlsPort") not in (None, "-1", "0"):
+            raise _qemu("spice TLS port set in XML configuration, but TLS is disabled in qemu.conf")
     has_spice = any(g.type == "spice" for g in devs.graphics)
     spicevmc = [c.source.type for c in devs.channels] + [r.source.type for r in devs.redirdevs]
     if "spicevmc" in spicevmc and not has_spice:
         raise _qemu("chardev 'spicevmc' not supported without spice graphics")
-    for g in devs.graphics:
-        if g.type == "spice" and g.attrs.get("tlsPort") not in (None, "-1", "0"):
-            raise _qemu("spice TLS port set in XML configuration, but TLS is disabled in qemu.conf")
+    seen: dict[str, str] = {}
+    for disk in devs.disks:
+        if disk.target in seen:
+            raise xml_error(
+                f"target '{disk.target}' duplicated for disk sources "
+                f"'{seen[disk.target]}' and '{disk.source or ''}'"
+            )
+        seen[disk.target] = disk.source or ""
 
 
 def _qemu(message: str) -> VirError:
