@@ -436,12 +436,16 @@ class QemuDriver:
             f" kernel: {platform.release()}, hostname: {socket.gethostname()}"
         )
 
-    def _env(self) -> dict[str, str]:
-        return {
+    def _env(self, d: DomainDef) -> dict[str, str]:
+        env = {
             "LC_ALL": "C",
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": str(self.dirs.lib_dir),
         }
+        if d.clock.offset == "timezone" and d.clock.attrs.get("timezone"):
+            env["TZ"] = d.clock.attrs["timezone"]  # the RTC runs on local time, in this zone
+        env.update(d.qemu_env)  # <qemu:env> last: the user's word wins
+        return env
 
     async def _start(self, dom: Domain, d: DomainDef, paused: bool) -> None:
         """Launch QEMU for ``d``, stopped, learn its live facts, then let it run."""
@@ -479,7 +483,7 @@ class QemuDriver:
                 name=d.name,
                 monitor_path=monitor_path,
                 log_path=self.dirs.log_dir / f"{d.name}.log",
-                env=self._env(),
+                env=self._env(d),
                 on_event=lambda name, data: self._on_qmp_event(dom, name, data),
                 on_exit=lambda p: self._on_exit(dom, p),
                 header=self._header(),
@@ -807,7 +811,8 @@ class QemuDriver:
             secure = bool(flags & XML_SECURE)
             if flags & (XML_INACTIVE | XML_MIGRATABLE) or not dom.active:
                 d = dom.config if (flags & XML_INACTIVE and dom.config) else dom.definition
-                xml = domain_xml.format(d, inactive=True, secure=secure)
+                xml = domain_xml.format(d, inactive=True, secure=secure,
+                                        migratable=bool(flags & XML_MIGRATABLE))
             else:
                 xml = domain_xml.format(dom.definition, inactive=False, secure=secure,
                                         live=dom.live_state)
