@@ -672,6 +672,10 @@ class QemuDriver:
             self._save_status(dom)
 
     def _on_qmp_event(self, dom: Domain, name: str, data: dict) -> None:
+        if dom.process is not None:  # as it came, for qemu-monitor-event
+            seconds, micros = dom.process.monitor.event_time
+            self.bus.emit("qemu-monitor-event", dom, event=name, data=data,
+                          seconds=seconds, micros=micros)
         if name == "STOP":
             self._cpus_stopped(dom)
         elif name == "RESUME":

@@ -29,11 +29,15 @@ EventCallback = Callable[[str, dict[str, Any]], None]
 class _CallbackListener(EventListener):
     """Hands every event to a callback instead of queueing it."""
 
-    def __init__(self, callback: EventCallback) -> None:
+    def __init__(self, callback: EventCallback, monitor: Monitor) -> None:
         super().__init__()
         self._callback = callback
+        self._monitor = monitor
 
     def accept(self, event: Message) -> bool:
+        stamp = event.get("timestamp") or {}
+        self._monitor.event_time = (int(stamp.get("seconds", 0)),
+                                    int(stamp.get("microseconds", 0)))
         try:
             self._callback(event["event"], dict(event.get("data", {})))
         except Exception:  # a bug in a handler must not kill the monitor
@@ -47,9 +51,12 @@ class Monitor:
     def __init__(self, name: str, on_event: EventCallback) -> None:
         self.name = name
         self.on_event = on_event
+        # When QEMU emitted the event being handled (seconds, microseconds):
+        # valid inside ``on_event``, for those who forward events as they are.
+        self.event_time = (0, 0)
         self._qmp = QMPClient(name)
         self._qmp.events.event_filter = lambda _event: False
-        self._qmp.register_listener(_CallbackListener(on_event))
+        self._qmp.register_listener(_CallbackListener(on_event, self))
         self._closing: asyncio.Future[None] | None = None
 
     async def connect(self, path: str, timeout: float = CONNECT_TIMEOUT) -> None:
@@ -92,6 +99,26 @@ class Monitor:
                 "operation failed: domain is no longer running",
                 ErrorDomain.QEMU,
             ) from e
+
+    async def execute_raw(self, msg: Mapping[str, Any], timeout: float | None = None) -> Any:
+        """Send a command as given and return QEMU's whole reply, errors included
+        (a client's own QMP, as ``virsh qemu-monitor-command`` passes it)."""
+        timeout = COMMAND_TIMEOUT if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(self._qmp._raw(dict(msg)), timeout)
+        except asyncio.TimeoutError:
+            raise VirError(
+                ErrorCode.OPERATION_TIMEOUT,
+                f"Timed out during operation: QEMU monitor command '{msg.get('execute')}'"
+                f" got no answer within {timeout:g}s",
+                ErrorDomain.QEMU,
+            ) from None
+        except (QMPError, EOFError, OSError) as e:
+            raise VirError(
+                ErrorCode.OPERATION_FAILED,
+                f"operation failed: QEMU monitor of {self.name} failed: {e}",
+                ErrorDomain.QEMU,
+            ) from None
 
     async def close(self, timeout: float = 2.0) -> None:
         """Disconnect, first letting the reader take in what QEMU already sent.
