@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 30.0
 # Bumped whenever the cached JSON's layout changes, so old caches are ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 # Guest architectures and the binary libvirt uses for each on an x86 host.
 EMULATORS = {
@@ -54,6 +54,10 @@ class QemuCaps:
     machines: dict[str, MachineInfo] = field(default_factory=dict)
     cpu_models: list[str] = field(default_factory=list)
     package: str = ""
+    # Per accelerator ("kvm", "tcg"): each CPU model in QEMU's order -> usable there.
+    cpu_usable: dict[str, dict[str, bool]] = field(default_factory=dict)
+    # Non-abstract QOM types: which devices and backends this binary has.
+    qom_types: frozenset[str] = frozenset()
 
     def canonical_machine(self, name: str | None) -> str:
         """The versioned machine type for an alias ("pc" -> "pc-i440fx-7.2"), or the default.
@@ -74,7 +78,7 @@ class QemuCaps:
         return name in self.machines or any(m.alias == name for m in self.machines.values())
 
     def to_json(self) -> dict:
-        return {"format": CACHE_FORMAT, **asdict(self)}
+        return {"format": CACHE_FORMAT, **asdict(self), "qom_types": sorted(self.qom_types)}
 
     @classmethod
     def from_json(cls, data: dict) -> QemuCaps:
@@ -89,6 +93,8 @@ class QemuCaps:
             machines=machines,
             cpu_models=list(data["cpu_models"]),
             package=data.get("package", ""),
+            cpu_usable={k: dict(v) for k, v in data["cpu_usable"].items()},
+            qom_types=frozenset(data["qom_types"]),
         )
 
 
@@ -125,15 +131,26 @@ async def _quiet_disconnect(qmp: QMPClient) -> None:
 
 
 async def _query(emulator: str, arch: str) -> QemuCaps:
+    """What ``emulator`` knows; CPU models usable under KVM and under TCG differ,
+    so a TCG-only QEMU is asked as well when KVM answered the first time."""
+    caps = await _ask(emulator, arch, ("kvm", "tcg"))
+    if "tcg" not in caps.cpu_usable:
+        caps.cpu_usable.update((await _ask(emulator, arch, ("tcg",))).cpu_usable)
+    return caps
+
+
+async def _ask(emulator: str, arch: str, accels: tuple[str, ...]) -> QemuCaps:
     """Start ``emulator`` with no machine, ask it what it knows over QMP, and stop it.
 
+    The first of ``accels`` QEMU can use decides which CPU models count as usable.
     The monitor runs over a socketpair: no socket path, no race waiting for it to appear.
     """
+    accel_args = [arg for a in accels for arg in ("-accel", a)]
     ours, theirs = socket.socketpair()
     proc = await asyncio.create_subprocess_exec(
         emulator,
         "-machine", "none",
-        "-accel", "kvm", "-accel", "tcg",
+        *accel_args,
         "-nodefaults", "-nographic", "-S", "-display", "none",
         "-chardev", f"socket,id=probe,fd={theirs.fileno()}",
         "-mon", "chardev=probe,mode=control",
@@ -150,6 +167,7 @@ async def _query(emulator: str, arch: str) -> QemuCaps:
         kvm = await qmp.execute("query-kvm")
         machines = await qmp.execute("query-machines")
         cpus = await qmp.execute("query-cpu-definitions")
+        types = await qmp.execute("qom-list-types", {"abstract": False})
         await qmp.execute("quit")
         await _quiet_disconnect(qmp)
     except BaseException:
@@ -167,6 +185,12 @@ async def _query(emulator: str, arch: str) -> QemuCaps:
         machines=_machines(machines),
         cpu_models=[c["name"] for c in cpus],
         package=version.get("package", ""),
+        cpu_usable={
+            "kvm" if kvm["enabled"] else "tcg": {
+                c["name"]: not c.get("unavailable-features") for c in cpus
+            }
+        },
+        qom_types=frozenset(t["name"] for t in types),
     )
 
 
