@@ -464,11 +464,14 @@ def _disks(d: DomainDef, a: list[str]) -> None:
         node = f"libvirt-{total - n}"
         has_image = disk.source is not None or bool(disk.net_source)
         if has_image:
-            _blockdevs(disk, node, a)
-        a += ["-device", _json(_disk_device(d, disk, node if has_image else None, boot))]
+            for props in blockdev_props(disk, node):
+                a += ["-blockdev", _json(props)]
+        a += ["-device", _json(disk_device_props(d, disk, node if has_image else None, boot))]
 
 
-def _blockdevs(disk: Disk, node: str, a: list[str]) -> None:
+def blockdev_props(disk: Disk, node: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The storage and format nodes of ``disk``'s image, named ``node``-storage/-format
+    (the arguments of ``-blockdev`` and of QMP ``blockdev-add`` alike)."""
     drv = disk.driver
     cache = _cache(disk)
     storage: dict[str, Any]
@@ -501,7 +504,7 @@ def _blockdevs(disk: Disk, node: str, a: list[str]) -> None:
         fmt["cache"] = {"direct": cache[0], "no-flush": cache[1]}
     fmt["driver"] = drv.get("type", "raw")
     fmt["file"] = f"{node}-storage"
-    a += ["-blockdev", _json(storage), "-blockdev", _json(fmt)]
+    return storage, fmt
 
 
 def _cache(disk: Disk) -> tuple[bool, bool, bool] | None:
@@ -512,9 +515,10 @@ def _cache(disk: Disk) -> tuple[bool, bool, bool] | None:
     return _CACHE_MODES.get(mode or "")
 
 
-def _disk_device(
-    d: DomainDef, disk: Disk, node: str | None, boot: dict[int, int]
+def disk_device_props(
+    d: DomainDef, disk: Disk, node: str | None, boot: Mapping[int, int]
 ) -> dict[str, Any]:
+    """The ``-device`` (or ``device_add``) properties of ``disk``, its image in ``node``."""
     addr = disk.info.address
     props: dict[str, Any]
     if disk.bus == "virtio":
@@ -577,17 +581,24 @@ def _disk_device(
 def _interfaces(d: DomainDef, a: list[str], net_fds: Mapping[str, int]) -> None:
     boot = _boot_indexes(d)
     for n, net in enumerate(d.devices.interfaces):
-        hostnet = f"hostnet{n}"
-        a += ["-netdev", _json(_netdev(net, hostnet, n, net_fds))]
-        props: dict[str, Any] = {
-            "driver": _NIC_DRIVERS.get(net.model or "", net.model),
-            "netdev": hostnet,
-            "id": net.info.alias,
-            "mac": net.mac,
-        }
-        if id(net.info) in boot:
-            props["bootindex"] = boot[id(net.info)]
-        a += ["-device", _json({**props, **_addr_props(d, net.info), **_rom_props(net.info)})]
+        hostnet = f"host{net.info.alias}"
+        a += ["-netdev", _json(netdev_props(net, hostnet, n, net_fds))]
+        a += ["-device", _json(nic_device_props(d, net, hostnet, boot))]
+
+
+def nic_device_props(
+    d: DomainDef, net: Interface, hostnet: str, boot: Mapping[int, int]
+) -> dict[str, Any]:
+    """The NIC's ``-device`` (or ``device_add``) properties, on netdev ``hostnet``."""
+    props: dict[str, Any] = {
+        "driver": _NIC_DRIVERS.get(net.model or "", net.model),
+        "netdev": hostnet,
+        "id": net.info.alias,
+        "mac": net.mac,
+    }
+    if id(net.info) in boot:
+        props["bootindex"] = boot[id(net.info)]
+    return {**props, **_addr_props(d, net.info), **_rom_props(net.info)}
 
 
 def _rom_props(info: DeviceInfo) -> dict[str, Any]:
@@ -599,7 +610,9 @@ def _rom_props(info: DeviceInfo) -> dict[str, Any]:
     return props
 
 
-def _netdev(net: Interface, hostnet: str, n: int, net_fds: Mapping[str, int]) -> dict[str, Any]:
+def netdev_props(
+    net: Interface, hostnet: str, n: int, net_fds: Mapping[str, int]
+) -> dict[str, Any]:
     if net.type == "user":
         return {"type": "user", "id": hostnet}
     fd = net_fds.get(net.info.alias or "")
