@@ -120,6 +120,18 @@ class Monitor:
                 ErrorDomain.QEMU,
             ) from None
 
+    async def send_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU a file descriptor (a tap for a hotplugged NIC) under ``name``."""
+        try:
+            self._qmp.send_fd_scm(fd)
+        except (QMPError, OSError) as e:
+            raise VirError(
+                ErrorCode.OPERATION_FAILED,
+                f"operation failed: QEMU monitor of {self.name} failed: {e}",
+                ErrorDomain.QEMU,
+            ) from None
+        await self.execute("getfd", {"fdname": name})
+
     async def close(self, timeout: float = 2.0) -> None:
         """Disconnect, first letting the reader take in what QEMU already sent.
 
