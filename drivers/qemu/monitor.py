@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -123,8 +125,14 @@ class Monitor:
     async def send_fd(self, fd: int, name: str) -> None:
         """Hand QEMU a file descriptor (a tap for a hotplugged NIC) under ``name``."""
         try:
-            self._qmp.send_fd_scm(fd)
-        except (QMPError, OSError) as e:
+            # By hand: qemu.qmp's send_fd_scm wants asyncio's own socket, not uvloop's.
+            writer = self._qmp._writer  # noqa: SLF001
+            if writer is None:
+                raise OSError("not connected")
+            own = writer.transport.get_extra_info("socket")
+            with socket.fromfd(own.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.sendmsg([b" "], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("@i", fd))])
+        except OSError as e:
             raise VirError(
                 ErrorCode.OPERATION_FAILED,
                 f"operation failed: QEMU monitor of {self.name} failed: {e}",
