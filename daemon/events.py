@@ -36,11 +36,19 @@ class DomainEvent:
     event_id: int
     name: str
     fields: Callable[[dict[str, Any]], tuple[Any, ...]] = lambda data: ()
+    # Newer events exist only as the callback message, with the fields inline.
+    flat: bool = False
 
 
 DOMAIN_EVENTS = (
     DomainEvent("domain-lifecycle", 0, "LIFECYCLE", lambda d: (d["event"], d["detail"])),
     DomainEvent("domain-reboot", 1, "REBOOT"),
+    DomainEvent("domain-device-removed", 15, "DEVICE_REMOVED", lambda d: (d["alias"],)),
+    DomainEvent("domain-device-added", 19, "DEVICE_ADDED", lambda d: (d["alias"],), flat=True),
+    DomainEvent(
+        "domain-device-removal-failed", 22, "DEVICE_REMOVAL_FAILED", lambda d: (d["alias"],),
+        flat=True,
+    ),
 )
 
 #: Event ids a client may register for (VIR_DOMAIN_EVENT_ID_*), whether or not
@@ -70,8 +78,10 @@ class _Encoded:
         self.module = module
         self.event = event
         self._procs = relay.procedures
-        self.msg = getattr(module, f"remote_domain_event_{event.name.lower()}_msg")(
-            module.remote_nonnull_domain(obj.name, obj.uuid, obj.id), *event.fields(data))
+        self.dom = module.remote_nonnull_domain(obj.name, obj.uuid, obj.id)
+        self.fields = event.fields(data)
+        self.msg = None if event.flat else getattr(
+            module, f"remote_domain_event_{event.name.lower()}_msg")(self.dom, *self.fields)
         self._legacy: bytes | None = None
 
     def legacy(self) -> tuple[int, bytes]:
@@ -83,6 +93,8 @@ class _Encoded:
     def callback(self, callback_id: int) -> tuple[int, bytes]:
         proc = self._proc(f"DOMAIN_EVENT_CALLBACK_{self.event.name}")
         cls = getattr(self.module, f"remote_domain_event_callback_{self.event.name.lower()}_msg")
+        if self.event.flat:
+            return proc.number, proc.args.encode(cls(callback_id, self.dom, *self.fields))
         return proc.number, proc.args.encode(cls(callback_id, self.msg))
 
     def _proc(self, name: str) -> Any:
@@ -130,7 +142,7 @@ class EventRelay:
         for client, regs in list(self._clients.items()):
             if client.closed:
                 continue
-            if event_id in regs.legacy:
+            if event_id in regs.legacy and not event.flat:
                 encoded = encoded or _Encoded(self, event, obj, data)
                 self._send(client, *encoded.legacy())
             for callback_id, (wanted, uuid) in regs.callbacks.items():
