@@ -21,7 +21,7 @@ from pathlib import Path
 from daemon.paths import DriverPaths, Paths
 from drivers import host
 from drivers.events import EventBus
-from drivers.qemu import capabilities, command, domain_xml
+from drivers.qemu import capabilities, command, domain_xml, lifecycle
 from drivers.qemu.capabilities import QemuCaps
 from drivers.qemu.domain import (
     STOP_OUTCOME,
@@ -503,6 +503,7 @@ class QemuDriver:
         try:
             dom.live_state = await self._live_facts(proc, d, id)
             await self._set_passwords(proc, d)
+            await lifecycle.setup(proc, d)
             if paused:
                 self._emit(dom, Event.STARTED, Detail.STARTED_BOOTED)
                 dom.set_state(State.PAUSED, Paused.USER)
@@ -563,9 +564,10 @@ class QemuDriver:
         if not await proc.kill(graceful=bool(flags & DESTROY_GRACEFUL)):
             dom.stop_reason = None
             raise VirError(
-                ErrorCode.OPERATION_FAILED,
-                "operation failed: failed to kill qemu process with SIGTERM",
-                ErrorDomain.QEMU,
+                ErrorCode.SYSTEM_ERROR,
+                f"Failed to terminate process {proc.pid} with SIGTERM:"
+                " Device or resource busy",
+                ErrorDomain.NONE,
             )
         await self._finish_stop(dom, proc)
         if flags & DESTROY_REMOVE_LOGS:
@@ -624,6 +626,7 @@ class QemuDriver:
                 pass  # already gone, or still holding something
         self._by_id.pop(dom.id, None)
         dom.stopped(reason)
+        lifecycle.forget(dom)
         if emit:
             self._emit(dom, Event.STOPPED, STOP_OUTCOME[reason])
         if not dom.persistent:
@@ -676,6 +679,8 @@ class QemuDriver:
             seconds, micros = dom.process.monitor.event_time
             self.bus.emit("qemu-monitor-event", dom, event=name, data=data,
                           seconds=seconds, micros=micros)
+        if lifecycle.on_qmp_event(self, dom, name, data):
+            return
         if name == "STOP":
             self._cpus_stopped(dom)
         elif name == "RESUME":
@@ -690,18 +695,6 @@ class QemuDriver:
                 "connected" if data.get("open") else "disconnected"
             )
             dom.xml_cache.clear()
-        elif name == "SHUTDOWN":
-            if dom.state == State.SHUTDOWN:
-                return  # QEMU repeats it when it is then told to quit
-            dom.got_shutdown = True
-            guest = bool(data.get("guest"))
-            dom.set_state(State.SHUTDOWN, 0)
-            detail = Detail.SHUTDOWN_GUEST if guest else Detail.SHUTDOWN_HOST
-            self._emit(dom, Event.SHUTDOWN, detail)
-            if guest and dom.stop_reason is None and dom.process is not None:
-                # -no-shutdown keeps QEMU alive after a power-off; on_poweroff decides.
-                dom.stop_reason = Shutoff.SHUTDOWN
-                self._spawn(dom.process.kill(graceful=False))
 
     # -- status files and re-attach --------------------------------------------------
 

@@ -1,0 +1,244 @@
+"""Guest power: shutdown, reboot and reset, and what follows the guest's own.
+
+QEMU runs with ``-no-shutdown``: a guest that powers off stops there and the
+driver decides. ``on_poweroff`` destroy kills QEMU; restart, and any reboot
+asked through ACPI, is libvirt's fake reboot: the power button is pressed,
+and when the guest has shut down its hardware is reset and its CPUs run
+again, as one more boot of the same QEMU. A guest that reboots itself is
+reset by QEMU (REBOOT event), unless ``on_reboot`` is destroy: then QEMU is
+told (``set-action``) to treat a reset as a shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from drivers.qemu import agent
+from drivers.qemu.domain import Detail, Domain, Event, Paused, Running, Shutoff, State
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+if TYPE_CHECKING:
+    from drivers.qemu.domain_xml import DomainDef
+    from drivers.qemu.driver import QemuDriver
+    from drivers.qemu.process import QemuProcess
+
+log = logging.getLogger(__name__)
+
+# virDomainShutdownFlagValues / virDomainRebootFlagValues (same bits)
+POWER_ACPI = 1 << 0
+POWER_AGENT = 1 << 1
+RUNNING_CRASHED = 9  # virDomainRunningReason: running again after a crash
+
+# Domains whose next guest shutdown is the first half of a fake reboot, and
+# those stopped in one right now (QEMU's STOP then is no pause to report).
+_fake_reboot: weakref.WeakSet[Domain] = weakref.WeakSet()
+_paused_shutdown: weakref.WeakSet[Domain] = weakref.WeakSet()
+# An agent's guest-shutdown gets no answer: its call ends at the guest's
+# SHUTDOWN (or, for a reboot, RESET) event.
+_awaiting: weakref.WeakKeyDictionary[Domain, tuple[str, asyncio.Future[None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _not_running() -> VirError:
+    return VirError(
+        ErrorCode.OPERATION_INVALID,
+        "Requested operation is not valid: domain is not running",
+        ErrorDomain.QEMU,
+    )
+
+
+def _check_flags(flags: int, allowed: int, api: str) -> None:
+    if flags & ~allowed:
+        raise VirError(
+            ErrorCode.INVALID_ARG,
+            f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
+            ErrorDomain.QEMU,
+        )
+
+
+# -- at start --------------------------------------------------------------------
+
+
+async def setup(proc: QemuProcess, d: DomainDef) -> None:
+    """Before the CPUs first run: ``on_reboot`` destroy makes a guest reset a shutdown."""
+    if d.on_reboot == "destroy":
+        await proc.monitor.execute("set-action", {"reboot": "shutdown"})
+
+
+# -- the API calls -----------------------------------------------------------------
+
+
+async def shutdown(driver: QemuDriver, dom: Domain, flags: int = 0) -> None:
+    """virDomainShutdownFlags: the agent if asked (or connected), else the power button."""
+    _check_flags(flags, POWER_ACPI | POWER_AGENT, "qemuDomainShutdownFlags")
+    restart = dom.definition.on_poweroff in ("restart", "rename-restart")
+    await _power(driver, dom, flags, restart, running_only=True)
+
+
+async def reboot(driver: QemuDriver, dom: Domain, flags: int = 0) -> None:
+    """virDomainReboot: as shutdown, but the guest comes back (unless on_reboot says no)."""
+    _check_flags(flags, POWER_ACPI | POWER_AGENT, "qemuDomainReboot")
+    restart = dom.definition.on_reboot not in ("destroy", "preserve")
+    await _power(driver, dom, flags, restart, running_only=False)
+
+
+async def _power(
+    driver: QemuDriver, dom: Domain, flags: int, restart: bool, running_only: bool
+) -> None:
+    driver._check_present(dom)
+    agent_asked = bool(flags & POWER_AGENT)
+    acpi_asked = bool(flags & POWER_ACPI)
+    use_agent = agent_asked or (not flags and agent.available(dom))
+    agent_only = agent_asked and not acpi_asked
+    if use_agent:
+        try:
+            await _agent_power(dom, restart, running_only)
+            return
+        except VirError:
+            if agent_only:
+                raise
+        if not (acpi_asked or not flags):
+            return
+        if not dom.active:  # the guest went while the agent was tried
+            return
+    await _acpi_power(driver, dom, restart, running_only)
+
+
+async def _agent_power(dom: Domain, restart: bool, running_only: bool) -> None:
+    if not dom.active:
+        raise _not_running()
+    if running_only and dom.state != State.RUNNING:
+        raise _not_running()
+    client = agent.agent_for(dom)
+    _fake_reboot.discard(dom)
+    waited = "reset" if restart else "shutdown"
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    _awaiting[dom] = (waited, done)
+    try:
+        await client.execute(
+            "guest-shutdown",
+            {"mode": "reboot" if restart else "powerdown"},
+            timeout=agent.SHUTDOWN_TIMEOUT,
+            until=done,
+        )
+    finally:
+        if _awaiting.get(dom, (None, None))[1] is done:
+            del _awaiting[dom]
+
+
+async def _acpi_power(driver: QemuDriver, dom: Domain, restart: bool, running_only: bool) -> None:
+    async with dom.lock:
+        proc = driver._monitor_of(dom)
+        if running_only and dom.state != State.RUNNING:
+            raise _not_running()
+        if restart:
+            _fake_reboot.add(dom)
+        else:
+            _fake_reboot.discard(dom)
+        await proc.monitor.execute("system_powerdown")
+
+
+async def reset(driver: QemuDriver, dom: Domain, flags: int = 0) -> None:
+    """virDomainReset: the reset button, at once, whatever the guest is doing."""
+    _check_flags(flags, 0, "qemuDomainReset")
+    async with dom.lock:
+        proc = driver._monitor_of(dom)
+        try:
+            await proc.monitor.execute("system_reset")
+        finally:
+            _fake_reboot.discard(dom)
+        if dom.state == State.CRASHED:
+            dom.set_state(State.PAUSED, Paused.CRASHED)
+            driver._save_status(dom)
+
+
+# -- what QEMU tells -----------------------------------------------------------------
+
+
+def on_qmp_event(driver: QemuDriver, dom: Domain, name: str, data: dict[str, Any]) -> bool:
+    """Handle the power events; True when the driver must not look at ``name`` further."""
+    if name == "SHUTDOWN":
+        _on_shutdown(driver, dom, data)
+        return True
+    if name == "RESET":
+        _on_reset(driver, dom)
+        return True
+    if name == "STOP":
+        return dom in _paused_shutdown  # the stop of a fake reboot is not a pause
+    return False
+
+
+def _notify(dom: Domain, what: str) -> None:
+    waiting = _awaiting.get(dom)
+    if waiting is not None and waiting[0] == what and not waiting[1].done():
+        waiting[1].set_result(None)
+
+
+def _on_shutdown(driver: QemuDriver, dom: Domain, data: dict[str, Any]) -> None:
+    if dom.state == State.SHUTDOWN or not dom.active:
+        return  # QEMU repeats it when it is then told to quit
+    guest = data.get("guest")
+    _notify(dom, "shutdown")
+    restart = dom.definition.on_poweroff in ("restart", "rename-restart")
+    if dom in _fake_reboot or restart:
+        _paused_shutdown.add(dom)
+        if dom.process is not None:
+            driver._spawn(_fake_reboot_now(driver, dom, dom.process))
+        return
+    dom.got_shutdown = True
+    dom.set_state(State.SHUTDOWN, 0)
+    if guest is None:
+        detail = Detail.SHUTDOWN_FINISHED
+    else:
+        detail = Detail.SHUTDOWN_GUEST if guest else Detail.SHUTDOWN_HOST
+    driver._emit(dom, Event.SHUTDOWN, detail)
+    driver._save_status(dom)
+    if guest and dom.stop_reason is None and dom.process is not None:
+        # -no-shutdown keeps QEMU alive after a power-off; on_poweroff destroy ends it.
+        dom.stop_reason = Shutoff.SHUTDOWN
+        driver._spawn(dom.process.kill(graceful=False))
+
+
+async def _fake_reboot_now(driver: QemuDriver, dom: Domain, proc: QemuProcess) -> None:
+    """The second half of a fake reboot: reset the powered-off guest and run it again."""
+    ok = False
+    try:
+        async with dom.lock:
+            if dom.process is not proc or not dom.active:
+                return
+            await proc.monitor.execute("system_reset")
+            reason = RUNNING_CRASHED if dom.state == State.CRASHED else Running.BOOTED
+            await proc.monitor.execute("cont")
+            dom.set_state(State.RUNNING, reason)
+            driver._save_status(dom)
+            ok = True
+    except VirError as e:
+        log.error("fake reboot of %s failed: %s", dom.name, e.message)
+    finally:
+        _paused_shutdown.discard(dom)
+        _fake_reboot.discard(dom)
+        if not ok and dom.process is proc:
+            await proc.kill(graceful=False)
+
+
+def _on_reset(driver: QemuDriver, dom: Domain) -> None:
+    if dom.state == State.PAUSED and dom.reason == Paused.STARTING_UP:
+        return  # a reset before the guest ever ran is no reboot
+    driver.bus.emit("domain-reboot", dom)
+    _notify(dom, "reset")
+    _fake_reboot.discard(dom)
+    driver._save_status(dom)
+
+
+def forget(dom: Domain) -> None:
+    """The guest stopped: no reboot or agent state survives into its next run."""
+    _fake_reboot.discard(dom)
+    _paused_shutdown.discard(dom)
+    waiting = _awaiting.pop(dom, None)
+    if waiting is not None and not waiting[1].done():
+        waiting[1].set_result(None)
+    agent.drop(dom)
