@@ -1,0 +1,54 @@
+"""Facts about what the hypervisor offers: domain capabilities, CPU model names,
+and the QEMU command line a definition turns into.
+
+CPU comparison and baselines are not offered (they answer VIR_ERR_NO_SUPPORT).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.dispatch import Call
+from drivers.qemu import cpumodels, domcaps, native
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+from protocol.programs import remote
+
+R = remote().module
+
+
+def _no_flags(flags: int, api: str) -> None:
+    if flags:
+        raise VirError(ErrorCode.INVALID_ARG,
+                       f"unsupported flags (0x{flags:x}) in function {api}", ErrorDomain.QEMU)
+
+
+async def connect_get_domain_capabilities(call: Call, args: Any) -> Any:
+    _no_flags(args.flags, "qemuConnectGetDomainCapabilities")
+    driver = call.driver
+    xml = await domcaps.domain_capabilities(
+        driver.all_caps, args.emulatorbin, args.arch, args.machine, args.virttype,
+        driver.dirs.cache_dir,
+    )
+    return R.remote_connect_get_domain_capabilities_ret(xml)
+
+
+async def connect_get_cpu_model_names(call: Call, args: Any) -> Any:
+    _no_flags(args.flags, "qemuConnectGetCPUModelNames")
+    caps = call.driver.all_caps.get(args.arch)
+    names = cpumodels.model_names(args.arch, caps.cpu_models if caps else None)
+    if len(names) > R.REMOTE_CONNECT_CPU_MODELS_MAX:
+        raise VirError(ErrorCode.INTERNAL_ERROR,
+                       f"internal error: Too many model names '{len(names)}' for limit "
+                       f"'{R.REMOTE_CONNECT_CPU_MODELS_MAX}'", ErrorDomain.RPC)
+    return R.remote_connect_get_cpu_model_names_ret(names if args.need_results else [],
+                                                    len(names))
+
+
+async def connect_domain_xml_to_native(call: Call, args: Any) -> Any:
+    _no_flags(args.flags, "qemuConnectDomainXMLToNative")
+    if args.nativeFormat != native.FORMAT:
+        raise VirError(ErrorCode.INVALID_ARG,
+                       f"invalid argument: unsupported config type {args.nativeFormat}",
+                       ErrorDomain.QEMU)
+    return R.remote_connect_domain_xml_to_native_ret(native.to_native(call.driver,
+                                                                      args.domainXml))

@@ -1,0 +1,119 @@
+"""domcapabilities, cpu-models and domxml-to-native through stock virsh and libvirt-python."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+pytestmark = pytest.mark.slow
+
+GUEST_XML = """<domain type='qemu'>
+  <name>hostfacts</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+</domain>
+"""
+
+
+def _validate(tmp_path: Path, xml: str, kind: str) -> None:
+    path = tmp_path / f"{kind}.xml"
+    path.write_text(xml)
+    res = subprocess.run(["virt-xml-validate", str(path), kind], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr + res.stdout
+
+
+def test_domcapabilities_validates_and_matches_capabilities(module_daemon, tmp_path: Path) -> None:
+    out = module_daemon.virsh("domcapabilities").stdout
+    _validate(tmp_path, out, "domaincaps")
+    doc = etree.fromstring(out.encode())
+    caps = etree.fromstring(module_daemon.virsh("capabilities").stdout.encode())
+    guest = caps.find(f"guest/arch[@name='{doc.findtext('arch')}']")
+    assert guest is not None
+    assert guest.findtext("emulator") == doc.findtext("path")
+    assert doc.findtext("machine") in [m.text for m in guest.findall("machine")]
+    assert doc.findtext("domain") in [d.get("type") for d in guest.findall("domain")]
+    models = doc.findall("cpu/mode[@name='custom']/model")
+    assert "qemu64" in [m.text for m in models]
+
+
+@pytest.mark.parametrize("args", [
+    ("--virttype", "qemu"),
+    ("--machine", "q35"),
+    ("--arch", "i686"),
+    ("--emulatorbin", "/usr/bin/qemu-system-x86_64", "--arch", "i686"),
+])
+def test_domcapabilities_variants_validate(module_daemon, tmp_path: Path, args) -> None:
+    out = module_daemon.virsh("domcapabilities", *args).stdout
+    _validate(tmp_path, out, "domaincaps")
+    doc = etree.fromstring(out.encode())
+    if "--machine" in args:
+        assert doc.findtext("machine").startswith("pc-q35-")
+    if "--virttype" in args:
+        assert doc.findtext("domain") == "qemu"
+        assert doc.find("cpu/mode[@name='host-passthrough']").get("supported") == "no"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--virttype", "foo"), "invalid argument: unknown virttype: foo"),
+    (("--virttype", "xen"),
+     "invalid argument: Emulator '/usr/bin/qemu-system-x86_64' does not support virt type 'xen'"),
+    (("--arch", "bogus"), "invalid argument: unknown architecture: bogus"),
+    (("--arch", "armv7l"), "unsupported configuration: unable to find any emulator to serve "
+                           "'armv7l' architecture"),
+    (("--machine", "bogus"), "invalid argument: the machine 'bogus' is not supported by "
+                             "emulator '/usr/bin/qemu-system-x86_64'"),
+    (("--emulatorbin", "/nonexist"),
+     "Cannot check QEMU binary /nonexist: No such file or directory"),
+    (("--emulatorbin", "/usr/bin/qemu-system-i386", "--arch", "x86_64"),
+     "invalid argument: Emulator '/usr/bin/qemu-system-i386' does not support arch 'x86_64'"),
+])
+def test_domcapabilities_errors_as_libvirtd(module_daemon, args, message) -> None:
+    if "qemu-system-i386" in " ".join(args) and not Path("/usr/bin/qemu-system-i386").exists():
+        pytest.skip("no qemu-system-i386")
+    res = module_daemon.virsh("domcapabilities", *args, check=False)
+    assert res.returncode != 0
+    assert f"error: {message}" in res.stderr
+
+
+def test_cpu_models(module_daemon) -> None:
+    names = module_daemon.virsh("cpu-models", "x86_64").stdout.split()
+    assert {"qemu64", "qemu32", "kvm64", "486"} <= set(names)
+    assert module_daemon.virsh("cpu-models", "aarch64").stdout.strip() == (
+        "all CPU models are accepted")
+    res = module_daemon.virsh("cpu-models", "foo", check=False)
+    assert "error: invalid argument: cannot find architecture foo" in res.stderr
+    res = module_daemon.virsh("cpu-models", "mips", check=False)
+    assert ("error: this function is not supported by the connection driver: "
+            "'mips' architecture is not supported by CPU driver") in res.stderr
+
+
+def test_domxml_to_native(module_daemon, tmp_path: Path) -> None:
+    xml = tmp_path / "guest.xml"
+    xml.write_text(GUEST_XML)
+    out = module_daemon.virsh("domxml-to-native", "qemu-argv", str(xml)).stdout
+    words = shlex.split(out)
+    first = next(i for i, w in enumerate(words) if "=" not in w)
+    assert words[0].startswith("LC_ALL=")
+    assert words[first] == "/usr/bin/qemu-system-x86_64"
+    assert words[first + 1 : first + 3] == ["-name", "guest=hostfacts,debug-threads=on"]
+    assert "tcg" in words and "pc-i440fx" in out
+    # Nothing is defined by asking.
+    assert "hostfacts" not in module_daemon.virsh("list", "--all", "--name").stdout
+
+
+def test_native_format_errors(module_daemon, tmp_path: Path) -> None:
+    import libvirt
+
+    conn = module_daemon.conn()
+    with pytest.raises(libvirt.libvirtError) as e:
+        conn.domainXMLToNative("xen-xm", GUEST_XML, 0)
+    assert e.value.get_error_code() == libvirt.VIR_ERR_INVALID_ARG
+    assert e.value.get_error_message() == "invalid argument: unsupported config type xen-xm"
+    with pytest.raises(libvirt.libvirtError) as e:
+        conn.domainXMLFromNative("qemu-argv", "/usr/bin/qemu-system-x86_64 -m 64", 0)
+    assert e.value.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT
