@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 from lxml import etree
 
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
 from .errors import xml_error
 from .model import (
     Controller,
@@ -425,3 +427,36 @@ def _add_root_port(d: DomainDef, buses: _PciBuses, index: int) -> None:
     )
     port.info.address = addr
     d.devices.controllers.append(port)
+
+
+def hotplug_pci_address(d: DomainDef, info: DeviceInfo, pcie: bool) -> None:
+    """A PCI slot for a device plugged into a running guest, where its QEMU can take it.
+
+    Nothing new can appear under a running guest's buses, so on q35 a PCI Express
+    device needs a free pcie-root-port and a conventional one a free slot on a
+    pcie-to-pci-bridge; on i440fx any free slot of bus 0 will do.
+    """
+    if info.address is not None:
+        return
+    buses = _PciBuses()
+    _collect_existing(d, buses)
+    if is_q35(d):
+        ports = [c.index for c in d.devices.controllers if c.model == "pcie-root-port"]
+        bridges = [c.index for c in d.devices.controllers if c.model == "pcie-to-pci-bridge"]
+        for bus in ports if pcie else []:
+            if buses.slot_free(bus, 0) and not any(b == bus for b, _, _ in buses.used):
+                info.address = PciAddress(bus=bus, slot=0)
+                return
+        for bus in bridges:
+            for slot in range(1, 32):
+                if buses.slot_free(bus, slot):
+                    info.address = PciAddress(bus=bus, slot=slot)
+                    return
+    elif is_i440fx(d):
+        buses.used.update((0, 1, f) for f in range(8))  # PIIX3's own functions
+        for slot in buses.root_slots:
+            if buses.slot_free(0, slot):
+                info.address = PciAddress(bus=0, slot=slot)
+                return
+    raise VirError(ErrorCode.INTERNAL_ERROR, "internal error: No more available PCI slots",
+                   ErrorDomain.QEMU)

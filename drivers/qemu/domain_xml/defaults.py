@@ -23,9 +23,11 @@ from .model import (
     CharSource,
     Controller,
     Cpu,
+    Disk,
     DomainDef,
     DriveAddress,
     Input,
+    Interface,
     Memballoon,
     Video,
 )
@@ -262,11 +264,16 @@ def _fill_cpu(d: DomainDef) -> None:
 
 def _fill_disks(d: DomainDef) -> None:
     for disk in d.devices.disks:
-        if not disk.bus:
-            disk.bus = next((bus for p, bus in _BUS_BY_PREFIX if disk.target.startswith(p)), "ide")
-        driver = {"name": disk.driver.get("name", "qemu"), "type": disk.driver.get("type", "raw")}
-        driver.update(disk.driver)
-        disk.driver = driver
+        fill_disk(disk)
+
+
+def fill_disk(disk: Disk) -> None:
+    """Bus from the target's name, driver qemu and format raw unless given."""
+    if not disk.bus:
+        disk.bus = next((bus for p, bus in _BUS_BY_PREFIX if disk.target.startswith(p)), "ide")
+    driver = {"name": disk.driver.get("name", "qemu"), "type": disk.driver.get("type", "raw")}
+    driver.update(disk.driver)
+    disk.driver = driver
 
 
 def _default_usb_model(d: DomainDef) -> str:
@@ -342,10 +349,15 @@ def _add_implicit_controllers(d: DomainDef) -> None:
 
 def _fill_interfaces(d: DomainDef) -> None:
     for net in d.devices.interfaces:
-        if not net.mac:
-            net.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in os.urandom(3))
-        if net.model is None:
-            net.model = "rtl8139"
+        fill_interface(net)
+
+
+def fill_interface(net: Interface) -> None:
+    """A random MAC in QEMU's 52:54:00 range and the rtl8139 model unless given."""
+    if not net.mac:
+        net.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in os.urandom(3))
+    if net.model is None:
+        net.model = "rtl8139"
 
 
 def _fill_chardevs(d: DomainDef) -> None:

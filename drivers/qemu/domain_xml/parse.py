@@ -7,6 +7,7 @@ defaults are ``defaults.py``'s job.
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid as uuidlib
 
@@ -480,6 +481,15 @@ def _parse_devices(el: etree._Element, devs: Devices) -> None:
             handler(child, devs)
         elif tag in OTHER_DEVICE_TAGS:
             devs.others.setdefault(tag, []).append(OtherDevice(child, _parse_info(child)))
+
+
+def parse_device(el: etree._Element) -> Devices:
+    """One device element alone, as attach, detach and update give it: Devices holding it."""
+    wrapper = etree.Element("devices")
+    wrapper.append(copy.deepcopy(el))
+    devs = Devices()
+    _parse_devices(wrapper, devs)
+    return devs
 
 
 def _emulator(el: etree._Element, devs: Devices) -> None:
