@@ -21,7 +21,7 @@ from pathlib import Path
 from daemon.paths import DriverPaths, Paths
 from drivers import host
 from drivers.events import EventBus
-from drivers.qemu import capabilities, command, domain_xml, lifecycle
+from drivers.qemu import capabilities, command, domain_xml, lifecycle, stats
 from drivers.qemu.capabilities import QemuCaps
 from drivers.qemu.domain import (
     STOP_OUTCOME,
@@ -503,6 +503,7 @@ class QemuDriver:
         try:
             dom.live_state = await self._live_facts(proc, d, id)
             await self._set_passwords(proc, d)
+            await stats.set_stats_period(proc, d)
             await lifecycle.setup(proc, d)
             if paused:
                 self._emit(dom, Event.STARTED, Detail.STARTED_BOOTED)
