@@ -125,8 +125,8 @@ def _system_libvirtd(tmp: Path, libvirtd: str, timeout: int
     conf = tmp / "libvirtd.conf"
     conf.write_text(f'unix_sock_dir = "{tmp}/sock"\n'
                     'auth_unix_rw = "none"\nauth_unix_ro = "none"\n')
-    # Guests would run as Debian's libvirt-qemu user, which only
-    # libvirt-daemon-system creates; nothing is started here, so root will do.
+    # Guests run as root, as aiovirtd's do: Debian's default libvirt-qemu
+    # user exists only where libvirt-daemon-system is installed.
     (tmp / "etc/qemu.conf").write_text('user = "root"\ngroup = "root"\n')
     script = (f"mount --bind {tmp}/run /run && mount --bind {tmp}/var /var && "
               f"mount --bind {tmp}/etc /etc/libvirt && "
