@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from daemon.dispatch import Call
+from drivers.qemu import agent
 from drivers.qemu.domain import Domain
 from drivers.qemu.process import append_log, log_timestamp
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -194,3 +195,14 @@ async def qemu_connect_domain_monitor_event_deregister(call: Call, args: Any) ->
         raise VirError(ErrorCode.INTERNAL_ERROR,
                        f"internal error: qemu monitor event callback {args.callbackID}"
                        " not registered", ErrorDomain.RPC)
+
+
+# -- guest agent -------------------------------------------------------------------
+
+
+async def qemu_domain_agent_command(call: Call, args: Any) -> Any:
+    _check_flags(args.flags, 0, "qemuDomainQemuAgentCommand")
+    dom = _dom(call, args.dom)
+    _running(dom)
+    result = await agent.arbitrary_command(dom, args.cmd, args.timeout)
+    return Q.qemu_domain_agent_command_ret(result)

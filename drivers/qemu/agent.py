@@ -261,3 +261,38 @@ def drop(dom: Domain) -> None:
     known = _agents.pop(dom, None)
     if known is not None:
         known[1].close()
+
+
+async def arbitrary_command(dom: Domain, text: str, timeout: int) -> str:
+    """virDomainQemuAgentCommand: the caller's JSON as is, the agent's whole reply as text.
+
+    ``timeout`` is in seconds, or COMMAND_BLOCK / COMMAND_DEFAULT / COMMAND_NOWAIT.
+    """
+    if timeout < COMMAND_BLOCK:
+        raise VirError(
+            ErrorCode.INVALID_ARG,
+            f"invalid argument: guest agent timeout '{timeout}' is less than"
+            f" the minimum '{COMMAND_BLOCK}'",
+            ErrorDomain.QEMU,
+        )
+    client = agent_for(dom)
+    try:
+        message = json.loads(text)
+    except ValueError as e:
+        raise VirError(
+            ErrorCode.INTERNAL_ERROR,
+            f"internal error: cannot parse json {text}: {e}",
+            ErrorDomain.QEMU,
+        ) from None
+    if not isinstance(message, dict):
+        raise command_failed("<unknown>")
+    wait = {COMMAND_BLOCK: None, COMMAND_DEFAULT: DEFAULT_TIMEOUT}.get(timeout, float(timeout))
+    reply = await client.send(message, wait)
+    if reply is None:
+        raise unresponsive("Guest agent not available for now")
+    name = message.get("execute")
+    if "error" in reply:
+        raise command_failed(name if isinstance(name, str) else "<unknown>", reply["error"])
+    if "return" not in reply:
+        raise command_failed(name if isinstance(name, str) else "<unknown>")
+    return json.dumps(reply, separators=(",", ":"))
