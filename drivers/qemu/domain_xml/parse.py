@@ -539,7 +539,7 @@ def _disk(el: etree._Element, devs: Devices) -> None:
         },
         info=_parse_info(el),
     )
-    _insert_disk(devs.disks, disk)
+    insert_disk(devs.disks, disk)
 
 
 def disk_index(name: str) -> int:
@@ -560,7 +560,7 @@ def disk_index(name: str) -> int:
     return index
 
 
-def _insert_disk(disks: list[Disk], disk: Disk) -> None:
+def insert_disk(disks: list[Disk], disk: Disk) -> None:
     """Keep disks grouped by bus and ordered by name within it, as libvirt does."""
     at = -1
     new_index = disk_index(disk.target)
