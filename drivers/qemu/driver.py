@@ -21,7 +21,7 @@ from pathlib import Path
 from daemon.paths import DriverPaths, Paths
 from drivers import host
 from drivers.events import EventBus
-from drivers.qemu import capabilities, command, domain_xml, lifecycle, stats
+from drivers.qemu import capabilities, command, domain_xml, hotplug, lifecycle, stats
 from drivers.qemu.capabilities import QemuCaps
 from drivers.qemu.domain import (
     STOP_OUTCOME,
@@ -686,6 +686,8 @@ class QemuDriver:
             self._cpus_stopped(dom)
         elif name == "RESUME":
             self._cpus_resumed(dom)
+        elif name in ("DEVICE_DELETED", "DEVICE_UNPLUG_GUEST_ERROR"):
+            hotplug.on_device_event(self, dom, name, data)
         elif name == "BALLOON_CHANGE" and dom.live is not None:
             # The guest gave memory back or took it: what info and the live XML show.
             dom.live.current_memory = int(data.get("actual", 0)) // 1024
