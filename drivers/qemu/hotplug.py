@@ -1,0 +1,665 @@
+"""Devices added to, removed from and changed in a guest: live over QMP, in the config, or both.
+
+Live changes follow libvirtd's QMP sequences (``blockdev-add`` + ``device_add``,
+``netdev_add`` + ``device_add``, ``device_del`` then ``DEVICE_DELETED``), so a
+guest sees the same hardware appear. A removal needs the guest's consent: detach
+waits a few seconds for it and otherwise returns, the device leaving the live
+definition whenever QEMU reports it gone. Config changes re-parse the persistent
+definition with the device in or out, so it gets the same defaults and
+addresses as a define would give it, and is written back atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from drivers.qemu import command, domain_xml
+from drivers.qemu.domain_xml import defaults
+from drivers.qemu.domain_xml.addresses import DRIVE_LAYOUT, hotplug_pci_address
+from drivers.qemu.domain_xml.aliases import assign_aliases
+from drivers.qemu.domain_xml.model import (
+    Devices,
+    Disk,
+    DomainDef,
+    DriveAddress,
+    Interface,
+)
+from drivers.qemu.domain_xml.parse import disk_index, insert_disk, parse_device
+from drivers.qemu.process import open_tap
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+if TYPE_CHECKING:
+    from drivers.qemu.domain import Domain
+    from drivers.qemu.driver import QemuDriver
+    from drivers.qemu.process import QemuProcess
+
+log = logging.getLogger(__name__)
+
+# virDomainDeviceModifyFlags
+AFFECT_LIVE = 1 << 0
+AFFECT_CONFIG = 1 << 1
+MODIFY_FORCE = 1 << 2
+
+# How long detach waits for the guest to let go, as libvirtd does on x86.
+UNPLUG_TIMEOUT = 5.0
+TRAY_TIMEOUT = 5.0
+
+_HOTPLUG_BUSES = ("virtio", "scsi")
+_PCIE_NICS = ("virtio", "e1000e")
+
+
+def _err(code: ErrorCode, message: str, domain: ErrorDomain = ErrorDomain.QEMU) -> VirError:
+    return VirError(code, message, domain)
+
+
+# -- which definitions a call affects ---------------------------------------------------
+
+
+def _affected(dom: Domain, flags: int) -> tuple[bool, bool]:
+    """(live, config) for ``flags``: AFFECT_CURRENT means whichever the domain has now."""
+    live, config = bool(flags & AFFECT_LIVE), bool(flags & AFFECT_CONFIG)
+    if not live and not config:
+        live, config = dom.active, not dom.active
+    if live and not dom.active:
+        raise _err(
+            ErrorCode.OPERATION_INVALID, "Requested operation is not valid: domain is not running"
+        )
+    if config and not dom.persistent:
+        raise _err(
+            ErrorCode.OPERATION_INVALID,
+            "Requested operation is not valid: cannot change persistent config of a transient"
+            " domain",
+        )
+    return live, config
+
+
+def _device_element(xml: str) -> etree._Element:
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True)
+    try:
+        el = etree.fromstring(xml.encode(), parser)
+    except etree.XMLSyntaxError as e:
+        raise _err(
+            ErrorCode.XML_DETAIL, f"(device_definition):{e.lineno}: {e.msg}", ErrorDomain.DOMAIN
+        ) from None
+    return el
+
+
+def _parse(el: etree._Element) -> Devices:
+    devs = parse_device(el)
+    if not (
+        devs.disks or devs.controllers or devs.interfaces or devs.serials or devs.consoles
+        or devs.channels or devs.inputs or devs.graphics or devs.sounds or devs.videos
+        or devs.redirdevs or devs.watchdogs or devs.memballoon or devs.rngs or devs.others
+    ):
+        raise _err(
+            ErrorCode.CONFIG_UNSUPPORTED,
+            f"unsupported configuration: unknown device type '{el.tag}'",
+            ErrorDomain.DOMAIN,
+        )
+    return devs
+
+
+# -- finding a device ---------------------------------------------------------------------
+
+
+def _find_disk(d: DomainDef, target: str) -> Disk:
+    for disk in d.devices.disks:
+        if disk.target == target:
+            return disk
+    raise _err(ErrorCode.DEVICE_MISSING, f"device not found: no target device {target}")
+
+
+def _find_net(d: DomainDef, want: Interface) -> Interface:
+    """The NIC matching ``want`` by MAC and, when given, alias (libvirt's rules)."""
+    found = [
+        n for n in d.devices.interfaces
+        if (not want.mac or n.mac == want.mac)
+        and (want.info.alias is None or n.info.alias == want.info.alias)
+    ]
+    if len(found) > 1:
+        raise _err(
+            ErrorCode.OPERATION_FAILED,
+            f"operation failed: multiple devices matching MAC address {want.mac} found",
+        )
+    if not found:
+        raise _err(
+            ErrorCode.DEVICE_MISSING,
+            f"device not found: no device found at address '(<null>)' matching MAC address"
+            f" '{want.mac or '00:00:00:00:00:00'}' and alias '{want.info.alias or '(<null>)'}'",
+        )
+    return found[0]
+
+
+def _find_alias(d: DomainDef, alias: str) -> tuple[str, Any]:
+    for kind in ("disks", "interfaces"):
+        for dev in getattr(d.devices, kind):
+            if dev.info.alias == alias:
+                return kind, dev
+    for group in (
+        d.devices.controllers, d.devices.serials, d.devices.channels, d.devices.inputs,
+        d.devices.sounds, d.devices.videos, d.devices.redirdevs, d.devices.watchdogs,
+        d.devices.rngs, *d.devices.others.values(),
+    ):
+        for dev in group:
+            if dev.info.alias == alias:
+                return "other", dev
+    raise _err(ErrorCode.INTERNAL_ERROR, f"internal error: no device found with alias {alias}")
+
+
+# -- the persistent definition ------------------------------------------------------------
+
+
+def _save_config(driver: QemuDriver, dom: Domain, d: DomainDef) -> None:
+    driver._save_config(d)  # noqa: SLF001 - written atomically, as a define writes it
+    dom.set_config(d)
+
+
+def _config_with(driver: QemuDriver, d: DomainDef, el: etree._Element, devs: Devices) -> DomainDef:
+    """``d`` with the device added, completed as a define would complete it."""
+    if devs.disks:
+        target = devs.disks[0].target
+        if any(x.target == target for x in d.devices.disks):
+            raise _err(
+                ErrorCode.OPERATION_INVALID,
+                f"Requested operation is not valid: target {target} already exists",
+            )
+    root = etree.fromstring(domain_xml.format(d, inactive=True, secure=True).encode())
+    devices = root.find("devices")
+    if devices is None:
+        devices = etree.SubElement(root, "devices")
+    devices.append(copy.deepcopy(el))
+    return domain_xml.parse(etree.tostring(root, encoding="unicode"), driver.caps)
+
+
+def _config_without(d: DomainDef, devs: Devices) -> DomainDef:
+    new = copy.deepcopy(d)
+    if devs.disks:
+        new.devices.disks.remove(_find_disk(new, devs.disks[0].target))
+    elif devs.interfaces:
+        new.devices.interfaces.remove(_find_net(new, devs.interfaces[0]))
+    elif devs.rngs:
+        if not new.devices.rngs:
+            raise _err(ErrorCode.DEVICE_MISSING, "device not found: no matching RNG device was found")
+        want = devs.rngs[0]
+        match = [r for r in new.devices.rngs if r.model == want.model
+                 and r.backend_model == want.backend_model]
+        if not match:
+            raise _err(ErrorCode.DEVICE_MISSING, "device not found: no matching RNG device was found")
+        new.devices.rngs.remove(match[0])
+    else:
+        raise _err(
+            ErrorCode.OPERATION_UNSUPPORTED,
+            "Operation not supported: persistent detach of device is not supported",
+        )
+    return new
+
+
+def _config_updated(d: DomainDef, devs: Devices) -> DomainDef:
+    new = copy.deepcopy(d)
+    if devs.disks:
+        want = devs.disks[0]
+        disk = next((x for x in new.devices.disks if x.target == want.target), None)
+        if disk is None:
+            raise _err(
+                ErrorCode.INVALID_ARG,
+                f"invalid argument: target {want.target} doesn't exist.",
+            )
+        _take_media(disk, want)
+    elif devs.interfaces:
+        net = _find_net(new, devs.interfaces[0])
+        net.link_state = devs.interfaces[0].link_state
+    else:
+        raise _err(
+            ErrorCode.OPERATION_UNSUPPORTED,
+            "Operation not supported: persistent update of device is not supported",
+        )
+    return new
+
+
+def _take_media(disk: Disk, want: Disk) -> None:
+    disk.type, disk.source = want.type, want.source
+    if want.driver.get("type"):
+        disk.driver = {**disk.driver, "type": want.driver["type"]}
+
+
+# -- the API ----------------------------------------------------------------------------
+
+
+async def attach(driver: QemuDriver, dom: Domain, xml: str, flags: int) -> None:
+    """virDomainAttachDeviceFlags."""
+    async with dom.lock:
+        driver._check_present(dom)  # noqa: SLF001
+        live, config = _affected(dom, flags)
+        el = _device_element(xml)
+        new_config = None
+        if config:
+            assert dom.config is not None
+            new_config = _config_with(driver, dom.config, el, _parse(el))
+        if live:
+            await _attach_live(driver, dom, _parse(el))
+        if new_config is not None:
+            _save_config(driver, dom, new_config)
+
+
+async def detach(driver: QemuDriver, dom: Domain, xml: str, flags: int) -> None:
+    """virDomainDetachDeviceFlags: waits a little for the guest, as libvirtd does."""
+    async with dom.lock:
+        driver._check_present(dom)  # noqa: SLF001
+        live, config = _affected(dom, flags)
+        devs = _parse(_device_element(xml))
+        new_config = None
+        if config:
+            assert dom.config is not None
+            new_config = _config_without(dom.config, devs)
+        if live:
+            assert dom.live is not None
+            if devs.disks:
+                kind, dev = "disks", _find_disk(dom.live, devs.disks[0].target)
+            elif devs.interfaces:
+                kind, dev = "interfaces", _find_net(dom.live, devs.interfaces[0])
+            else:
+                raise _unsupported_live("detach", el_tag(devs))
+            await _unplug(driver, dom, kind, dev, wait=True)
+        if new_config is not None:
+            _save_config(driver, dom, new_config)
+
+
+async def detach_alias(driver: QemuDriver, dom: Domain, alias: str, flags: int) -> None:
+    """virDomainDetachDeviceAlias: asks for the removal and returns; DEVICE_REMOVED tells."""
+    async with dom.lock:
+        driver._check_present(dom)  # noqa: SLF001
+        live, config = _affected(dom, flags)
+        new_config = None
+        if config:
+            assert dom.config is not None
+            new_config = copy.deepcopy(dom.config)
+            kind, dev = _find_alias(new_config, alias)
+            if kind == "other":
+                raise _unsupported_live("detach", "device")
+            getattr(new_config.devices, kind).remove(dev)
+        if live:
+            assert dom.live is not None
+            kind, dev = _find_alias(dom.live, alias)
+            if kind == "other":
+                raise _unsupported_live("detach", "device")
+            await _unplug(driver, dom, kind, dev, wait=False)
+        if new_config is not None:
+            _save_config(driver, dom, new_config)
+
+
+async def update(driver: QemuDriver, dom: Domain, xml: str, flags: int) -> None:
+    """virDomainUpdateDeviceFlags: CD-ROM and floppy media, NIC link state."""
+    async with dom.lock:
+        driver._check_present(dom)  # noqa: SLF001
+        live, config = _affected(dom, flags)
+        devs = _parse(_device_element(xml))
+        new_config = None
+        if config:
+            assert dom.config is not None
+            new_config = _config_updated(dom.config, devs)
+        if live:
+            await _update_live(driver, dom, devs, force=bool(flags & MODIFY_FORCE))
+        if new_config is not None:
+            _save_config(driver, dom, new_config)
+
+
+def el_tag(devs: Devices) -> str:
+    for name in ("controllers", "serials", "consoles", "channels", "inputs", "graphics",
+                 "sounds", "videos", "redirdevs", "watchdogs", "rngs"):
+        if getattr(devs, name):
+            return {"serials": "chr", "consoles": "chr", "channels": "chr"}.get(
+                name, name.rstrip("s") if name != "graphics" else name
+            )
+    if devs.memballoon is not None:
+        return "memballoon"
+    return next(iter(devs.others), "device")
+
+
+def _unsupported_live(what: str, tag: str) -> VirError:
+    return _err(
+        ErrorCode.OPERATION_UNSUPPORTED,
+        f"Operation not supported: live {what} of device '{tag}' is not supported",
+    )
+
+
+# -- live attach ------------------------------------------------------------------------
+
+
+def _proc(dom: Domain) -> QemuProcess:
+    if dom.process is None or dom.live is None:
+        raise _err(
+            ErrorCode.OPERATION_INVALID, "Requested operation is not valid: domain is not running"
+        )
+    return dom.process
+
+
+async def _attach_live(driver: QemuDriver, dom: Domain, devs: Devices) -> None:
+    if devs.disks:
+        await _attach_disk(driver, dom, devs.disks[0])
+    elif devs.interfaces:
+        await _attach_net(driver, dom, devs.interfaces[0])
+    else:
+        raise _unsupported_live("attach", el_tag(devs))
+
+
+async def _next_node(proc: QemuProcess) -> str:
+    """A ``libvirt-N`` node name above every one QEMU has."""
+    top = 0
+    for node in await proc.monitor.execute("query-named-block-nodes", {"flat": True}):
+        parts = str(node.get("node-name", "")).split("-")
+        if len(parts) == 3 and parts[0] == "libvirt" and parts[1].isdigit():
+            top = max(top, int(parts[1]))
+    return f"libvirt-{top + 1}"
+
+
+async def _attach_disk(driver: QemuDriver, dom: Domain, disk: Disk) -> None:
+    proc = _proc(dom)
+    d = dom.live
+    assert d is not None
+    defaults.fill_disk(disk)
+    existing = next((x for x in d.devices.disks if x.target == disk.target), None)
+    if existing is not None:
+        if existing.device in ("cdrom", "floppy") and disk.device == existing.device:
+            await _change_media(driver, dom, existing, disk, force=False)
+            return
+        raise _err(ErrorCode.OPERATION_FAILED, f"operation failed: target {disk.target} already exists")
+    if disk.device in ("cdrom", "floppy") or disk.bus not in _HOTPLUG_BUSES:
+        what = disk.bus if disk.device == "disk" else disk.device
+        raise _err(
+            ErrorCode.OPERATION_UNSUPPORTED,
+            f"Operation not supported: disk bus '{what}' cannot be hotplugged.",
+        )
+    if disk.source is None:
+        raise _err(
+            ErrorCode.OPERATION_UNSUPPORTED,
+            f"Operation not supported: disk '{disk.target}' has no source to hotplug",
+        )
+    if disk.bus == "virtio":
+        hotplug_pci_address(d, disk.info, True)
+    else:
+        units, buses = DRIVE_LAYOUT["scsi"]
+        index = disk_index(disk.target)
+        if disk.info.address is None:
+            disk.info.address = DriveAddress(index // (units * buses), 0, 0, index % units)
+        controller = disk.info.address.controller  # type: ignore[union-attr]
+        if not any(c.type == "scsi" and c.index == controller for c in d.devices.controllers):
+            raise _err(
+                ErrorCode.OPERATION_UNSUPPORTED,
+                f"Operation not supported: no SCSI controller with index {controller}"
+                " to plug the disk into",
+            )
+    insert_disk(d.devices.disks, disk)
+    added: list[str] = []
+    try:
+        assign_aliases(d)
+        node = await _next_node(proc)
+        for props in command.blockdev_props(disk, node):
+            await proc.monitor.execute("blockdev-add", props)
+            added.append(props["node-name"])
+        boot = {id(disk.info): disk.info.boot_order} if disk.info.boot_order else {}
+        await proc.monitor.execute("device_add", command.disk_device_props(d, disk, f"{node}", boot))
+    except BaseException:
+        _drop(d.devices.disks, disk)
+        for name in reversed(added):
+            await _quietly(proc, "blockdev-del", {"node-name": name})
+        raise
+    _live_changed(driver, dom)
+    driver.bus.emit("domain-device-added", dom, alias=disk.info.alias)
+
+
+async def _attach_net(driver: QemuDriver, dom: Domain, net: Interface) -> None:
+    proc = _proc(dom)
+    d = dom.live
+    assert d is not None
+    defaults.fill_interface(net)
+    if net.type == "network":
+        raise _err(
+            ErrorCode.NO_NETWORK,
+            f"Network not found: no network with matching name '{net.source.get('network', '')}'",
+            ErrorDomain.NETWORK,
+        )
+    if net.type not in ("user", "bridge", "ethernet"):
+        raise _err(
+            ErrorCode.CONFIG_UNSUPPORTED,
+            f"unsupported configuration: interface type '{net.type}' is not supported",
+        )
+    if net.info.alias is None:
+        used = [
+            int(n.info.alias[3:]) for n in d.devices.interfaces
+            if n.info.alias and n.info.alias.startswith("net") and n.info.alias[3:].isdigit()
+        ]
+        net.info.alias = f"net{max(used, default=-1) + 1}"
+    hotplug_pci_address(d, net.info, net.model in _PCIE_NICS)
+    hostnet = f"host{net.info.alias}"
+    netdev: dict[str, Any] = {"type": "user", "id": hostnet}
+    if net.type != "user":
+        bridge = net.source.get("bridge") if net.type == "bridge" else None
+        fd, net.target_dev = open_tap(net.target_dev or "vnet%d", net.mac, bridge)
+        fdname = f"fd-{net.info.alias}"
+        try:
+            await proc.monitor.send_fd(fd, fdname)
+        finally:
+            os.close(fd)  # QEMU holds its own copy now
+        netdev = {"type": "tap", "fd": fdname, "id": hostnet}
+    d.devices.interfaces.append(net)
+    netdev_added = False
+    try:
+        await proc.monitor.execute("netdev_add", netdev)
+        netdev_added = True
+        boot = {id(net.info): net.info.boot_order} if net.info.boot_order else {}
+        await proc.monitor.execute("device_add", command.nic_device_props(d, net, hostnet, boot))
+        if net.link_state == "down":
+            await proc.monitor.execute("set_link", {"name": net.info.alias, "up": False})
+    except BaseException:
+        _drop(d.devices.interfaces, net)
+        if netdev_added:
+            await _quietly(proc, "netdev_del", {"id": hostnet})
+        raise
+    _live_changed(driver, dom)
+    driver.bus.emit("domain-device-added", dom, alias=net.info.alias)
+
+
+async def _quietly(proc: QemuProcess, cmd: str, args: dict[str, Any]) -> None:
+    try:
+        await proc.monitor.execute(cmd, args)
+    except VirError as e:
+        log.warning("%s %s: %s", cmd, args, e.message)
+
+
+def _live_changed(driver: QemuDriver, dom: Domain) -> None:
+    dom.xml_cache.clear()
+    driver._save_status(dom)  # noqa: SLF001
+
+
+# -- live update --------------------------------------------------------------------------
+
+
+async def _update_live(driver: QemuDriver, dom: Domain, devs: Devices, force: bool) -> None:
+    d = dom.live
+    assert d is not None
+    if devs.disks:
+        want = devs.disks[0]
+        disk = next((x for x in d.devices.disks if x.target == want.target), None)
+        if disk is None:
+            raise _err(ErrorCode.INVALID_ARG, f"invalid argument: target {want.target} doesn't exist.")
+        if disk.device not in ("cdrom", "floppy"):
+            raise _err(
+                ErrorCode.CONFIG_UNSUPPORTED,
+                f"unsupported configuration: disk bus '{disk.bus}' cannot be updated.",
+            )
+        await _change_media(driver, dom, disk, want, force)
+    elif devs.interfaces:
+        want = devs.interfaces[0]
+        net = _find_net(d, want)
+        if (want.link_state or "up") != (net.link_state or "up"):
+            proc = _proc(dom)
+            up = want.link_state != "down"
+            await proc.monitor.execute("set_link", {"name": net.info.alias, "up": up})
+            net.link_state = want.link_state
+            _live_changed(driver, dom)
+    else:
+        raise _unsupported_live("update", el_tag(devs))
+
+
+async def _block_entry(proc: QemuProcess, alias: str) -> dict[str, Any] | None:
+    """``query-block``'s entry for the device ``alias`` (its id, or a child's QOM path)."""
+    for entry in await proc.monitor.execute("query-block"):
+        qdev = str(entry.get("qdev", ""))
+        if qdev == alias or qdev.startswith(f"/machine/peripheral/{alias}/"):
+            return entry
+    return None
+
+
+def _nodes_of(entry: dict[str, Any] | None) -> list[str]:
+    """The format node a device reads and, below it, the storage node we gave it."""
+    if not entry or not entry.get("inserted"):
+        return []
+    top = str(entry["inserted"].get("node-name", ""))
+    if top.endswith("-format"):
+        return [top, top[: -len("-format")] + "-storage"]
+    return [top] if top else []
+
+
+async def _change_media(
+    driver: QemuDriver, dom: Domain, disk: Disk, want: Disk, force: bool
+) -> None:
+    """Eject (no source) or change a CD-ROM's medium: tray open, medium out, in, tray shut."""
+    proc = _proc(dom)
+    alias = disk.info.alias or ""
+    old = _nodes_of(await _block_entry(proc, alias))
+    await proc.monitor.execute("blockdev-open-tray", {"id": alias, "force": force})
+    deadline = asyncio.get_running_loop().time() + TRAY_TIMEOUT
+    while True:
+        entry = await _block_entry(proc, alias)
+        if entry is None or entry.get("tray_open") or not entry.get("removable", True):
+            break
+        if asyncio.get_running_loop().time() > deadline:
+            raise _err(
+                ErrorCode.OPERATION_FAILED,
+                f"operation failed: timed out waiting to open tray of '{disk.target}'",
+            )
+        await asyncio.sleep(0.1)
+    await proc.monitor.execute("blockdev-remove-medium", {"id": alias})
+    for name in old:
+        await _quietly(proc, "blockdev-del", {"node-name": name})
+    new = copy.deepcopy(disk)
+    _take_media(new, want)
+    if new.source is not None:
+        node = await _next_node(proc)
+        for props in command.blockdev_props(new, node):
+            await proc.monitor.execute("blockdev-add", props)
+        await proc.monitor.execute("blockdev-insert-medium", {"id": alias, "node-name": f"{node}-format"})
+        await proc.monitor.execute("blockdev-close-tray", {"id": alias})
+    _take_media(disk, want)
+    _live_changed(driver, dom)
+
+
+# -- live detach ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Unplug:
+    """A device_del QEMU has not confirmed yet."""
+
+    kind: str
+    dev: Any
+    nodes: list[str]
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    waiting: bool = True
+
+
+_pending: weakref.WeakKeyDictionary[Domain, dict[str, _Unplug]] = weakref.WeakKeyDictionary()
+
+
+async def _unplug(driver: QemuDriver, dom: Domain, kind: str, dev: Any, wait: bool) -> None:
+    proc = _proc(dom)
+    alias = dev.info.alias or ""
+    nodes = _nodes_of(await _block_entry(proc, alias)) if kind == "disks" else []
+    job = _Unplug(kind, dev, nodes, waiting=wait)
+    pending = _pending.setdefault(dom, {})
+    pending[alias] = job
+    try:
+        await proc.monitor.execute("device_del", {"id": alias})
+    except BaseException:
+        pending.pop(alias, None)
+        raise
+    if not wait:
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(job.done), UNPLUG_TIMEOUT)
+    except asyncio.TimeoutError:
+        job.waiting = False  # the removal completes when QEMU says so
+        if not job.done.done():
+            return
+    await _finish(driver, dom, alias)
+
+
+def on_device_event(driver: QemuDriver, dom: Domain, name: str, data: dict[str, Any]) -> None:
+    """QEMU's DEVICE_DELETED / DEVICE_UNPLUG_GUEST_ERROR for ``dom`` (from the monitor)."""
+    alias = data.get("device")
+    if not alias:
+        return  # a device's inner part (a virtio backend), or one without an id
+    job = _pending.get(dom, {}).get(alias)
+    if name == "DEVICE_UNPLUG_GUEST_ERROR":
+        _pending.get(dom, {}).pop(alias, None)
+        if job is not None and not job.done.done():
+            job.done.set_exception(
+                _err(ErrorCode.OPERATION_FAILED, f"operation failed: unplug of device '{alias}'"
+                     " was rejected by the guest")
+            )
+            job.done.exception()  # retrieved: nobody may be waiting any more
+        driver.bus.emit("domain-device-removal-failed", dom, alias=alias)
+        return
+    if job is not None and not job.done.done():
+        job.done.set_result(None)
+        if job.waiting:
+            return  # detach itself finishes the removal
+    driver._spawn(_finish_later(driver, dom, alias))  # noqa: SLF001
+
+
+async def _finish_later(driver: QemuDriver, dom: Domain, alias: str) -> None:
+    async with dom.lock:
+        if dom.live is not None:
+            await _finish(driver, dom, alias)
+
+
+async def _finish(driver: QemuDriver, dom: Domain, alias: str) -> None:
+    """The device is gone from the guest: free its backends and drop it from the live XML."""
+    job = _pending.get(dom, {}).pop(alias, None)
+    d, proc = dom.live, dom.process
+    if d is None or proc is None:
+        return
+    if job is None:  # unplugged behind our back, or asked for by a previous daemon
+        try:
+            kind, dev = _find_alias(d, alias)
+        except VirError:
+            return
+        nodes: list[str] = []
+    else:
+        kind, dev, nodes = job.kind, job.dev, job.nodes
+    if kind == "disks":
+        for name in nodes:
+            await _quietly(proc, "blockdev-del", {"node-name": name})
+    elif kind == "interfaces":
+        await _quietly(proc, "netdev_del", {"id": f"host{alias}"})
+    _drop(getattr(d.devices, kind, []), dev)
+    _live_changed(driver, dom)
+    driver.bus.emit("domain-device-removed", dom, alias=alias)
+
+
+def _drop(group: list[Any], dev: Any) -> None:
+    """Remove ``dev`` itself (not an equal twin) from ``group``."""
+    for i, other in enumerate(group):
+        if other is dev:
+            del group[i]
+            return
