@@ -1,0 +1,79 @@
+"""The cgroups of one guest, for the tuning calls (cpu, memory, blkio/io).
+
+The driver puts each QEMU in a CPU cgroup of its own at start
+(``machine/qemu-UUID.aiovirtd``). Memory and block I/O limits need the guest
+in those controllers' hierarchies too: on cgroup v1 they are separate trees
+the guest joins the first time a limit is set; on v2 it is the same directory
+with the controller switched on for its children.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROOT = Path("/sys/fs/cgroup")
+
+
+def is_v2(root: Path = ROOT) -> bool:
+    return (root / "cgroup.controllers").exists()
+
+
+def available(controller: str, root: Path = ROOT) -> bool:
+    """Whether ``controller`` (v1 name: cpu, memory, blkio) can be used here."""
+    if is_v2(root):
+        name = {"blkio": "io"}.get(controller, controller)
+        try:
+            return name in (root / "cgroup.controllers").read_text().split()
+        except OSError:
+            return False
+    return (root / controller / "cgroup.procs").exists()
+
+
+def group_name(uuid: str) -> str:
+    return f"qemu-{uuid}.aiovirtd"
+
+
+def path(controller: str, uuid: str, root: Path = ROOT) -> Path:
+    """The guest's directory for ``controller`` (it may not exist yet)."""
+    base = root if is_v2(root) else root / controller
+    return base / "machine" / group_name(uuid)
+
+
+def join(controller: str, uuid: str, pid: int, root: Path = ROOT) -> Path:
+    """The guest's group for ``controller``, with QEMU in it; made on first use."""
+    group = path(controller, uuid, root)
+    if is_v2(root):
+        name = {"blkio": "io"}.get(controller, controller)
+        (root / "machine").mkdir(exist_ok=True)
+        for parent in (root, root / "machine"):
+            (parent / "cgroup.subtree_control").write_text(f"+{name}")
+        if not group.exists():
+            group.mkdir(parents=True)
+            (group / "cgroup.procs").write_text(str(pid))
+        return group
+    if not group.exists():
+        group.mkdir(parents=True)
+    if str(pid) not in (group / "cgroup.procs").read_text().split():
+        (group / "cgroup.procs").write_text(str(pid))
+    return group
+
+
+def read(group: Path, name: str) -> str | None:
+    try:
+        return (group / name).read_text().strip()
+    except OSError:
+        return None
+
+
+def write(group: Path, name: str, value: str) -> None:
+    (group / name).write_text(value)
+
+
+def extra_dirs(uuid: str, root: Path = ROOT) -> list[Path]:
+    """The v1 memory and blkio groups a stopped guest leaves behind (empty)."""
+    if is_v2(root):
+        return []
+    return [path(c, uuid, root) for c in ("memory", "blkio")]

@@ -1,0 +1,994 @@
+"""Resource tuning of QEMU guests: memory, vCPUs, pinning, scheduler and cgroup limits.
+
+Each setter follows libvirt's impact flags: the running guest (live), its
+persistent definition (config), or whichever the domain's state means
+(current). A live change goes to QEMU or the kernel first and is then written
+into the live definition, so the live XML and the status file say what is in
+force; a config change replaces the persistent definition with an edited copy
+(definitions are never changed in place).
+
+The ``<cputune>``, ``<memtune>`` and ``<blkiotune>`` sections are kept by the
+XML model as elements; the helpers here read and rebuild them in libvirt's
+order of children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from drivers.host import format_cpu_list, parse_cpu_list
+from drivers.qemu import cgroup
+from drivers.qemu.domain import Domain
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+if TYPE_CHECKING:
+    from drivers.qemu.domain_xml import DomainDef
+    from drivers.qemu.driver import QemuDriver
+
+AFFECT_LIVE = 1 << 0
+AFFECT_CONFIG = 1 << 1
+MEM_MAXIMUM = 1 << 2
+VCPU_MAXIMUM = 1 << 2
+VCPU_GUEST = 1 << 3
+VCPU_HOTPLUGGABLE = 1 << 4
+
+# VIR_DOMAIN_MEMORY_PARAM_UNLIMITED: the largest KiB value a double holds exactly.
+UNLIMITED = 9007199254740991
+PERIOD_RANGE = (1000, 1000000)
+QUOTA_RANGE = (1000, 17592186044415)
+UNPLUG_TIMEOUT = 5.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _error(code: ErrorCode, text: str, domain: ErrorDomain = ErrorDomain.QEMU) -> VirError:
+    return VirError(code, text, domain)
+
+
+def _invalid(text: str, domain: ErrorDomain = ErrorDomain.QEMU) -> VirError:
+    return _error(ErrorCode.OPERATION_INVALID, f"Requested operation is not valid: {text}", domain)
+
+
+def _bad_arg(text: str, domain: ErrorDomain = ErrorDomain.QEMU) -> VirError:
+    return _error(ErrorCode.INVALID_ARG, f"invalid argument: {text}", domain)
+
+
+# -- which definitions a call touches --------------------------------------------
+
+
+def impact(dom: Domain, flags: int) -> tuple[bool, bool]:
+    """(live, config) for libvirt's AFFECT flags, with its errors."""
+    live, config = bool(flags & AFFECT_LIVE), bool(flags & AFFECT_CONFIG)
+    if not live and not config:
+        live, config = dom.active, not dom.active
+    if live and not dom.active:
+        raise _invalid("domain is not running", ErrorDomain.DOMAIN)
+    if config and not dom.persistent:
+        raise _invalid("transient domains do not have any persistent config", ErrorDomain.DOMAIN)
+    return live, config
+
+
+def one_def(dom: Domain, flags: int) -> DomainDef:
+    """The one definition a getter reads: live or config, never both."""
+    if flags & AFFECT_LIVE and flags & AFFECT_CONFIG:
+        raise _error(
+            ErrorCode.INVALID_ARG,
+            "Flags 'VIR_DOMAIN_AFFECT_LIVE' and 'VIR_DOMAIN_AFFECT_CONFIG' are mutually exclusive",
+            ErrorDomain.DOMAIN,
+        )
+    live, _config = impact(dom, flags)
+    if live:
+        assert dom.live is not None
+        return dom.live
+    return dom.config or dom.definition
+
+
+def _config_copy(dom: Domain) -> DomainDef:
+    assert dom.config is not None
+    return copy.deepcopy(dom.config)
+
+
+def _commit(driver: QemuDriver, dom: Domain, live: bool, config: DomainDef | None) -> None:
+    """Make edits last: the new persistent definition on disk, the live one in the status."""
+    if config is not None:
+        driver._save_config(config)
+        dom.set_config(config)
+    if live:
+        dom.xml_cache.clear()
+        driver._save_status(dom)
+
+
+def _process(dom: Domain) -> Any:
+    if dom.process is None or not dom.active:
+        raise _invalid("domain is not running")
+    return dom.process
+
+
+# -- CPU sets --------------------------------------------------------------------
+
+
+def host_cpus() -> set[int]:
+    """The host's online CPUs: what an unpinned thread may run on."""
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            return parse_cpu_list(f.read())
+    except OSError:
+        return set(range(os.cpu_count() or 1))
+
+
+def host_cpu_count() -> int:
+    """The size of a host CPU map: the highest present CPU plus one."""
+    try:
+        with open("/sys/devices/system/cpu/present") as f:
+            return max(parse_cpu_list(f.read())) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
+def cpumap_to_set(cpumap: bytes) -> set[int]:
+    return {i * 8 + b for i, byte in enumerate(cpumap) for b in range(8) if byte >> b & 1}
+
+
+def set_to_cpumap(cpus: set[int], maplen: int) -> bytes:
+    out = bytearray(maplen)
+    for cpu in cpus:
+        if cpu // 8 < maplen:
+            out[cpu // 8] |= 1 << (cpu % 8)
+    return bytes(out)
+
+
+def _pin_set(cpumap: bytes) -> set[int]:
+    cpus = cpumap_to_set(cpumap)
+    if not cpus:
+        raise _bad_arg("Empty cpu list for pinning")
+    return cpus
+
+
+def _set_affinity(tid: int, cpus: set[int]) -> None:
+    try:
+        os.sched_setaffinity(tid, cpus)
+    except OSError as e:
+        raise _error(
+            ErrorCode.SYSTEM_ERROR,
+            f"cannot set CPU affinity on process {tid}: {e.strerror}",
+            ErrorDomain.NONE,
+        ) from None
+
+
+# -- kept sections ----------------------------------------------------------------
+
+# <cputune> children in the order libvirt prints them; the scalars first.
+CPUTUNE_SCALARS = (
+    "shares period quota global_period global_quota emulator_period emulator_quota"
+    " iothread_period iothread_quota".split()
+)
+_CPUTUNE_ORDER = (*CPUTUNE_SCALARS, "vcpupin", "emulatorpin", "iothreadpin", "vcpusched",
+                  "emulatorsched", "iothreadsched", "cachetune", "memorytune")
+
+
+def _section(d: DomainDef, tag: str) -> etree._Element:
+    el = d.kept.get(tag)
+    if el is None:
+        el = etree.Element(tag)
+        d.kept[tag] = el
+    return el
+
+
+def _drop_if_empty(d: DomainDef, tag: str) -> None:
+    el = d.kept.get(tag)
+    if el is not None and len(el) == 0:
+        del d.kept[tag]
+
+
+def _sort_children(el: etree._Element, order: tuple[str, ...]) -> None:
+    def key(child: etree._Element) -> tuple[int, int]:
+        tag = child.tag if isinstance(child.tag, str) else ""
+        rank = order.index(tag) if tag in order else len(order)
+        vcpu = int(child.get("vcpu", "0")) if tag == "vcpupin" else 0
+        return rank, vcpu
+
+    children = sorted((c for c in el if isinstance(c.tag, str)), key=key)
+    for c in list(el):
+        el.remove(c)
+    el.extend(children)
+    el.text = None
+
+
+def cputune_value(d: DomainDef, tag: str) -> int | None:
+    el = d.kept.get("cputune")
+    child = el.find(tag) if el is not None else None
+    if child is None or not (child.text or "").strip():
+        return None
+    return int(child.text.strip())
+
+
+def _set_cputune(d: DomainDef, tag: str, value: int | None) -> None:
+    el = _section(d, "cputune")
+    old = el.find(tag)
+    if old is not None:
+        el.remove(old)
+    if value is not None:
+        etree.SubElement(el, tag).text = str(value)
+    _sort_children(el, _CPUTUNE_ORDER)
+    _drop_if_empty(d, "cputune")
+
+
+def vcpu_pin(d: DomainDef, vcpu: int) -> set[int]:
+    """Where ``vcpu`` may run by the definition: its pin, ``<vcpu cpuset>``, or anywhere."""
+    el = d.kept.get("cputune")
+    if el is not None:
+        for pin in el.findall("vcpupin"):
+            if pin.get("vcpu") == str(vcpu) and pin.get("cpuset"):
+                return parse_cpu_list(pin.get("cpuset", ""))
+    if d.vcpu_cpuset:
+        return parse_cpu_list(d.vcpu_cpuset)
+    return host_cpus()
+
+
+def emulator_pin(d: DomainDef) -> set[int]:
+    el = d.kept.get("cputune")
+    pin = el.find("emulatorpin") if el is not None else None
+    if pin is not None and pin.get("cpuset"):
+        return parse_cpu_list(pin.get("cpuset", ""))
+    if d.vcpu_cpuset:
+        return parse_cpu_list(d.vcpu_cpuset)
+    return host_cpus()
+
+
+def _set_vcpu_pin(d: DomainDef, vcpu: int, cpus: set[int]) -> None:
+    el = _section(d, "cputune")
+    for pin in el.findall("vcpupin"):
+        if pin.get("vcpu") == str(vcpu):
+            el.remove(pin)
+    etree.SubElement(el, "vcpupin", vcpu=str(vcpu), cpuset=format_cpu_list(cpus))
+    _sort_children(el, _CPUTUNE_ORDER)
+
+
+def _set_emulator_pin(d: DomainDef, cpus: set[int]) -> None:
+    el = _section(d, "cputune")
+    for pin in el.findall("emulatorpin"):
+        el.remove(pin)
+    etree.SubElement(el, "emulatorpin", cpuset=format_cpu_list(cpus))
+    _sort_children(el, _CPUTUNE_ORDER)
+
+
+def _drop_pins_from(d: DomainDef, first: int) -> None:
+    """Pins of vCPUs a smaller maximum no longer has go with them."""
+    el = d.kept.get("cputune")
+    if el is None:
+        return
+    for pin in el.findall("vcpupin"):
+        if int(pin.get("vcpu", "0")) >= first:
+            el.remove(pin)
+    _drop_if_empty(d, "cputune")
+
+
+# -- memory --------------------------------------------------------------------------
+
+
+async def set_memory(driver: QemuDriver, dom: Domain, kib: int, flags: int) -> None:
+    """virDomainSetMemoryFlags: the balloon target, or with MEM_MAXIMUM the maximum."""
+    async with dom.lock:
+        driver._check_present(dom)
+        live, config = impact(dom, flags & (AFFECT_LIVE | AFFECT_CONFIG))
+        new = _config_copy(dom) if config else None
+        if flags & MEM_MAXIMUM:
+            if live:
+                raise _invalid("cannot resize the maximum memory on an active domain")
+            assert new is not None
+            if kib <= 0:
+                raise _bad_arg("cannot set memory to 0", ErrorDomain.QEMU)
+            new.memory = kib
+            new.current_memory = min(new.current_memory, kib)
+            _commit(driver, dom, False, new)
+            return
+        if live:
+            assert dom.live is not None
+            if kib > dom.live.memory:
+                raise _bad_arg("cannot set memory higher than max memory")
+        if new is not None and kib > new.memory:
+            raise _bad_arg("cannot set memory higher than max memory")
+        if live:
+            assert dom.live is not None
+            mb = dom.live.devices.memballoon
+            if mb is None or mb.model == "none":
+                raise _invalid(
+                    "Unable to change memory of active domain without the balloon"
+                    " device and guest OS balloon driver"
+                )
+            await _process(dom).monitor.execute("balloon", {"value": kib * 1024})
+            dom.live.current_memory = kib
+        if new is not None:
+            new.current_memory = kib
+        _commit(driver, dom, live, new)
+
+
+async def set_memory_stats_period(driver: QemuDriver, dom: Domain, period: int, flags: int) -> None:
+    """How often the balloon driver refreshes the guest's memory statistics."""
+    async with dom.lock:
+        driver._check_present(dom)
+        live, config = impact(dom, flags)
+        if period < 0:
+            raise _bad_arg("stats period must be >= 0")
+        new = _config_copy(dom) if config else None
+        for d in ([dom.live] if live else []) + ([new] if new is not None else []):
+            assert d is not None
+            mb = d.devices.memballoon
+            if mb is None or mb.model == "none":
+                raise _invalid(
+                    "No memory balloon device configured, can not set the collection period"
+                )
+        if live:
+            assert dom.live is not None and dom.live.devices.memballoon is not None
+            mb = dom.live.devices.memballoon
+            path = f"/machine/peripheral/{mb.info.alias or 'balloon0'}"
+            await _process(dom).monitor.execute(
+                "qom-set",
+                {"path": path, "property": "guest-stats-polling-interval", "value": period},
+            )
+            mb.stats_period = period or None
+        if new is not None and new.devices.memballoon is not None:
+            new.devices.memballoon.stats_period = period or None
+        _commit(driver, dom, live, new)
+
+
+# -- vCPU counts ---------------------------------------------------------------------
+
+
+def _no_agent() -> VirError:
+    return _error(
+        ErrorCode.ARGUMENT_UNSUPPORTED, "argument unsupported: QEMU guest agent is not configured"
+    )
+
+
+def get_vcpus_flags(dom: Domain, flags: int) -> int:
+    if flags & VCPU_GUEST:
+        raise _no_agent()
+    d = one_def(dom, flags & (AFFECT_LIVE | AFFECT_CONFIG))
+    return d.vcpus if flags & VCPU_MAXIMUM else d.vcpu_current or d.vcpus
+
+
+async def set_vcpus(driver: QemuDriver, dom: Domain, n: int, flags: int) -> None:
+    """virDomainSetVcpusFlags: the current count (hotplug when live) or the maximum."""
+    if n == 0:
+        raise _error(
+            ErrorCode.INVALID_ARG,
+            "nvcpus in virDomainSetVcpusFlags must not be zero",
+            ErrorDomain.DOMAIN,
+        )
+    if flags & VCPU_MAXIMUM and flags & AFFECT_LIVE:
+        raise _error(
+            ErrorCode.INVALID_ARG,
+            "Flag 'VIR_DOMAIN_AFFECT_CONFIG' is required by flag 'VIR_DOMAIN_VCPU_MAXIMUM'",
+            ErrorDomain.DOMAIN,
+        )
+    if flags & VCPU_GUEST:
+        raise _no_agent()
+    async with dom.lock:
+        driver._check_present(dom)
+        live, config = impact(dom, flags & (AFFECT_LIVE | AFFECT_CONFIG))
+        new = _config_copy(dom) if config else None
+        if flags & VCPU_MAXIMUM:
+            if live:
+                raise _invalid("maximum vcpu count of a live domain can't be modified")
+            assert new is not None
+            new.vcpus = n
+            current = min(new.vcpu_current or n, n)
+            new.vcpu_current = current if current != n else None
+            _drop_pins_from(new, n)
+            _commit(driver, dom, False, new)
+            return
+        if live:
+            assert dom.live is not None
+            if n > dom.live.vcpus:
+                raise _bad_arg(
+                    "requested vcpus is greater than max allowable vcpus for the live"
+                    f" domain: {n} > {dom.live.vcpus}"
+                )
+        if new is not None and n > new.vcpus:
+            raise _bad_arg(
+                "requested vcpus is greater than max allowable vcpus for the persistent"
+                f" domain: {n} > {new.vcpus}"
+            )
+        try:
+            if live:
+                await _hotplug(dom, n)
+        finally:
+            if new is not None:
+                new.vcpu_current = n if n != new.vcpus else None
+            _commit(driver, dom, live, new)
+
+
+def _slot_key(cpu: dict[str, Any]) -> tuple[int, ...]:
+    props = cpu.get("props", {})
+    return tuple(int(props.get(k, 0)) for k in ("node-id", "socket-id", "die-id", "core-id",
+                                                 "thread-id"))
+
+
+async def _hotplug(dom: Domain, n: int) -> None:
+    """Plug or unplug vCPUs until ``n`` are present, one at a time, in slot order.
+
+    CPUs the guest booted with stay; only those plugged later (with our
+    ``vcpuN`` ids) can go, and only when the guest lets them: QEMU says so
+    by dropping them from ``query-hotpluggable-cpus``.
+    """
+    monitor = _process(dom).monitor
+    slots = sorted(await monitor.execute("query-hotpluggable-cpus"), key=_slot_key)
+    present = [i for i, c in enumerate(slots) if "qom-path" in c]
+    try:
+        for i, slot in enumerate(slots):
+            if len(present) >= n:
+                break
+            if "qom-path" in slot:
+                continue
+            await monitor.execute(
+                "device_add", {"driver": slot["type"], "id": f"vcpu{i}", **slot.get("props", {})}
+            )
+            present.append(i)
+        for i in sorted(present, reverse=True):
+            if len(present) <= n:
+                break
+            path = slots[i]["qom-path"]
+            if not path.startswith("/machine/peripheral/"):
+                raise _invalid(f"vcpu '{i}' can't be hotunplugged")
+            await monitor.execute("device_del", {"id": path})
+            await _wait_unplugged(monitor, path)
+            present.remove(i)
+    finally:
+        _record_vcpus(dom, await monitor.execute("query-hotpluggable-cpus"))
+
+
+async def _wait_unplugged(monitor: Any, path: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UNPLUG_TIMEOUT
+    while loop.time() < deadline:
+        slots = await monitor.execute("query-hotpluggable-cpus")
+        if all(c.get("qom-path") != path for c in slots):
+            return
+        await asyncio.sleep(0.1)
+    raise _error(
+        ErrorCode.OPERATION_TIMEOUT,
+        "Timed out during operation: vcpu unplug request timed out. Unplug result must be"
+        " manually inspected in the domain",
+    )
+
+
+def _record_vcpus(dom: Domain, slots: list[dict[str, Any]]) -> None:
+    """The live definition's vCPU count and its ``<vcpus>`` list, as QEMU has them."""
+    d = dom.live
+    if d is None:
+        return
+    slots = sorted(slots, key=_slot_key)
+    count = sum(1 for c in slots if "qom-path" in c)
+    d.vcpu_current = count if count != d.vcpus else None
+    el = etree.Element("vcpus")
+    order = 0
+    for i, slot in enumerate(slots):
+        path = slot.get("qom-path")
+        attrs = {"id": str(i), "enabled": "yes" if path else "no"}
+        attrs["hotpluggable"] = "yes" if not path or path.startswith("/machine/peripheral/") else "no"
+        if path:
+            order += 1
+            attrs["order"] = str(order)
+        etree.SubElement(el, "vcpu", attrs)
+    d.kept["vcpus"] = el
+
+
+# -- vCPU threads and pinning -----------------------------------------------------------
+
+
+async def vcpu_threads(dom: Domain) -> dict[int, int]:
+    """vCPU index -> host thread id, from QEMU."""
+    cpus = await _process(dom).monitor.execute("query-cpus-fast")
+    return {int(c["cpu-index"]): int(c["thread-id"]) for c in cpus}
+
+
+def thread_stat(pid: int, tid: int) -> tuple[int, int]:
+    """(CPU time in ns, the CPU it last ran on) of one thread."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0, 0
+    # After the name: utime and stime are fields 14 and 15, processor 39 (1-based).
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks * 1_000_000_000 // _CLOCK_TICKS, int(fields[36])
+
+
+async def get_vcpus(dom: Domain, maxinfo: int, maplen: int) -> tuple[list[tuple[int, int, int, int]], bytes]:
+    """virDomainGetVcpus: (number, state, cpu_time, cpu) per online vCPU, and their maps."""
+    if not dom.active:
+        raise _invalid("cannot retrieve vcpu information for inactive domain")
+    proc = _process(dom)
+    threads = await vcpu_threads(dom)
+    info = []
+    maps = bytearray()
+    for index in sorted(threads)[: max(maxinfo, 0)]:
+        tid = threads[index]
+        cpu_time, cpu = thread_stat(proc.pid, tid)
+        info.append((index, 1, cpu_time, cpu))  # VIR_VCPU_RUNNING
+        try:
+            affinity = os.sched_getaffinity(tid)
+        except OSError:
+            affinity = set()
+        maps += set_to_cpumap(affinity, maplen)
+    maps += bytes(max(maxinfo, 0) * maplen - len(maps))
+    return info, bytes(maps)
+
+
+def _vcpu_range(d: DomainDef, vcpu: int, which: str) -> None:
+    if vcpu >= d.vcpus:
+        raise _bad_arg(
+            f"vcpu {vcpu} is out of range of {which} cpu count {d.vcpu_current or d.vcpus}"
+        )
+
+
+async def pin_vcpu(driver: QemuDriver, dom: Domain, vcpu: int, cpumap: bytes, flags: int) -> None:
+    async with dom.lock:
+        driver._check_present(dom)
+        live, config = impact(dom, flags)
+        cpus = _pin_set(cpumap)
+        new = _config_copy(dom) if config else None
+        if live:
+            assert dom.live is not None
+            _vcpu_range(dom.live, vcpu, "live")
+        if new is not None:
+            _vcpu_range(new, vcpu, "persistent")
+        if live:
+            assert dom.live is not None
+            threads = await vcpu_threads(dom)
+            if vcpu not in threads:
+                raise _invalid(f"vCPU '{vcpu}' is not active")
+            _set_affinity(threads[vcpu], cpus)
+            _set_vcpu_pin(dom.live, vcpu, cpus)
+        if new is not None:
+            _set_vcpu_pin(new, vcpu, cpus)
+        _commit(driver, dom, live, new)
+
+
+def get_vcpu_pin_info(dom: Domain, ncpumaps: int, maplen: int, flags: int) -> tuple[bytes, int]:
+    d = one_def(dom, flags)
+    count = min(max(ncpumaps, 0), d.vcpus)
+    maps = b"".join(set_to_cpumap(vcpu_pin(d, i), maplen) for i in range(count))
+    return maps, count
+
+
+async def pin_emulator(driver: QemuDriver, dom: Domain, cpumap: bytes, flags: int) -> None:
+    async with dom.lock:
+        driver._check_present(dom)
+        live, config = impact(dom, flags)
+        cpus = _pin_set(cpumap)
+        new = _config_copy(dom) if config else None
+        if live:
+            assert dom.live is not None
+            proc = _process(dom)
+            vcpus = set((await vcpu_threads(dom)).values())
+            for tid in _threads(proc.pid):
+                if tid not in vcpus:
+                    _set_affinity(tid, cpus)
+            _set_emulator_pin(dom.live, cpus)
+        if new is not None:
+            _set_emulator_pin(new, cpus)
+        _commit(driver, dom, live, new)
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def get_emulator_pin_info(dom: Domain, maplen: int, flags: int) -> bytes:
+    return set_to_cpumap(emulator_pin(one_def(dom, flags)), maplen)
+
+
+# -- CPU statistics ---------------------------------------------------------------------
+
+
+def cpu_stats_total(driver: QemuDriver, dom: Domain) -> list[tuple[str, int]]:
+    """cpu_time, user_time and system_time of the whole guest, in nanoseconds.
+
+    From the guest's cgroup where it counts them (v2 ``cpu.stat``), else from
+    the QEMU process, whose counters include its threads that are gone.
+    """
+    if not dom.active:
+        raise _invalid("domain is not running", ErrorDomain.DOMAIN)
+    group = driver._cgroup(dom)
+    stat = cgroup.read(group, "cpu.stat") if group is not None else None
+    fields = dict(line.split() for line in (stat or "").splitlines() if len(line.split()) == 2)
+    if "usage_usec" in fields:
+        return [
+            ("cpu_time", int(fields["usage_usec"]) * 1000),
+            ("user_time", int(fields.get("user_usec", 0)) * 1000),
+            ("system_time", int(fields.get("system_usec", 0)) * 1000),
+        ]
+    pid = _process(dom).pid
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            parts = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        parts = [b"0"] * 13
+    user = int(parts[11]) * 1_000_000_000 // _CLOCK_TICKS
+    system = int(parts[12]) * 1_000_000_000 // _CLOCK_TICKS
+    return [("cpu_time", user + system), ("user_time", user), ("system_time", system)]
+
+
+def percpu_unsupported() -> VirError:
+    """Per-host-CPU usage needs cpuacct accounting, which the guest groups lack
+    (libvirtd answers the same on a cgroup v2 host)."""
+    return _error(
+        ErrorCode.OPERATION_UNSUPPORTED,
+        "Operation not supported: operation 'getCpuacctPercpuUsage' not supported for backend"
+        " 'cgroup V2'",
+        ErrorDomain.CGROUP,
+    )
+
+
+# -- scheduler parameters ----------------------------------------------------------------
+
+# (parameter, <cputune> child, is a period)
+SCHED_PARAMS = (
+    ("cpu_shares", "shares", False),
+    ("vcpu_period", "period", True),
+    ("vcpu_quota", "quota", False),
+    ("emulator_period", "emulator_period", True),
+    ("emulator_quota", "emulator_quota", False),
+    ("global_period", "global_period", True),
+    ("global_quota", "global_quota", False),
+    ("iothread_period", "iothread_period", True),
+    ("iothread_quota", "iothread_quota", False),
+)
+DEFAULT_PERIOD = 100000
+
+
+def scheduler_type(driver: QemuDriver, dom: Domain) -> tuple[str, int]:
+    driver._check_present(dom)
+    if driver._cgroup_root is None:
+        raise _invalid("cgroup CPU controller is not mounted")
+    return "posix", len(SCHED_PARAMS)
+
+
+def _cpu_group(driver: QemuDriver, dom: Domain) -> Any:
+    group = driver._cgroup(dom)
+    if group is None:
+        raise _invalid("cgroup CPU controller is not mounted")
+    return group
+
+
+def _read_bandwidth(group: Any) -> tuple[int, int]:
+    """(period, quota) of a cpu cgroup, quota -1 for none."""
+    both = cgroup.read(group, "cpu.max")
+    if both is not None:  # v2: "QUOTA PERIOD"
+        quota, period = both.split()
+        return int(period), -1 if quota == "max" else int(quota)
+    period = cgroup.read(group, "cpu.cfs_period_us") or str(DEFAULT_PERIOD)
+    quota = cgroup.read(group, "cpu.cfs_quota_us") or "-1"
+    return int(period), int(quota)
+
+
+def _write_bandwidth(group: Any, period: int | None, quota: int | None) -> None:
+    if (group / "cpu.max").exists():
+        old_period, old_quota = _read_bandwidth(group)
+        p = period if period is not None else old_period
+        q = quota if quota is not None else old_quota
+        cgroup.write(group, "cpu.max", f"{'max' if q < 0 else q} {p}")
+        return
+    if period is not None:
+        cgroup.write(group, "cpu.cfs_period_us", str(period))
+    if quota is not None:
+        cgroup.write(group, "cpu.cfs_quota_us", str(quota))
+
+
+def get_scheduler_params(driver: QemuDriver, dom: Domain, flags: int) -> list[tuple[str, int]]:
+    d = one_def(dom, flags)
+    if d is not dom.live:
+        return [(name, cputune_value(d, tag) or 0) for name, tag, _ in SCHED_PARAMS]
+    group = _cpu_group(driver, dom)
+    shares_file = "cpu.weight" if cgroup.read(group, "cpu.weight") is not None else "cpu.shares"
+    shares = int(cgroup.read(group, shares_file) or 0)
+    global_period, global_quota = _read_bandwidth(group)
+    values = {"cpu_shares": shares, "global_period": global_period, "global_quota": global_quota}
+    for name, tag, is_period in SCHED_PARAMS:
+        if name not in values:
+            value = cputune_value(d, tag)
+            values[name] = value if value is not None else (DEFAULT_PERIOD if is_period else -1)
+    return [(name, values[name]) for name, _tag, _ in SCHED_PARAMS]
+
+
+# Live: the guest is one cgroup here, so only its shares and its global
+# bandwidth can be enforced; the per-thread kinds are refused rather than faked.
+LIVE_SCHED = ("cpu_shares", "global_period", "global_quota")
+
+
+async def set_scheduler_params(driver: QemuDriver, dom: Domain, values: dict[str, int],
+                               flags: int) -> None:
+    async with dom.lock:
+        driver._check_present(dom)
+        live, config = impact(dom, flags)
+        for name, _tag, is_period in SCHED_PARAMS:
+            value = values.get(name)
+            if value is None or name == "cpu_shares":
+                continue
+            lo, hi = PERIOD_RANGE if is_period else QUOTA_RANGE
+            if not (lo <= value <= hi) and (is_period or value not in (-1, 0)):
+                raise _bad_arg(f"value of '{name}' is out of range [{lo}, {hi}]")
+        new = _config_copy(dom) if config else None
+        if live:
+            assert dom.live is not None
+            unsupported = sorted(set(values) - set(LIVE_SCHED))
+            if unsupported:
+                raise _error(
+                    ErrorCode.OPERATION_UNSUPPORTED,
+                    f"Operation not supported: live '{unsupported[0]}' needs per-thread"
+                    " cgroups, which this daemon does not make",
+                )
+            group = _cpu_group(driver, dom)
+            try:
+                if "cpu_shares" in values:
+                    shares = values["cpu_shares"]
+                    if (group / "cpu.weight").exists():
+                        cgroup.write(group, "cpu.weight", str(shares))
+                    else:
+                        cgroup.write(group, "cpu.shares", str(shares))
+                if "global_period" in values or "global_quota" in values:
+                    _write_bandwidth(group, values.get("global_period"), values.get("global_quota"))
+            except OSError as e:
+                raise _cgroup_error(group, e) from None
+            actual = dict(get_scheduler_params(driver, dom, AFFECT_LIVE))
+            for name, tag, _ in SCHED_PARAMS:
+                if name in values:
+                    _set_cputune(dom.live, tag, actual[name])
+        if new is not None:
+            for name, tag, _ in SCHED_PARAMS:
+                if name in values:
+                    _set_cputune(new, tag, values[name])
+        _commit(driver, dom, live, new)
+
+
+def _cgroup_error(group: Any, e: OSError) -> VirError:
+    return _error(
+        ErrorCode.SYSTEM_ERROR,
+        f"Unable to write to '{getattr(e, 'filename', None) or group}': {e.strerror}",
+        ErrorDomain.CGROUP,
+    )
+
+
+# -- memory tuning ------------------------------------------------------------------------
+
+MEMTUNE = ("hard_limit", "soft_limit", "swap_hard_limit")
+_MEMTUNE_ORDER = (*MEMTUNE, "min_guarantee")
+_UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
+          "mb": 10**6, "g": 1 << 30, "gib": 1 << 30, "gb": 10**9, "t": 1 << 40, "tib": 1 << 40,
+          "tb": 10**12}
+
+
+def memtune_values(d: DomainDef) -> dict[str, int]:
+    """hard, soft and swap limits in KiB (UNLIMITED when not set)."""
+    el = d.kept.get("memtune")
+    out = {}
+    for name in MEMTUNE:
+        child = el.find(name) if el is not None else None
+        if child is None or not (child.text or "").strip():
+            out[name] = UNLIMITED
+            continue
+        scale = _UNITS.get((child.get("unit") or "KiB").lower(), 1024)
+        out[name] = min(int(child.text.strip()) * scale // 1024, UNLIMITED)
+    return out
+
+
+def _set_memtune(d: DomainDef, values: dict[str, int]) -> None:
+    el = _section(d, "memtune")
+    for name, value in values.items():
+        for old in el.findall(name):
+            el.remove(old)
+        if value < UNLIMITED:
+            etree.SubElement(el, name, unit="KiB").text = str(value)
+    _sort_children(el, _MEMTUNE_ORDER)
+    _drop_if_empty(d, "memtune")
+
+
+def _memory_files(v2: bool) -> dict[str, str]:
+    if v2:
+        return {"hard_limit": "memory.max", "soft_limit": "memory.high",
+                "swap_hard_limit": "memory.swap.max"}
+    return {"hard_limit": "memory.limit_in_bytes", "soft_limit": "memory.soft_limit_in_bytes",
+            "swap_hard_limit": "memory.memsw.limit_in_bytes"}
+
+
+async def set_memory_params(driver: QemuDriver, dom: Domain, values: dict[str, int],
+                            flags: int) -> None:
+    async with dom.lock:
+        driver._check_present(dom)
+        live, config = impact(dom, flags)
+        new = _config_copy(dom) if config else None
+        for d in ([dom.live] if live else []) + ([new] if new is not None else []):
+            assert d is not None
+            merged = {**memtune_values(d), **values}
+            if merged["hard_limit"] > merged["swap_hard_limit"]:
+                raise _bad_arg(
+                    "memory hard_limit tunable value must be lower than or equal to"
+                    " swap_hard_limit",
+                    ErrorDomain.DOMAIN,
+                )
+        if live:
+            assert dom.live is not None
+            if not cgroup.available("memory"):
+                raise _invalid("cgroup memory controller is not mounted")
+            v2 = cgroup.is_v2()
+            files = _memory_files(v2)
+            try:
+                group = cgroup.join("memory", dom.uuid_str, _process(dom).pid)
+                # v1 wants the swap limit never below the hard limit: a raised
+                # one goes first, a lowered one last.
+                old = memtune_values(dom.live)
+                order = ["hard_limit", "soft_limit", "swap_hard_limit"]
+                if values.get("swap_hard_limit", 0) > old["swap_hard_limit"]:
+                    order = order[2:] + order[:2]
+                for name in (n for n in order if n in values):
+                    value = values[name]
+                    if value >= UNLIMITED:
+                        text = "max" if v2 else "-1"
+                    else:
+                        text = str(value * 1024)
+                    cgroup.write(group, files[name], text)
+            except OSError as e:
+                raise _cgroup_error(cgroup.path("memory", dom.uuid_str), e) from None
+            _set_memtune(dom.live, values)
+        if new is not None:
+            _set_memtune(new, values)
+        _commit(driver, dom, live, new)
+
+
+# -- block I/O tuning -------------------------------------------------------------------------
+
+BLKIO_DEVICE = ("device_weight", "device_read_iops_sec", "device_write_iops_sec",
+                "device_read_bytes_sec", "device_write_bytes_sec")
+_DEVICE_TAGS = {"device_weight": "weight", "device_read_iops_sec": "read_iops_sec",
+                "device_write_iops_sec": "write_iops_sec",
+                "device_read_bytes_sec": "read_bytes_sec",
+                "device_write_bytes_sec": "write_bytes_sec"}
+_DEVICE_ORDER = ("path", "weight", "read_iops_sec", "write_iops_sec", "read_bytes_sec",
+                 "write_bytes_sec")
+
+
+def _blkio_devices(d: DomainDef) -> dict[str, dict[str, int]]:
+    el = d.kept.get("blkiotune")
+    out: dict[str, dict[str, int]] = {}
+    for dev in el.findall("device") if el is not None else []:
+        path = (dev.findtext("path") or "").strip()
+        out[path] = {c.tag: int(c.text or 0) for c in dev
+                     if isinstance(c.tag, str) and c.tag != "path"}
+    return out
+
+
+def blkio_values(driver: QemuDriver, dom: Domain, flags: int) -> list[tuple[str, Any]]:
+    d = one_def(dom, flags)
+    el = d.kept.get("blkiotune")
+    text = (el.findtext("weight") or "").strip() if el is not None else ""
+    weight = int(text) if text else 0
+    if d is dom.live:
+        group = cgroup.path("blkio", dom.uuid_str)
+        read = _read_weight(group) if group.exists() else None
+        weight = read if read is not None else (weight or 100)
+    devices = _blkio_devices(d)
+    out: list[tuple[str, Any]] = [("weight", weight)]
+    for name in BLKIO_DEVICE:
+        tag = _DEVICE_TAGS[name]
+        out.append((name, ",".join(f"{p},{v[tag]}" for p, v in devices.items() if v.get(tag))))
+    return out
+
+
+def _weight_file(group: Any) -> str:
+    for name in ("blkio.weight", "blkio.bfq.weight", "io.weight", "io.bfq.weight"):
+        if (group / name).exists():
+            return name
+    raise _error(ErrorCode.OPERATION_INVALID,
+                 "Requested operation is not valid: blkio device weight is not supported"
+                 " by the host's I/O scheduler")
+
+
+def _read_weight(group: Any) -> int | None:
+    try:
+        text = cgroup.read(group, _weight_file(group)) or ""
+    except VirError:
+        return None
+    for line in text.splitlines():  # v2: "default 100" then per-device lines
+        parts = line.split()
+        if len(parts) == 1 and parts[0].isdigit():
+            return int(parts[0])
+        if len(parts) == 2 and parts[0] == "default":
+            return int(parts[1])
+    return None
+
+
+def parse_device_list(name: str, text: str) -> dict[str, int]:
+    """``/dev/sda,100,/dev/sdb,200`` into {path: value}, with libvirt's complaint."""
+    parts = text.split(",") if text else []
+    if len(parts) % 2:
+        raise _bad_arg(f"unable to parse blkio device '{text}' '{name}'", ErrorDomain.QEMU)
+    out = {}
+    for path, value in zip(parts[::2], parts[1::2]):
+        try:
+            out[path] = int(value)
+        except ValueError:
+            raise _bad_arg(f"unable to parse blkio device '{text}' '{name}'") from None
+    return out
+
+
+def _set_blkiotune(d: DomainDef, values: dict[str, Any]) -> None:
+    el = _section(d, "blkiotune")
+    if "weight" in values:
+        for old in el.findall("weight"):
+            el.remove(old)
+        etree.SubElement(el, "weight").text = str(values["weight"])
+    devices = _blkio_devices(d)
+    for name in BLKIO_DEVICE:
+        for path, value in parse_device_list(name, values.get(name, "")).items():
+            devices.setdefault(path, {})[_DEVICE_TAGS[name]] = value
+    for old in el.findall("device"):
+        el.remove(old)
+    for path, tunes in devices.items():
+        kept = {k: v for k, v in tunes.items() if v}
+        if not kept:
+            continue
+        dev = etree.SubElement(el, "device")
+        etree.SubElement(dev, "path").text = path
+        for tag in _DEVICE_ORDER[1:]:
+            if tag in kept:
+                etree.SubElement(dev, tag).text = str(kept[tag])
+    _sort_children(el, ("weight", "device"))
+    _drop_if_empty(d, "blkiotune")
+
+
+def _write_device_limits(group: Any, name: str, devices: dict[str, int]) -> None:
+    v2 = (group / "io.max").exists() or (group / "cgroup.controllers").exists()
+    for path, value in devices.items():
+        try:
+            rdev = os.stat(path).st_rdev
+        except OSError as e:
+            raise _error(ErrorCode.SYSTEM_ERROR, f"Unable to stat {path}: {e.strerror}",
+                         ErrorDomain.NONE) from None
+        dev = f"{os.major(rdev)}:{os.minor(rdev)}"
+        if name == "device_weight":
+            cgroup.write(group, _weight_file(group), f"{dev} {value}")
+        elif v2:
+            key = {"device_read_iops_sec": "riops", "device_write_iops_sec": "wiops",
+                   "device_read_bytes_sec": "rbps", "device_write_bytes_sec": "wbps"}[name]
+            cgroup.write(group, "io.max", f"{dev} {key}={value or 'max'}")
+        else:
+            kind = name.removeprefix("device_").removesuffix("_sec").replace("bytes", "bps")
+            cgroup.write(group, f"blkio.throttle.{kind}_device", f"{dev} {value}")
+
+
+async def set_blkio_params(driver: QemuDriver, dom: Domain, values: dict[str, Any],
+                           flags: int) -> None:
+    async with dom.lock:
+        driver._check_present(dom)
+        live, config = impact(dom, flags)
+        for name in BLKIO_DEVICE:
+            if name in values:
+                parse_device_list(name, values[name])
+        new = _config_copy(dom) if config else None
+        if live:
+            assert dom.live is not None
+            if not cgroup.available("blkio"):
+                raise _invalid("blkio cgroup isn't mounted")
+            try:
+                group = cgroup.join("blkio", dom.uuid_str, _process(dom).pid)
+                if "weight" in values:
+                    cgroup.write(group, _weight_file(group), str(values["weight"]))
+                for name in BLKIO_DEVICE:
+                    if name in values:
+                        _write_device_limits(group, name, parse_device_list(name, values[name]))
+            except OSError as e:
+                raise _cgroup_error(cgroup.path("blkio", dom.uuid_str), e) from None
+            _set_blkiotune(dom.live, values)
+        if new is not None:
+            _set_blkiotune(new, values)
+        _commit(driver, dom, live, new)
+
