@@ -6,9 +6,11 @@ in ``call.stream``. The handler sets things up, hands the transfer to
 the wire, as libvirt clients expect.
 
 Packets of a stream share the call's program, procedure and serial. Data goes
-as STREAM/CONTINUE, holes as STREAM_HOLE, the end as an empty STREAM/OK (from
-the sender; the other side confirms with the same), an abort as STREAM/ERROR
-with an error body. Both directions are bounded: incoming data beyond
+as STREAM/CONTINUE, holes as STREAM_HOLE, an abort as STREAM/ERROR with an
+error body. The end is libvirt's handshake: the client's finish is an empty
+STREAM/OK, which we confirm with the same; our end of data is an empty
+STREAM/CONTINUE, after which the client finishes and we confirm (a STREAM/OK
+the client did not ask for breaks its connection). Both directions are bounded: incoming data beyond
 ``limit`` bytes pauses reading the connection, sending waits for the socket.
 """
 
@@ -125,7 +127,7 @@ class Stream:
         if self.closed:
             return
         self._check()
-        self._packet(packet.STREAM, packet.OK, b"")
+        self._packet(packet.STREAM, packet.OK if self._eof else packet.CONTINUE, b"")
         self._done = True
         if self._eof:
             self._close()
