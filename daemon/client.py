@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +72,8 @@ class Client(asyncio.Protocol):
         self._paused: set[object] = set()
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._streams: dict[int, Stream] = {}
+        self._reply_fds: dict[int, list[int]] = {}  # serial -> fds its reply carries
+        self._held: list[tuple[bytes, bytes, list[int] | None]] | None = None  # _send_fds
         self._tasks: set[asyncio.Task[None]] = set()
         self.keepalive = KeepAlive(keepalive_interval, keepalive_count,
                                    self._send_ping, self._keepalive_dead)
@@ -203,7 +207,12 @@ class Client(asyncio.Protocol):
             body = packet.error_body(ErrorCode.RPC, ErrorDomain.RPC,
                                      "Unable to encode message payload")
             ok = False
-        self._reply(prog, vers, proc, serial, _OK if ok else _ERROR, body)
+        fds = self._reply_fds.pop(serial, None)
+        if fds is not None and ok:
+            self._reply_with_fds(prog, vers, proc, serial, body, fds)
+        else:
+            _close_all(fds or ())
+            self._reply(prog, vers, proc, serial, _OK if ok else _ERROR, body)
         stream = self._streams.get(serial)
         if stream is not None:
             if ok:
@@ -216,6 +225,54 @@ class Client(asyncio.Protocol):
         self.write(_PREFIX_PACK(_MIN + len(body), prog, vers, proc, _REPLY, serial, status),
                    body)
 
+    # -- file descriptors -------------------------------------------------------
+
+    def pass_fds(self, serial: int, fds: list[int]) -> None:
+        """Send ``fds`` with the reply to call ``serial`` (they are ours to close)."""
+        self._reply_fds[serial] = fds
+
+    def _reply_with_fds(self, prog: int, vers: int, proc: int, serial: int, body: bytes,
+                        fds: list[int]) -> None:
+        """A REPLY_WITH_FDS: the fd count before the body, then each fd on its own
+        one-byte message, sent once the packet is all on the socket."""
+        body = packet.LENGTH.pack(len(fds)) + body
+        header = _PREFIX_PACK(_MIN + len(body), prog, vers, proc, packet.REPLY_WITH_FDS,
+                              serial, _OK)
+        if self._held is not None:  # fds of an earlier reply still wait: go after them
+            self._held.append((header, body, fds))
+            return
+        self.write(header, body)
+        self._held = []
+        self._send_fds(fds)
+
+    def _send_fds(self, fds: list[int]) -> None:
+        """Send ``fds`` as soon as what is queued before them is written; other
+        packets wait in ``_held`` meanwhile, so none slips in between."""
+        transport = self._transport
+        if transport is None:
+            _close_all(fds)
+            return
+        if transport.get_write_buffer_size():
+            self.loop.call_later(0.001, self._send_fds, fds)
+            return
+        own = transport.get_extra_info("socket")
+        try:
+            with socket.fromfd(own.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                for fd in fds:
+                    socket.send_fds(sock, [b"\0"], [fd])
+        except OSError as e:
+            log.warning("%r: cannot pass file descriptors: %s", self, e)
+            self.abort()
+        finally:
+            _close_all(fds)
+        held, self._held = self._held or [], None
+        for i, (header, body, more) in enumerate(held):
+            self.write(header, body)
+            if more is not None:
+                self._held = held[i + 1:]
+                self._send_fds(more)
+                return
+
     # -- output -----------------------------------------------------------------
 
     def write(self, header: bytes, body: bytes | memoryview = b"") -> None:
@@ -223,13 +280,18 @@ class Client(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
+        if self._held is not None:
+            self._held.append((header, bytes(body), None))
+            return
         if len(body) < _SMALL:
             transport.write(header + body)
         else:
             transport.writelines((header, body))
 
     def write_packet(self, data: bytes) -> None:
-        if self._transport is not None:
+        if self._held is not None:
+            self._held.append((data, b"", None))
+        elif self._transport is not None:
             self._transport.write(data)
 
     def send_message(self, prog: int, vers: int, proc: int, body: bytes) -> None:
@@ -315,6 +377,14 @@ class Client(asyncio.Protocol):
         if self._transport is not None:
             self.closed = True
             self._transport.abort()
+
+
+def _close_all(fds: list[int] | tuple[int, ...]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _run_eagerly(coro: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> None:
