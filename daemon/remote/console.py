@@ -1,0 +1,207 @@
+"""Access to a running guest: console and channel streams, screenshots, keys, graphics.
+
+Console and channel streams carry bytes both ways for as long as the client
+keeps them open; the screenshot is a one-way stream of the image QEMU wrote;
+OPEN_GRAPHICS_FD hands the client one end of a socket pair whose other end
+QEMU's VNC or SPICE server took as a new client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import tempfile
+from typing import Any
+
+from daemon.dispatch import Call
+from daemon.streams import CHUNK
+from drivers.qemu import console, keymaps
+from drivers.qemu.domain import Domain
+from drivers.qemu.process import QemuProcess
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+from protocol.programs import remote
+
+R = remote().module
+
+CONSOLE_FORCE = 1 << 0
+CONSOLE_SAFE = 1 << 1
+CHANNEL_FORCE = 1 << 0
+GRAPHICS_SKIPAUTH = 1 << 0
+
+
+def _dom(call: Call, handle: Any) -> Domain:
+    return call.driver.lookup_by_uuid(handle.uuid, handle.name)
+
+
+def _check_flags(flags: int, allowed: int, api: str) -> None:
+    if flags & ~allowed:
+        raise VirError(ErrorCode.INVALID_ARG,
+                       f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
+                       ErrorDomain.QEMU)
+
+
+def _process(dom: Domain) -> QemuProcess:
+    if dom.process is None or not dom.active:
+        raise VirError(ErrorCode.OPERATION_INVALID,
+                       "Requested operation is not valid: domain is not running",
+                       ErrorDomain.QEMU)
+    return dom.process
+
+
+# -- consoles and channels ------------------------------------------------------------
+
+
+def _serve_device(call: Call, path: str, fd: int, kicked: asyncio.Event) -> None:
+    stream = call.stream
+    assert stream is not None
+
+    async def transfer() -> None:
+        try:
+            await console.pump(fd, stream.send, stream.recv, kicked)
+        finally:
+            console.release(path, kicked)
+
+    stream.serve(transfer())
+
+
+async def domain_open_console(call: Call, args: Any) -> None:
+    _check_flags(args.flags, CONSOLE_FORCE | CONSOLE_SAFE, "qemuDomainOpenConsole")
+    dom = _dom(call, args.dom)
+    path = console.console_path(dom, args.dev_name)
+    kicked = console.claim(path, bool(args.flags & CONSOLE_FORCE),
+                           "Active console session exists for this domain")
+    try:
+        fd = console.open_pty(path)
+    except BaseException:
+        console.release(path, kicked)
+        raise
+    _serve_device(call, path, fd, kicked)
+
+
+async def domain_open_channel(call: Call, args: Any) -> None:
+    _check_flags(args.flags, CHANNEL_FORCE, "qemuDomainOpenChannel")
+    dom = _dom(call, args.dom)
+    kind, path = console.channel_source(dom, args.name)
+    kicked = console.claim(path, bool(args.flags & CHANNEL_FORCE),
+                           "Active channel stream exists for this domain")
+    try:
+        fd = console.open_pty(path) if kind == "pty" else console.connect_unix(path)
+    except BaseException:
+        console.release(path, kicked)
+        raise
+    _serve_device(call, path, fd, kicked)
+
+
+# -- screenshot ---------------------------------------------------------------------
+
+
+def _screen_device(dom: Domain, screen: int) -> tuple[str | None, int]:
+    """(video device alias or None for the primary, head) of screen number ``screen``."""
+    videos = [v for v in dom.live.devices.videos if v.model != "none"] if dom.live else []
+    if not videos:
+        raise VirError(ErrorCode.OPERATION_FAILED,
+                       "operation failed: no screens to take screenshot from", ErrorDomain.QEMU)
+    if screen == 0:
+        return None, 0
+    for video in videos:
+        heads = int(video.attrs.get("heads", "1"))
+        if screen < heads:
+            return video.info.alias, screen
+        screen -= heads
+    raise VirError(ErrorCode.INVALID_ARG, "invalid argument: no such screen ID",
+                   ErrorDomain.QEMU)
+
+
+async def domain_screenshot(call: Call, args: Any) -> Any:
+    _check_flags(args.flags, 0, "qemuDomainScreenshot")
+    dom = _dom(call, args.dom)
+    proc = _process(dom)
+    device, head = _screen_device(dom, args.screen)
+    directory = call.driver.dirs.lib_dir
+    fd, path = tempfile.mkstemp(prefix="qemu.screendump.", dir=directory)
+    try:
+        os.close(fd)
+        cmd: dict[str, Any] = {"filename": path, "format": "png"}
+        if device is not None:
+            cmd.update(device=device, head=head)
+        async with dom.lock:
+            await proc.monitor.execute("screendump", cmd)
+        with open(path, "rb") as f:
+            image = f.read()
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    stream = call.stream
+    assert stream is not None
+
+    async def transfer() -> None:
+        for start in range(0, len(image), CHUNK):
+            await stream.send(image[start:start + CHUNK])
+
+    stream.serve(transfer())
+    return R.remote_domain_screenshot_ret("image/png")
+
+
+# -- keys ---------------------------------------------------------------------------
+
+
+async def domain_send_key(call: Call, args: Any) -> None:
+    _check_flags(args.flags, 0, "qemuDomainSendKey")
+    codes = []
+    for code in args.keycodes:
+        qnum = keymaps.to_qnum(args.codeset, code)
+        if qnum is None:
+            names = keymaps.CODESETS
+            name = names[args.codeset] if 0 <= args.codeset < len(names) else "(null)"
+            raise VirError(ErrorCode.INTERNAL_ERROR,
+                           f"internal error: cannot translate keycode {code} of {name}"
+                           " codeset to qnum keycode", ErrorDomain.QEMU)
+        codes.append(qnum)
+    dom = _dom(call, args.dom)
+    async with dom.lock:
+        proc = _process(dom)
+        cmd: dict[str, Any] = {"keys": [{"type": "number", "data": c} for c in codes]}
+        if args.holdtime:
+            cmd["hold-time"] = args.holdtime
+        await proc.monitor.execute("send-key", cmd)
+
+
+# -- graphics -----------------------------------------------------------------------
+
+
+async def domain_open_graphics_fd(call: Call, args: Any) -> None:
+    _check_flags(args.flags, GRAPHICS_SKIPAUTH, "qemuDomainOpenGraphicsFD")
+    dom = _dom(call, args.dom)
+    proc = _process(dom)
+    graphics = dom.live.devices.graphics if dom.live else []
+    if args.idx >= len(graphics):
+        raise VirError(ErrorCode.INTERNAL_ERROR,
+                       f"internal error: No graphics backend with index {args.idx}",
+                       ErrorDomain.QEMU)
+    protocol = graphics[args.idx].type
+    if protocol not in ("vnc", "spice"):
+        raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
+                       "unsupported configuration: Can only open VNC or SPICE graphics"
+                       f" backends, not {protocol}", ErrorDomain.QEMU)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        async with dom.lock:
+            await proc.monitor.send_fd(theirs.fileno(), "graphicsfd")
+            try:
+                await proc.monitor.execute("add_client", {
+                    "protocol": protocol, "fdname": "graphicsfd",
+                    "skipauth": bool(args.flags & GRAPHICS_SKIPAUTH), "tls": False})
+            except VirError:
+                with contextlib.suppress(VirError):
+                    await proc.monitor.execute("closefd", {"fdname": "graphicsfd"})
+                raise
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    call.client.pass_fds(call.serial, [ours.detach()])

@@ -1,0 +1,206 @@
+"""A running guest's character devices opened for a client: consoles and channels.
+
+A serial console is a pty QEMU made (its path comes from ``query-chardev`` at
+start); a channel is a pty or a Unix socket QEMU listens on. One client at a
+time may hold a device, as libvirtd enforces: a second one is refused unless
+it forces its way in, which ends the first session.
+
+:func:`pump` moves bytes both ways between the device and a sink/source pair
+(the daemon passes its stream), and stops when either side ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import termios
+import tty
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from drivers.qemu.domain import Domain
+from drivers.qemu.domain_xml.model import CharDevice
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+READ_SIZE = 65536
+
+# Who holds each device (by path): the event that tells the session to end.
+_holders: dict[str, asyncio.Event] = {}
+
+
+def _error(code: ErrorCode, text: str) -> VirError:
+    return VirError(code, text, ErrorDomain.QEMU)
+
+
+def _not_running() -> VirError:
+    return _error(ErrorCode.OPERATION_INVALID,
+                  "Requested operation is not valid: domain is not running")
+
+
+def console_path(dom: Domain, dev_name: str | None) -> str:
+    """The pty of the console ``dev_name`` (an alias), or of the first console or serial."""
+    d, live = dom.live, dom.live_state
+    if d is None or live is None or not dom.active:
+        raise _not_running()
+    devs = d.devices
+    chr: CharDevice | None = None
+    if dev_name is not None:
+        for c in (*devs.consoles, *devs.serials):
+            if c.info.alias == dev_name:
+                chr = c
+                break
+    elif devs.consoles:
+        chr = devs.consoles[0]
+    elif devs.serials:
+        chr = devs.serials[0]
+    if chr is None:
+        raise _error(ErrorCode.INTERNAL_ERROR,
+                     f"internal error: cannot find character device {dev_name or '<null>'}")
+    path = live.pty_paths.get(chr.info.alias or "") if chr.source.type == "pty" else None
+    if path is None:
+        raise _error(ErrorCode.INTERNAL_ERROR,
+                     f"internal error: character device {dev_name or chr.info.alias}"
+                     " is not using a PTY")
+    return path
+
+
+def channel_source(dom: Domain, name: str | None) -> tuple[str, str]:
+    """("pty" or "unix", path) of the channel ``name`` (alias or target name)."""
+    d, live = dom.live, dom.live_state
+    if d is None or live is None or not dom.active:
+        raise _not_running()
+    chr: CharDevice | None = None
+    for c in d.devices.channels:
+        if name is None or c.info.alias == name or \
+                (c.target_type == "virtio" and c.target_name == name):
+            chr = c
+            break
+    if chr is None:
+        raise _error(ErrorCode.INTERNAL_ERROR,
+                     f"internal error: cannot find channel {name or '<null>'}")
+    if chr.source.type == "pty" and chr.info.alias in live.pty_paths:
+        return "pty", live.pty_paths[chr.info.alias or ""]
+    if chr.source.type == "unix" and chr.source.attrs.get("path"):
+        return "unix", chr.source.attrs["path"]
+    raise _error(ErrorCode.INTERNAL_ERROR,
+                 f"internal error: channel {name or chr.info.alias}"
+                 " is not using a PTY or UNIX socket")
+
+
+def claim(path: str, force: bool, busy_message: str) -> asyncio.Event:
+    """Take the device at ``path`` for one session; returns the event that ends it.
+
+    A held device is refused (``busy_message``) unless ``force``, which ends
+    the session holding it.
+    """
+    holder = _holders.get(path)
+    if holder is not None:
+        if not force:
+            raise _error(ErrorCode.OPERATION_FAILED, f"operation failed: {busy_message}")
+        holder.set()
+    kicked = _holders[path] = asyncio.Event()
+    return kicked
+
+
+def release(path: str, kicked: asyncio.Event) -> None:
+    if _holders.get(path) is kicked:
+        del _holders[path]
+
+
+def open_pty(path: str) -> int:
+    """Open a guest's pty raw and non-blocking, as a terminal program would use it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise VirError(ErrorCode.SYSTEM_ERROR,
+                       f"Unable to open '{path}': {e.strerror}", ErrorDomain.STREAMS) from None
+    try:
+        tty.setraw(fd, termios.TCSANOW)
+    except termios.error:
+        pass  # not a terminal after all: bytes still flow
+    return fd
+
+
+def connect_unix(path: str) -> int:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError as e:
+        s.close()
+        raise VirError(ErrorCode.SYSTEM_ERROR,
+                       f"Unable to connect to UNIX socket '{path}': {e.strerror}",
+                       ErrorDomain.STREAMS) from None
+    s.setblocking(False)
+    return s.detach()
+
+
+async def _ready(fd: int, write: bool) -> None:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    (loop.add_writer if write else loop.add_reader)(fd, wake)
+    try:
+        await fut
+    finally:
+        (loop.remove_writer if write else loop.remove_reader)(fd)
+
+
+async def _device_to(fd: int, send: Callable[[bytes], Awaitable[None]]) -> None:
+    while True:
+        await _ready(fd, write=False)
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            continue
+        except OSError as e:
+            if e.errno in (errno.EIO, errno.ECONNRESET):  # the other end went away
+                return
+            raise
+        if not data:
+            return
+        await send(data)
+
+
+async def _to_device(fd: int, recv: Callable[[], Awaitable[Any]]) -> None:
+    while True:
+        data = await recv()
+        if not isinstance(data, bytes):
+            continue  # a hole means nothing to a character device
+        if not data:
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                await _ready(fd, write=True)
+            except OSError as e:
+                if e.errno in (errno.EIO, errno.EPIPE, errno.ECONNRESET):
+                    return
+                raise
+
+
+async def pump(fd: int, send: Callable[[bytes], Awaitable[None]],
+               recv: Callable[[], Awaitable[Any]], kicked: asyncio.Event) -> None:
+    """Copy both ways until the device or the client ends, or ``kicked`` is set.
+
+    Closes ``fd``. Errors of either direction propagate.
+    """
+    tasks = [asyncio.ensure_future(_device_to(fd, send)),
+             asyncio.ensure_future(_to_device(fd, recv)),
+             asyncio.ensure_future(kicked.wait())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        os.close(fd)
