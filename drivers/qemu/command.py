@@ -624,6 +624,15 @@ def netdev_props(
 
 
 def _chardev(c: CharDevice, chr_id: str) -> str:
+    opts = _chardev_backend(c, chr_id)
+    if c.log.get("file"):
+        opts += f",logfile={c.log['file']}"
+        if c.log.get("append") in ("on", "off"):
+            opts += f",logappend={c.log['append']}"
+    return opts
+
+
+def _chardev_backend(c: CharDevice, chr_id: str) -> str:
     src = c.source
     if src.type == "pty":
         return f"pty,id={chr_id}"

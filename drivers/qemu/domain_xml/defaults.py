@@ -384,6 +384,7 @@ def _fill_chardevs(d: DomainDef) -> None:
                     kind="serial",
                     source=CharSource(first.source.type, dict(first.source.attrs)),
                     protocol=first.protocol,
+                    log=dict(first.log),
                     target_type="isa-serial",
                     target_port=0,
                     target_model="isa-serial",
@@ -394,6 +395,7 @@ def _fill_chardevs(d: DomainDef) -> None:
                 devs.serials[0].source.type, dict(devs.serials[0].source.attrs)
             )
             first.protocol = devs.serials[0].protocol
+            first.log = dict(devs.serials[0].log)
     if devs.serials and (not devs.consoles or devs.consoles[0].target_type != "serial"):
         # the first serial port is always the first console too
         serial = devs.serials[0]
@@ -403,6 +405,7 @@ def _fill_chardevs(d: DomainDef) -> None:
                 kind="console",
                 source=CharSource(serial.source.type, dict(serial.source.attrs)),
                 protocol=serial.protocol,
+                log=dict(serial.log),
                 target_type="serial",
                 target_port=serial.target_port,
             ),

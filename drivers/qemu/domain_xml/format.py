@@ -425,6 +425,8 @@ def _format_chr(
         body.append(f"{i}<source{_attrs(src.attrs, ORDER['chr/source'])}/>\n")
     if c.protocol:
         body.append(f"{i}<protocol type='{c.protocol}'/>\n")
+    if c.log:
+        body.append(f"{i}<log{_attrs(c.log, ('file', 'append'))}/>\n")
     target = ""
     if c.target_type is not None:
         target += f" type='{c.target_type}'"

@@ -124,6 +124,7 @@ class CharDevice:
     target_name: str | None = None  # channel name
     target_model: str | None = None  # <model name='isa-serial'/>
     protocol: str | None = None  # tcp: raw, telnet
+    log: dict[str, str] = field(default_factory=dict)  # <log file= append=>: QEMU copies output
     info: DeviceInfo = field(default_factory=DeviceInfo)
 
 

@@ -676,6 +676,9 @@ def _chr(el: etree._Element, kind: str) -> CharDevice:
     protocol = el.find("protocol")
     if stype == "tcp":
         dev.protocol = protocol.get("type", "raw") if protocol is not None else "raw"
+    log = el.find("log")
+    if log is not None and log.get("file"):
+        dev.log = {k: v for k, v in log.attrib.items() if k in ("file", "append")}
     if target is not None:
         dev.target_type = target.get("type")
         dev.target_port = _int(target.get("port"), "./target/@port")
