@@ -1,0 +1,238 @@
+"""Resource tuning with stock virsh: each setting read back, errors as libvirtd gives them.
+
+One Linux test guest (TCG, two vCPU slots with one plugged, a balloon) serves
+the whole module; the balloon and vCPU hotplug need its cooperation. An
+inactive copy of the definition checks the config-only paths.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.daemon import DaemonProcess
+
+pytestmark = pytest.mark.slow
+
+NAME = "tune"
+BOOT_TIMEOUT = 60.0
+
+
+def guest_xml(name: str, kernel: Path, initrd: Path, cmdline: str) -> str:
+    return (
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory>"
+        "<vcpu current='1'>2</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type>"
+        f"<kernel>{kernel}</kernel><initrd>{initrd}</initrd><cmdline>{cmdline}</cmdline></os>"
+        "<features><acpi/></features><on_reboot>destroy</on_reboot>"
+        "<devices><serial type='pty'/><memballoon model='virtio'/></devices></domain>"
+    )
+
+
+@pytest.fixture(scope="module")
+def guest(module_daemon: DaemonProcess) -> Iterator[DaemonProcess]:
+    from guest import BANNER, ensure_guest
+
+    g = ensure_guest()
+    d = module_daemon
+    for name in (NAME, "tune-off"):
+        path = d.root / f"{name}.xml"
+        path.write_text(guest_xml(name, g.kernel, g.initrd, g.cmdline))
+        d.virsh("define", str(path))
+    d.virsh("start", NAME)
+    log = d.root / "var/log/libvirt/qemu" / f"{NAME}.log"
+    pty = re.search(r"<source path='(/dev/pts/\d+)'/>", out(d, "dumpxml", NAME))
+    assert pty is not None
+    fd = os.open(pty.group(1), os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    seen = b""
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    try:  # the balloon and CPU hotplug need the guest's drivers up
+        while BANNER.encode() not in seen:
+            assert time.monotonic() < deadline, f"guest did not boot: {seen[-300:]!r} {log}"
+            try:
+                seen += os.read(fd, 4096)
+            except BlockingIOError:
+                time.sleep(0.1)
+    finally:
+        os.close(fd)
+    yield d
+    for name in (NAME, "tune-off"):
+        d.virsh("destroy", name, check=False)
+        d.virsh("undefine", name, check=False)
+
+
+def out(d: DaemonProcess, *args: str) -> str:
+    return d.virsh(*args).stdout.strip()
+
+
+def fails(d: DaemonProcess, *args: str) -> str:
+    res = d.virsh(*args, check=False)
+    assert res.returncode != 0, res.stdout
+    return res.stderr.strip()
+
+
+def fields(text: str) -> dict[str, str]:
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+
+
+def wait_until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+def qemu_pid(d: DaemonProcess) -> int:
+    return int((d.root / f"run/libvirt/qemu/{NAME}.pid").read_text())
+
+
+def test_setmem_balloons_the_guest(guest: DaemonProcess) -> None:
+    guest.virsh("setmem", NAME, "200M")
+    wait_until(lambda: fields(out(guest, "dominfo", NAME))["Used memory"] == "204800 KiB")
+    assert "<currentMemory unit='KiB'>204800</currentMemory>" in out(guest, "dumpxml", NAME)
+    assert out(guest, "dommemstat", NAME).splitlines()[0] == "actual 204800"
+    assert fails(guest, "setmem", NAME, "400M") == (
+        "error: invalid argument: cannot set memory higher than max memory"
+    )
+    guest.virsh("setmem", NAME, "256M")
+    wait_until(lambda: fields(out(guest, "dominfo", NAME))["Used memory"] == "262144 KiB")
+
+
+def test_setmaxmem_config_only(guest: DaemonProcess) -> None:
+    assert fails(guest, "setmaxmem", NAME, "300M") == (
+        "error: Unable to change MaxMemorySize\nerror: Requested operation is not valid:"
+        " cannot resize the maximum memory on an active domain"
+    )
+    guest.virsh("setmaxmem", NAME, "300M", "--config")
+    inactive = out(guest, "dumpxml", NAME, "--inactive")
+    assert "<memory unit='KiB'>307200</memory>" in inactive
+    assert "<memory unit='KiB'>262144</memory>" in out(guest, "dumpxml", NAME)
+    guest.virsh("setmaxmem", NAME, "256M", "--config")
+
+
+def test_setvcpus_hotplugs_a_vcpu(guest: DaemonProcess) -> None:
+    guest.virsh("setvcpus", NAME, "2")
+    counts = out(guest, "vcpucount", NAME).split("\n")
+    assert [line.split() for line in counts] == [
+        ["maximum", "config", "2"], ["maximum", "live", "2"],
+        ["current", "config", "1"], ["current", "live", "2"],
+    ]
+    assert out(guest, "vcpuinfo", NAME).count("VCPU:") == 2
+    assert "<vcpu id='1' enabled='yes' hotpluggable='yes' order='2'/>" in out(
+        guest, "dumpxml", NAME
+    )
+    assert fails(guest, "setvcpus", NAME, "3") == (
+        "error: invalid argument: requested vcpus is greater than max allowable vcpus"
+        " for the live domain: 3 > 2"
+    )
+    guest.virsh("setvcpus", NAME, "1")  # the guest lets it go
+    assert out(guest, "vcpuinfo", NAME).count("VCPU:") == 1
+    assert guest.conn().lookupByName(NAME).vcpusFlags(0) == 1
+
+
+def test_vcpuinfo_has_thread_times(guest: DaemonProcess) -> None:
+    info = fields(out(guest, "vcpuinfo", NAME))
+    assert info["VCPU"] == "0" and info["State"] == "running"
+    assert float(info["CPU time"].rstrip("s")) > 0.1  # booting Linux under TCG
+    assert info["CPU Affinity"] == "y" * os.cpu_count()  # type: ignore[operator]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="pinning needs two host CPUs")
+def test_vcpupin_and_emulatorpin(guest: DaemonProcess) -> None:
+    guest.virsh("vcpupin", NAME, "0", "1")
+    assert out(guest, "vcpupin", NAME).splitlines()[2].split() == ["0", "1"]
+    assert fields(out(guest, "vcpuinfo", NAME))["CPU Affinity"].startswith("-y")
+    guest.virsh("emulatorpin", NAME, "0")
+    assert out(guest, "emulatorpin", NAME).splitlines()[-1].split() == ["*:", "0"]
+    assert os.sched_getaffinity(qemu_pid(guest)) == {0}
+    live = out(guest, "dumpxml", NAME)
+    assert "<vcpupin vcpu='0' cpuset='1'/>" in live and "<emulatorpin cpuset='0'/>" in live
+    guest.virsh("vcpupin", NAME, "1", "0", "--config")
+    assert "<vcpupin vcpu='1' cpuset='0'/>" in out(guest, "dumpxml", NAME, "--inactive")
+    all_cpus = f"0-{os.cpu_count() - 1}"  # type: ignore[operator]
+    guest.virsh("vcpupin", NAME, "0", all_cpus)
+    guest.virsh("emulatorpin", NAME, all_cpus)
+    assert os.sched_getaffinity(qemu_pid(guest)) == set(range(os.cpu_count()))  # type: ignore[arg-type]
+
+
+def test_cpu_stats(guest: DaemonProcess) -> None:
+    total = out(guest, "cpu-stats", NAME, "--total")
+    values = dict(re.findall(r"(\w+_time)\s+([\d.]+) seconds", total))
+    assert set(values) == {"cpu_time", "user_time", "system_time"}
+    assert float(values["cpu_time"]) > 0.1
+    assert float(values["cpu_time"]) >= float(values["user_time"])
+    # Per host CPU needs cpuacct accounting: libvirtd says the same on cgroup v2.
+    assert fails(guest, "cpu-stats", NAME).endswith(
+        "error: Operation not supported: operation 'getCpuacctPercpuUsage' not supported"
+        " for backend 'cgroup V2'"
+    )
+
+
+def test_schedinfo(guest: DaemonProcess) -> None:
+    info = fields(out(guest, "schedinfo", NAME))
+    assert info["Scheduler"] == "posix"
+    assert list(info)[1:] == [
+        "cpu_shares", "vcpu_period", "vcpu_quota", "emulator_period", "emulator_quota",
+        "global_period", "global_quota", "iothread_period", "iothread_quota",
+    ]
+    assert (info["vcpu_period"], info["vcpu_quota"]) == ("100000", "-1")
+    info = fields(out(guest, "schedinfo", NAME, "--set", "cpu_shares=2048"))
+    assert info["cpu_shares"] == "2048"
+    info = fields(out(guest, "schedinfo", NAME, "--set", "global_quota=50000"))
+    assert (info["global_period"], info["global_quota"]) == ("100000", "50000")
+    assert "<global_quota>50000</global_quota>" in out(guest, "dumpxml", NAME)
+    guest.virsh("schedinfo", NAME, "--set", "global_quota=-1")
+    assert "vcpu_period' is out of range [1000, 1000000]" in fails(
+        guest, "schedinfo", NAME, "--config", "--set", "vcpu_period=10"
+    )
+    guest.virsh("schedinfo", NAME, "--config", "--set", "vcpu_quota=20000")
+    assert fields(out(guest, "schedinfo", NAME, "--config"))["vcpu_quota"] == "20000"
+    assert "<quota>20000</quota>" in out(guest, "dumpxml", NAME, "--inactive")
+
+
+def test_memtune(guest: DaemonProcess) -> None:
+    assert fields(out(guest, "memtune", NAME)) == {
+        "hard_limit": "unlimited", "soft_limit": "unlimited", "swap_hard_limit": "unlimited",
+    }
+    guest.virsh("memtune", NAME, "--hard-limit", "1048576", "--soft-limit", "524288")
+    assert fields(out(guest, "memtune", NAME)) == {
+        "hard_limit": "1048576", "soft_limit": "524288", "swap_hard_limit": "unlimited",
+    }
+    assert "<hard_limit unit='KiB'>1048576</hard_limit>" in out(guest, "dumpxml", NAME)
+    guest.virsh("memtune", NAME, "--config", "--hard-limit", "2000000")
+    assert fields(out(guest, "memtune", NAME, "--config"))["hard_limit"] == "2000000"
+
+
+def test_blkiotune(guest: DaemonProcess) -> None:
+    assert fields(out(guest, "blkiotune", NAME))["weight"] == "100"
+    guest.virsh("blkiotune", NAME, "--weight", "500")
+    assert fields(out(guest, "blkiotune", NAME))["weight"] == "500"
+    guest.virsh("blkiotune", NAME, "--config", "--weight", "300")
+    assert fields(out(guest, "blkiotune", NAME, "--config"))["weight"] == "300"
+    assert "<weight>300</weight>" in out(guest, "dumpxml", NAME, "--inactive")
+
+
+def test_inactive_guest(guest: DaemonProcess) -> None:
+    off = "tune-off"
+    not_running = "error: Requested operation is not valid: domain is not running"
+    assert fails(guest, "setmem", off, "100M") == not_running
+    assert fails(guest, "setvcpus", off, "2", "--live") == not_running
+    assert fails(guest, "cpu-stats", off, "--total").endswith(not_running)
+    assert fails(guest, "setvcpus", off, "3", "--config") == (
+        "error: invalid argument: requested vcpus is greater than max allowable vcpus"
+        " for the persistent domain: 3 > 2"
+    )
+    guest.virsh("setvcpus", off, "2", "--config")
+    guest.virsh("setmem", off, "128M", "--config")
+    inactive = out(guest, "dumpxml", off)
+    assert "<vcpu placement='static'>2</vcpu>" in inactive
+    assert "<currentMemory unit='KiB'>131072</currentMemory>" in inactive
+    # virsh falls back to the pinning of the definition when vcpuinfo fails.
+    info = fields(out(guest, "vcpuinfo", off))
+    assert (info["CPU"], info["State"]) == ("N/A", "N/A")
+    assert fields(out(guest, "schedinfo", off))["cpu_shares"] == "0"
