@@ -464,6 +464,7 @@ def _disks(d: DomainDef, a: list[str]) -> None:
         node = f"libvirt-{total - n}"
         has_image = disk.source is not None or bool(disk.net_source)
         if has_image:
+            disk.node_index = total - n
             for props in blockdev_props(disk, node):
                 a += ["-blockdev", _json(props)]
         a += ["-device", _json(disk_device_props(d, disk, node if has_image else None, boot))]

@@ -186,14 +186,16 @@ def _config_without(d: DomainDef, devs: Devices) -> DomainDef:
     elif devs.interfaces:
         new.devices.interfaces.remove(_find_net(new, devs.interfaces[0]))
     elif devs.rngs:
-        if not new.devices.rngs:
-            raise _err(ErrorCode.DEVICE_MISSING, "device not found: no matching RNG device was found")
         want = devs.rngs[0]
-        match = [r for r in new.devices.rngs if r.model == want.model
-                 and r.backend_model == want.backend_model]
+        match = [
+            r for r in new.devices.rngs
+            if r.model == want.model and r.backend_model == want.backend_model
+        ]
         if not match:
-            raise _err(ErrorCode.DEVICE_MISSING, "device not found: no matching RNG device was found")
-        new.devices.rngs.remove(match[0])
+            raise _err(
+                ErrorCode.DEVICE_MISSING, "device not found: no matching RNG device was found"
+            )
+        _drop(new.devices.rngs, match[0])
     else:
         raise _err(
             ErrorCode.OPERATION_UNSUPPORTED,
@@ -350,14 +352,15 @@ async def _attach_live(driver: QemuDriver, dom: Domain, devs: Devices) -> None:
         raise _unsupported_live("attach", el_tag(devs))
 
 
-async def _next_node(proc: QemuProcess) -> str:
-    """A ``libvirt-N`` node name above every one QEMU has."""
-    top = 0
+async def _next_node(proc: QemuProcess, d: DomainDef) -> int:
+    """N for new ``libvirt-N`` nodes: above every one QEMU has and every number
+    the disks had at start (an empty CD-ROM has its number but no node)."""
+    top = len(d.devices.disks)
     for node in await proc.monitor.execute("query-named-block-nodes", {"flat": True}):
         parts = str(node.get("node-name", "")).split("-")
         if len(parts) == 3 and parts[0] == "libvirt" and parts[1].isdigit():
             top = max(top, int(parts[1]))
-    return f"libvirt-{top + 1}"
+    return top + 1
 
 
 async def _attach_disk(driver: QemuDriver, dom: Domain, disk: Disk) -> None:
@@ -370,7 +373,9 @@ async def _attach_disk(driver: QemuDriver, dom: Domain, disk: Disk) -> None:
         if existing.device in ("cdrom", "floppy") and disk.device == existing.device:
             await _change_media(driver, dom, existing, disk, force=False)
             return
-        raise _err(ErrorCode.OPERATION_FAILED, f"operation failed: target {disk.target} already exists")
+        raise _err(
+            ErrorCode.OPERATION_FAILED, f"operation failed: target {disk.target} already exists"
+        )
     if disk.device in ("cdrom", "floppy") or disk.bus not in _HOTPLUG_BUSES:
         what = disk.bus if disk.device == "disk" else disk.device
         raise _err(
@@ -400,12 +405,13 @@ async def _attach_disk(driver: QemuDriver, dom: Domain, disk: Disk) -> None:
     added: list[str] = []
     try:
         assign_aliases(d)
-        node = await _next_node(proc)
+        disk.node_index = await _next_node(proc, d)
+        node = f"libvirt-{disk.node_index}"
         for props in command.blockdev_props(disk, node):
             await proc.monitor.execute("blockdev-add", props)
             added.append(props["node-name"])
         boot = {id(disk.info): disk.info.boot_order} if disk.info.boot_order else {}
-        await proc.monitor.execute("device_add", command.disk_device_props(d, disk, f"{node}", boot))
+        await proc.monitor.execute("device_add", command.disk_device_props(d, disk, node, boot))
     except BaseException:
         _drop(d.devices.disks, disk)
         for name in reversed(added):
@@ -489,7 +495,9 @@ async def _update_live(driver: QemuDriver, dom: Domain, devs: Devices, force: bo
         want = devs.disks[0]
         disk = next((x for x in d.devices.disks if x.target == want.target), None)
         if disk is None:
-            raise _err(ErrorCode.INVALID_ARG, f"invalid argument: target {want.target} doesn't exist.")
+            raise _err(
+                ErrorCode.INVALID_ARG, f"invalid argument: target {want.target} doesn't exist."
+            )
         if disk.device not in ("cdrom", "floppy"):
             raise _err(
                 ErrorCode.CONFIG_UNSUPPORTED,
@@ -532,7 +540,8 @@ async def _change_media(
     driver: QemuDriver, dom: Domain, disk: Disk, want: Disk, force: bool
 ) -> None:
     """Eject (no source) or change a CD-ROM's medium: tray open, medium out, in, tray shut."""
-    proc = _proc(dom)
+    proc, live = _proc(dom), dom.live
+    assert live is not None
     alias = disk.info.alias or ""
     old = _nodes_of(await _block_entry(proc, alias))
     await proc.monitor.execute("blockdev-open-tray", {"id": alias, "force": force})
@@ -553,12 +562,16 @@ async def _change_media(
     new = copy.deepcopy(disk)
     _take_media(new, want)
     if new.source is not None:
-        node = await _next_node(proc)
+        new.node_index = await _next_node(proc, live)
+        node = f"libvirt-{new.node_index}"
         for props in command.blockdev_props(new, node):
             await proc.monitor.execute("blockdev-add", props)
-        await proc.monitor.execute("blockdev-insert-medium", {"id": alias, "node-name": f"{node}-format"})
+        await proc.monitor.execute(
+            "blockdev-insert-medium", {"id": alias, "node-name": f"{node}-format"}
+        )
         await proc.monitor.execute("blockdev-close-tray", {"id": alias})
     _take_media(disk, want)
+    disk.node_index = new.node_index
     _live_changed(driver, dom)
 
 

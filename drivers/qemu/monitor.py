@@ -131,7 +131,8 @@ class Monitor:
                 raise OSError("not connected")
             own = writer.transport.get_extra_info("socket")
             with socket.fromfd(own.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.sendmsg([b" "], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("@i", fd))])
+                rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("@i", fd))
+                sock.sendmsg([b" "], [rights])
         except OSError as e:
             raise VirError(
                 ErrorCode.OPERATION_FAILED,

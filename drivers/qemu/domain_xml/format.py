@@ -466,7 +466,7 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
     if devs.emulator:
         w(f"    <emulator>{esc(devs.emulator)}</emulator>\n")
     for n, disk in enumerate(devs.disks):
-        w(_format_disk(disk, inactive, len(devs.disks) - n))
+        w(_format_disk(disk, inactive, disk.node_index or len(devs.disks) - n))
     others = bool(devs.others)
     for c in devs.controllers:
         head = f" type='{c.type}' index='{c.index}'"

@@ -77,6 +77,7 @@ class Disk:
     serial: str | None = None
     target_extra: dict[str, str] = field(default_factory=dict)  # tray, removable, rotation_rate
     iotune: etree._Element | None = None  # kept as written
+    node_index: int | None = None  # live: N of its image's libvirt-N block nodes in QEMU
     info: DeviceInfo = field(default_factory=DeviceInfo)
 
 
