@@ -1,0 +1,252 @@
+"""Hotplug with stock virsh on the Linux test guest: what the guest sees, the XML, the events.
+
+One guest (i440fx, TCG, an empty IDE CD-ROM) serves the whole module; each test
+leaves it with the devices it started with.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from e2e.access import BOOT_TIMEOUT, Console
+from e2e.daemon import DaemonProcess
+from guest import ensure_guest
+
+pytestmark = pytest.mark.slow
+
+NAME = "hotplug"
+
+
+def guest_xml() -> str:
+    g = ensure_guest()
+    return (
+        f"<domain type='qemu'><name>{NAME}</name><memory unit='MiB'>128</memory>"
+        "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type>"
+        f"<kernel>{g.kernel}</kernel><initrd>{g.initrd}</initrd>"
+        f"<cmdline>{g.cmdline}</cmdline></os><features><acpi/></features>"
+        "<on_reboot>destroy</on_reboot><devices>"
+        "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>"
+        "<serial type='pty'/><console type='pty'/></devices></domain>"
+    )
+
+
+class Events:
+    """``virsh event --loop --all`` in the background."""
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.path = daemon.root / "events.txt"
+        self._out = open(self.path, "w")
+        self.proc = subprocess.Popen(
+            ["virsh", "-c", daemon.uri, "event", "--loop", "--all"],
+            stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=dict(os.environ, LC_ALL="C"),
+        )
+        time.sleep(0.5)  # registered before anything happens
+
+    def wait_for(self, line: str, timeout: float = 30.0) -> None:
+        want = f"event {line}"
+        wait_until(lambda: want in self.path.read_text().splitlines(), timeout,
+                   lambda: f"no {want!r} in {self.path.read_text()!r}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+        self._out.close()
+
+
+class Guest:
+    def __init__(self, daemon: DaemonProcess, console: Console, events: Events) -> None:
+        self.daemon, self.console, self.events = daemon, console, events
+
+    def virsh(self, *args: str) -> str:
+        return self.daemon.virsh(*args).stdout
+
+    def fails(self, *args: str) -> str:
+        res = self.daemon.virsh(*args, check=False)
+        assert res.returncode != 0, res.stdout
+        return res.stderr
+
+    def sh(self, command: str) -> str:
+        return self.console.run(command, timeout=BOOT_TIMEOUT)
+
+    def live_xml(self) -> str:
+        return self.virsh("dumpxml", NAME)
+
+    def config_xml(self) -> str:
+        return self.virsh("dumpxml", "--inactive", NAME)
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 30.0, why: Callable[[], str] = lambda: ""
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(why() or "condition not met")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def guest(module_daemon: DaemonProcess) -> Iterator[Guest]:
+    d = module_daemon
+    path = d.root / f"{NAME}.xml"
+    path.write_text(guest_xml())
+    d.virsh("define", str(path))
+    events = Events(d)
+    d.virsh("start", NAME)
+    conn = d.conn()
+    console = Console(conn, conn.lookupByName(NAME))
+    try:
+        console.wait_prompt()
+        yield Guest(d, console, events)
+    finally:
+        console.close()
+        events.close()
+        d.virsh("destroy", NAME, check=False)
+        d.virsh("undefine", NAME, check=False)
+
+
+def block_devices(g: Guest) -> set[str]:
+    return set(g.sh("ls /sys/block").split())
+
+
+def qcow2(g: Guest, name: str) -> str:
+    path = g.daemon.root / name
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    return str(path)
+
+
+def query_block(g: Guest) -> list[dict[str, Any]]:
+    import json
+
+    out = g.virsh("qemu-monitor-command", NAME, '{"execute":"query-block"}')
+    return json.loads(out)["return"]
+
+
+def test_attach_and_detach_disk_live(guest: Guest) -> None:
+    before = block_devices(guest)
+    image = qcow2(guest, "live.qcow2")
+    assert "Disk attached successfully" in guest.virsh(
+        "attach-disk", NAME, image, "vdb", "--subdriver", "qcow2"
+    )
+    guest.events.wait_for(f"'device-added' for domain '{NAME}': virtio-disk1")
+    wait_until(lambda: len(block_devices(guest) - before) == 1, why=lambda: "no new disk")
+    new = (block_devices(guest) - before).pop()
+    assert new.startswith("vd")
+    assert guest.sh(f"cat /sys/block/{new}/size").split() == ["32768"]
+    xml = guest.live_xml()
+    assert f"<source file='{image}'" in xml and "<alias name='virtio-disk1'/>" in xml
+    assert image not in guest.config_xml()
+    assert "target vdb already exists" in guest.fails(
+        "attach-disk", NAME, image, "vdb", "--subdriver", "qcow2"
+    )
+
+    assert "Disk detached successfully" in guest.virsh("detach-disk", NAME, "vdb")
+    guest.events.wait_for(f"'device-removed' for domain '{NAME}': virtio-disk1")
+    wait_until(lambda: block_devices(guest) == before, why=lambda: "the disk stayed")
+    assert image not in guest.live_xml()
+    nodes = [e["inserted"]["file"] for e in query_block(guest) if e.get("inserted")]
+    assert image not in nodes
+
+
+def test_detach_of_what_is_not_there(guest: Guest) -> None:
+    path = guest.daemon.root / "missing.xml"
+    path.write_text("<disk type='file'><source file='/nowhere'/><target dev='vdz'/></disk>")
+    assert "device not found: no target device vdz" in guest.fails(
+        "detach-device", NAME, str(path)
+    )
+    assert "no device found with alias ua-nothing" in guest.fails(
+        "detach-device-alias", NAME, "ua-nothing", "--config"
+    )
+
+
+def test_interface_attach_link_and_detach(guest: Guest) -> None:
+    path = guest.daemon.root / "nic.xml"
+    path.write_text(
+        "<interface type='user'><mac address='52:54:00:0a:0b:0c'/>"
+        "<model type='virtio'/></interface>"
+    )
+    assert "Device attached successfully" in guest.virsh("attach-device", NAME, str(path))
+    guest.events.wait_for(f"'device-added' for domain '{NAME}': net0")
+    wait_until(lambda: "eth0" in guest.sh("ls /sys/class/net"), why=lambda: "no eth0")
+    assert "52:54:00:0a:0b:0c" in guest.sh("cat /sys/class/net/eth0/address")
+    assert "52:54:00:0a:0b:0c" in guest.virsh("domiflist", NAME)
+
+    guest.virsh("domif-setlink", NAME, "52:54:00:0a:0b:0c", "down")
+    assert "<link state='down'/>" in guest.live_xml()
+    assert "down" in guest.virsh("domif-getlink", NAME, "52:54:00:0a:0b:0c")
+    guest.virsh("domif-setlink", NAME, "52:54:00:0a:0b:0c", "up")
+
+    assert "Device detached successfully" in guest.virsh("detach-device", NAME, str(path))
+    guest.events.wait_for(f"'device-removed' for domain '{NAME}': net0")
+    wait_until(lambda: "eth0" not in guest.sh("ls /sys/class/net"), why=lambda: "eth0 stayed")
+    assert "<interface" not in guest.live_xml()
+
+
+@pytest.fixture
+def bridge() -> Iterator[str]:
+    name = f"avdhp{os.getpid() % 100000}"
+    ip = shutil.which("ip")
+    if ip is None or os.geteuid() != 0:
+        pytest.skip("making a bridge needs root and iproute2")
+    subprocess.run([ip, "link", "add", name, "type", "bridge"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run([ip, "link", "del", name], check=False)
+
+
+def test_attach_interface_on_a_bridge(guest: Guest, bridge: str) -> None:
+    guest.virsh("attach-interface", NAME, "bridge", bridge, "--model", "virtio")
+    wait_until(lambda: "eth0" in guest.sh("ls /sys/class/net"), why=lambda: "no eth0")
+    listing = guest.virsh("domiflist", NAME)
+    tap = next(line.split()[0] for line in listing.splitlines() if bridge in line)
+    assert bridge in subprocess.run(
+        ["ip", "-o", "link", "show", tap], capture_output=True, text=True, check=True
+    ).stdout
+    guest.virsh("detach-interface", NAME, "bridge")
+    wait_until(lambda: "<interface" not in guest.live_xml(), why=lambda: "NIC stayed")
+    wait_until(
+        lambda: subprocess.run(["ip", "link", "show", tap], capture_output=True).returncode != 0,
+        why=lambda: f"{tap} stayed",
+    )
+
+
+def test_cdrom_media_change_and_eject(guest: Guest) -> None:
+    iso = guest.daemon.root / "media.iso"
+    iso.write_bytes(b"\0" * 2048 * 16)
+    path = guest.daemon.root / "cdrom.xml"
+    path.write_text(
+        f"<disk type='file' device='cdrom'><source file='{iso}'/>"
+        "<target dev='hdc' bus='ide'/><readonly/></disk>"
+    )
+    assert "Device updated successfully" in guest.virsh("update-device", NAME, str(path))
+    assert str(iso) in guest.virsh("domblklist", NAME)
+    inserted = [e["inserted"]["file"] for e in query_block(guest) if e.get("inserted")]
+    assert str(iso) in inserted
+    assert str(iso) not in guest.config_xml()
+
+    assert "Successfully ejected media" in guest.virsh("change-media", NAME, "hdc", "--eject")
+    assert str(iso) not in guest.virsh("domblklist", NAME)
+    assert not [e for e in query_block(guest) if e.get("inserted")]
+
+
+def test_config_only_attach(guest: Guest) -> None:
+    image = qcow2(guest, "config.qcow2")
+    before = block_devices(guest)
+    guest.virsh("attach-disk", NAME, image, "vdc", "--subdriver", "qcow2", "--config")
+    assert image in guest.config_xml()
+    assert image not in guest.live_xml()
+    assert block_devices(guest) == before
+    assert "target vdc already exists" in guest.fails(
+        "attach-disk", NAME, image, "vdc", "--config"
+    )
+    guest.virsh("detach-disk", NAME, "vdc", "--config")
+    assert image not in guest.config_xml()
