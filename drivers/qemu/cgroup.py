@@ -73,7 +73,25 @@ def write(group: Path, name: str, value: str) -> None:
 
 
 def extra_dirs(uuid: str, root: Path = ROOT) -> list[Path]:
-    """The v1 memory and blkio groups a stopped guest leaves behind (empty)."""
+    """What the tuning calls may have made for a guest besides its CPU group,
+    children first: they must go before the guest's own groups can."""
     if is_v2(root):
         return []
-    return [path(c, uuid, root) for c in ("memory", "blkio")]
+    cpu = path("cpu", uuid, root)
+    threads = [p for p in cpu.glob("*") if p.is_dir()] if cpu.exists() else []
+    return [*threads, *(path(c, uuid, root) for c in ("memory", "blkio"))]
+
+
+def sweep(root: Path = ROOT) -> None:
+    """Remove the empty v1 groups of guests that are gone: their thread groups
+    (so that the driver can then remove their CPU groups), memory and blkio."""
+    if is_v2(root):
+        return
+    doomed = [*(root / "cpu" / "machine").glob(group_name("*") + "/*")]
+    for controller in ("memory", "blkio"):
+        doomed += (root / controller / "machine").glob(group_name("*"))
+    for group in doomed:
+        try:
+            group.rmdir()
+        except OSError:
+            pass  # not a directory, or still in use

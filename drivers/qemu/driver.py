@@ -22,6 +22,7 @@ from daemon.paths import DriverPaths, Paths
 from drivers import host
 from drivers.events import EventBus
 from drivers.qemu import capabilities, command, domain_xml, hotplug, lifecycle, stats
+from drivers.qemu import cgroup, tuning
 from drivers.qemu.capabilities import QemuCaps
 from drivers.qemu.domain import (
     STOP_OUTCOME,
@@ -415,6 +416,7 @@ class QemuDriver:
         Only empty ones can go (rmdir refuses the others), so guests of any
         daemon still running keep theirs.
         """
+        cgroup.sweep()
         if self._cgroup_root is None:
             return
         for group in (self._cgroup_root / "machine").glob("qemu-*.aiovirtd"):
@@ -502,6 +504,7 @@ class QemuDriver:
         self._save_status(dom)
         try:
             dom.live_state = await self._live_facts(proc, d, id)
+            await tuning.apply_at_start(self, dom)
             await self._set_passwords(proc, d)
             await stats.set_stats_period(proc, d)
             await lifecycle.setup(proc, d)
@@ -619,7 +622,9 @@ class QemuDriver:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        for directory in (self._channel_dir(dom.id, dom.name), self._cgroup(dom)):
+        for directory in (
+            self._channel_dir(dom.id, dom.name), *cgroup.extra_dirs(dom.uuid_str), self._cgroup(dom)
+        ):
             try:
                 if directory is not None:
                     directory.rmdir()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
@@ -397,6 +398,10 @@ async def set_vcpus(driver: QemuDriver, dom: Domain, n: int, flags: int) -> None
         try:
             if live:
                 await _hotplug(dom, n)
+                group = driver._cgroup(dom)
+                if group is not None and (group / "emulator").is_dir():
+                    assert dom.live is not None  # new vCPU threads join their own groups
+                    await _apply_thread_bandwidth(driver, dom, _live_sched_values(dom.live))
         finally:
             if new is not None:
                 new.vcpu_current = n if n != new.vcpus else None
@@ -470,7 +475,8 @@ def _record_vcpus(dom: Domain, slots: list[dict[str, Any]]) -> None:
     for i, slot in enumerate(slots):
         path = slot.get("qom-path")
         attrs = {"id": str(i), "enabled": "yes" if path else "no"}
-        attrs["hotpluggable"] = "yes" if not path or path.startswith("/machine/peripheral/") else "no"
+        plugged_later = not path or path.startswith("/machine/peripheral/")
+        attrs["hotpluggable"] = "yes" if plugged_later else "no"
         if path:
             order += 1
             attrs["order"] = str(order)
@@ -499,7 +505,10 @@ def thread_stat(pid: int, tid: int) -> tuple[int, int]:
     return ticks * 1_000_000_000 // _CLOCK_TICKS, int(fields[36])
 
 
-async def get_vcpus(dom: Domain, maxinfo: int, maplen: int) -> tuple[list[tuple[int, int, int, int]], bytes]:
+VcpuInfo = tuple[int, int, int, int]  # number, state, cpu_time, cpu
+
+
+async def get_vcpus(dom: Domain, maxinfo: int, maplen: int) -> tuple[list[VcpuInfo], bytes]:
     """virDomainGetVcpus: (number, state, cpu_time, cpu) per online vCPU, and their maps."""
     if not dom.active:
         raise _invalid("cannot retrieve vcpu information for inactive domain")
@@ -700,9 +709,43 @@ def get_scheduler_params(driver: QemuDriver, dom: Domain, flags: int) -> list[tu
     return [(name, values[name]) for name, _tag, _ in SCHED_PARAMS]
 
 
-# Live: the guest is one cgroup here, so only its shares and its global
-# bandwidth can be enforced; the per-thread kinds are refused rather than faked.
-LIVE_SCHED = ("cpu_shares", "global_period", "global_quota")
+# Shares and the global bandwidth belong to the guest's cgroup; the per-kind
+# bandwidths need its threads split into vcpuN and emulator groups, which only
+# cgroup v1 allows for a process's threads. Iothread values are recorded as
+# libvirt records them: these guests have no iothreads to limit.
+THREAD_SCHED = ("vcpu_period", "vcpu_quota", "emulator_period", "emulator_quota")
+
+
+def _split_possible(group: Path) -> bool:
+    return not (group / "cpu.max").exists() and (group / "tasks").exists()
+
+
+async def _apply_thread_bandwidth(driver: QemuDriver, dom: Domain,
+                                  values: dict[str, int | None]) -> None:
+    """Each vCPU thread in its vcpuN group, the others in emulator, with the bandwidths."""
+    group = _cpu_group(driver, dom)
+    if not _split_possible(group):
+        raise _error(
+            ErrorCode.OPERATION_UNSUPPORTED,
+            "Operation not supported: per-thread CPU bandwidth needs the cgroup v1 cpu controller",
+        )
+    threads = await vcpu_threads(dom)
+    kinds = [(f"vcpu{i}", [tid], "vcpu") for i, tid in sorted(threads.items())]
+    others = [t for t in _threads(_process(dom).pid) if t not in threads.values()]
+    kinds.append(("emulator", others, "emulator"))
+    for name, tids, kind in kinds:
+        sub = group / name
+        sub.mkdir(exist_ok=True)
+        for tid in tids:
+            try:
+                cgroup.write(sub, "tasks", str(tid))
+            except ProcessLookupError:
+                pass  # a worker thread that just ended
+        _write_bandwidth(sub, values.get(f"{kind}_period"), values.get(f"{kind}_quota"))
+
+
+def _live_sched_values(d: DomainDef) -> dict[str, int | None]:
+    return {name: cputune_value(d, tag) for name, tag, _ in SCHED_PARAMS}
 
 
 async def set_scheduler_params(driver: QemuDriver, dom: Domain, values: dict[str, int],
@@ -720,34 +763,34 @@ async def set_scheduler_params(driver: QemuDriver, dom: Domain, values: dict[str
         new = _config_copy(dom) if config else None
         if live:
             assert dom.live is not None
-            unsupported = sorted(set(values) - set(LIVE_SCHED))
-            if unsupported:
-                raise _error(
-                    ErrorCode.OPERATION_UNSUPPORTED,
-                    f"Operation not supported: live '{unsupported[0]}' needs per-thread"
-                    " cgroups, which this daemon does not make",
-                )
             group = _cpu_group(driver, dom)
             try:
-                if "cpu_shares" in values:
-                    shares = values["cpu_shares"]
-                    if (group / "cpu.weight").exists():
-                        cgroup.write(group, "cpu.weight", str(shares))
-                    else:
-                        cgroup.write(group, "cpu.shares", str(shares))
-                if "global_period" in values or "global_quota" in values:
-                    _write_bandwidth(group, values.get("global_period"), values.get("global_quota"))
+                if set(values) & set(THREAD_SCHED):
+                    merged = {**_live_sched_values(dom.live), **values}
+                    await _apply_thread_bandwidth(driver, dom, merged)
+                _apply_guest_sched(group, values)
             except OSError as e:
                 raise _cgroup_error(group, e) from None
+            # What the kernel made of the guest-wide values (it may round them).
             actual = dict(get_scheduler_params(driver, dom, AFFECT_LIVE))
             for name, tag, _ in SCHED_PARAMS:
                 if name in values:
-                    _set_cputune(dom.live, tag, actual[name])
+                    guest_wide = name in ("cpu_shares", "global_period", "global_quota")
+                    _set_cputune(dom.live, tag, actual[name] if guest_wide else values[name])
         if new is not None:
             for name, tag, _ in SCHED_PARAMS:
                 if name in values:
                     _set_cputune(new, tag, values[name])
         _commit(driver, dom, live, new)
+
+
+def _apply_guest_sched(group: Path, values: dict[str, int | None]) -> None:
+    shares = values.get("cpu_shares")
+    if shares is not None:
+        name = "cpu.weight" if (group / "cpu.weight").exists() else "cpu.shares"
+        cgroup.write(group, name, str(shares))
+    if values.get("global_period") is not None or values.get("global_quota") is not None:
+        _write_bandwidth(group, values.get("global_period"), values.get("global_quota"))
 
 
 def _cgroup_error(group: Any, e: OSError) -> VirError:
@@ -800,6 +843,30 @@ def _memory_files(v2: bool) -> dict[str, str]:
             "swap_hard_limit": "memory.memsw.limit_in_bytes"}
 
 
+def _apply_memtune(dom: Domain, values: dict[str, int], old: dict[str, int]) -> None:
+    """Write memory limits (KiB) into the guest's memory cgroup, joining it first."""
+    if not cgroup.available("memory"):
+        raise _invalid("cgroup memory controller is not mounted")
+    v2 = cgroup.is_v2()
+    files = _memory_files(v2)
+    # v1 wants the swap limit never below the hard limit: a raised one goes
+    # first, a lowered one last.
+    order = ["hard_limit", "soft_limit", "swap_hard_limit"]
+    if values.get("swap_hard_limit", 0) > old["swap_hard_limit"]:
+        order = order[2:] + order[:2]
+    try:
+        group = cgroup.join("memory", dom.uuid_str, _process(dom).pid)
+        for name in (n for n in order if n in values):
+            value = values[name]
+            if value >= UNLIMITED:
+                text = "max" if v2 else "-1"
+            else:
+                text = str(value * 1024)
+            cgroup.write(group, files[name], text)
+    except OSError as e:
+        raise _cgroup_error(cgroup.path("memory", dom.uuid_str), e) from None
+
+
 async def set_memory_params(driver: QemuDriver, dom: Domain, values: dict[str, int],
                             flags: int) -> None:
     async with dom.lock:
@@ -817,27 +884,7 @@ async def set_memory_params(driver: QemuDriver, dom: Domain, values: dict[str, i
                 )
         if live:
             assert dom.live is not None
-            if not cgroup.available("memory"):
-                raise _invalid("cgroup memory controller is not mounted")
-            v2 = cgroup.is_v2()
-            files = _memory_files(v2)
-            try:
-                group = cgroup.join("memory", dom.uuid_str, _process(dom).pid)
-                # v1 wants the swap limit never below the hard limit: a raised
-                # one goes first, a lowered one last.
-                old = memtune_values(dom.live)
-                order = ["hard_limit", "soft_limit", "swap_hard_limit"]
-                if values.get("swap_hard_limit", 0) > old["swap_hard_limit"]:
-                    order = order[2:] + order[:2]
-                for name in (n for n in order if n in values):
-                    value = values[name]
-                    if value >= UNLIMITED:
-                        text = "max" if v2 else "-1"
-                    else:
-                        text = str(value * 1024)
-                    cgroup.write(group, files[name], text)
-            except OSError as e:
-                raise _cgroup_error(cgroup.path("memory", dom.uuid_str), e) from None
+            _apply_memtune(dom, values, memtune_values(dom.live))
             _set_memtune(dom.live, values)
         if new is not None:
             _set_memtune(new, values)
@@ -965,6 +1012,21 @@ def _write_device_limits(group: Any, name: str, devices: dict[str, int]) -> None
             cgroup.write(group, f"blkio.throttle.{kind}_device", f"{dev} {value}")
 
 
+def _apply_blkio(dom: Domain, values: dict[str, Any]) -> None:
+    """Write the weight and device limits into the guest's blkio/io cgroup, joining it first."""
+    if not cgroup.available("blkio"):
+        raise _invalid("blkio cgroup isn't mounted")
+    try:
+        group = cgroup.join("blkio", dom.uuid_str, _process(dom).pid)
+        if "weight" in values:
+            cgroup.write(group, _weight_file(group), str(values["weight"]))
+        for name in BLKIO_DEVICE:
+            if name in values:
+                _write_device_limits(group, name, parse_device_list(name, values[name]))
+    except OSError as e:
+        raise _cgroup_error(cgroup.path("blkio", dom.uuid_str), e) from None
+
+
 async def set_blkio_params(driver: QemuDriver, dom: Domain, values: dict[str, Any],
                            flags: int) -> None:
     async with dom.lock:
@@ -976,19 +1038,59 @@ async def set_blkio_params(driver: QemuDriver, dom: Domain, values: dict[str, An
         new = _config_copy(dom) if config else None
         if live:
             assert dom.live is not None
-            if not cgroup.available("blkio"):
-                raise _invalid("blkio cgroup isn't mounted")
-            try:
-                group = cgroup.join("blkio", dom.uuid_str, _process(dom).pid)
-                if "weight" in values:
-                    cgroup.write(group, _weight_file(group), str(values["weight"]))
-                for name in BLKIO_DEVICE:
-                    if name in values:
-                        _write_device_limits(group, name, parse_device_list(name, values[name]))
-            except OSError as e:
-                raise _cgroup_error(cgroup.path("blkio", dom.uuid_str), e) from None
+            _apply_blkio(dom, values)
             _set_blkiotune(dom.live, values)
         if new is not None:
             _set_blkiotune(new, values)
         _commit(driver, dom, live, new)
 
+
+# -- at start ------------------------------------------------------------------------------------
+
+
+def _blkio_config(d: DomainDef) -> dict[str, Any]:
+    """The <blkiotune> of ``d`` as blkio parameters."""
+    el = d.kept.get("blkiotune")
+    if el is None:
+        return {}
+    values: dict[str, Any] = {}
+    weight = (el.findtext("weight") or "").strip()
+    if weight:
+        values["weight"] = int(weight)
+    devices = _blkio_devices(d)
+    for name in BLKIO_DEVICE:
+        tag = _DEVICE_TAGS[name]
+        listed = ",".join(f"{p},{v[tag]}" for p, v in devices.items() if v.get(tag))
+        if listed:
+            values[name] = listed
+    return values
+
+
+async def apply_at_start(driver: QemuDriver, dom: Domain) -> None:
+    """Put the tuning of the definition a guest starts from into force, before
+    its CPUs first run: pinning, scheduler values, memory and block I/O limits."""
+    d = dom.live
+    if d is None:
+        return
+    if d.kept.get("cputune") is not None or d.vcpu_cpuset:
+        threads = await vcpu_threads(dom)
+        for index, tid in threads.items():
+            _set_affinity(tid, vcpu_pin(d, index))
+        for tid in _threads(_process(dom).pid):
+            if tid not in threads.values():
+                _set_affinity(tid, emulator_pin(d))
+    sched = _live_sched_values(d)
+    if any(v is not None for v in sched.values()):
+        group = _cpu_group(driver, dom)
+        try:
+            if any(sched[name] is not None for name in THREAD_SCHED):
+                await _apply_thread_bandwidth(driver, dom, sched)
+            _apply_guest_sched(group, sched)
+        except OSError as e:
+            raise _cgroup_error(group, e) from None
+    limits = {k: v for k, v in memtune_values(d).items() if v < UNLIMITED}
+    if limits:
+        _apply_memtune(dom, limits, dict.fromkeys(MEMTUNE, UNLIMITED))
+    blkio = _blkio_config(d)
+    if blkio:
+        _apply_blkio(dom, blkio)

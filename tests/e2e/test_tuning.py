@@ -154,10 +154,10 @@ def test_vcpupin_and_emulatorpin(guest: DaemonProcess) -> None:
     assert "<vcpupin vcpu='0' cpuset='1'/>" in live and "<emulatorpin cpuset='0'/>" in live
     guest.virsh("vcpupin", NAME, "1", "0", "--config")
     assert "<vcpupin vcpu='1' cpuset='0'/>" in out(guest, "dumpxml", NAME, "--inactive")
-    all_cpus = f"0-{os.cpu_count() - 1}"  # type: ignore[operator]
-    guest.virsh("vcpupin", NAME, "0", all_cpus)
-    guest.virsh("emulatorpin", NAME, all_cpus)
-    assert os.sched_getaffinity(qemu_pid(guest)) == set(range(os.cpu_count()))  # type: ignore[arg-type]
+    ncpus = os.cpu_count() or 1
+    guest.virsh("vcpupin", NAME, "0", f"0-{ncpus - 1}")
+    guest.virsh("emulatorpin", NAME, f"0-{ncpus - 1}")
+    assert os.sched_getaffinity(qemu_pid(guest)) == set(range(ncpus))
 
 
 def test_cpu_stats(guest: DaemonProcess) -> None:
@@ -236,3 +236,50 @@ def test_inactive_guest(guest: DaemonProcess) -> None:
     info = fields(out(guest, "vcpuinfo", off))
     assert (info["CPU"], info["State"]) == ("N/A", "N/A")
     assert fields(out(guest, "schedinfo", off))["cpu_shares"] == "0"
+
+
+def test_thread_bandwidth_live(guest: DaemonProcess) -> None:
+    uuid = out(guest, "domuuid", NAME)
+    group = Path(f"/sys/fs/cgroup/cpu/machine/qemu-{uuid}.aiovirtd")
+    if not (group / "cpu.cfs_quota_us").exists():
+        pytest.skip("per-thread bandwidth needs the cgroup v1 cpu controller")
+    info = fields(out(guest, "schedinfo", NAME, "--set", "vcpu_quota=50000",
+                      "--set", "emulator_period=200000"))
+    assert (info["vcpu_quota"], info["emulator_period"]) == ("50000", "200000")
+    assert (group / "vcpu0/cpu.cfs_quota_us").read_text().strip() == "50000"
+    assert (group / "emulator/cpu.cfs_period_us").read_text().strip() == "200000"
+    assert str(qemu_pid(guest)) in (group / "emulator/tasks").read_text().split()
+    live = out(guest, "dumpxml", NAME)
+    assert "<quota>50000</quota>" in live and "<emulator_period>200000</emulator_period>" in live
+    guest.virsh("schedinfo", NAME, "--set", "vcpu_quota=-1")
+    assert (group / "vcpu0/cpu.cfs_quota_us").read_text().strip() == "-1"
+
+
+def test_config_tuning_applies_at_start(guest: DaemonProcess) -> None:
+    """A firmware-only guest whose definition pins and limits it."""
+    virt = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+    path = guest.root / "tune-start.xml"
+    path.write_text(
+        f"<domain type='{virt}'><name>tune-start</name><memory unit='MiB'>64</memory>"
+        "<memtune><hard_limit unit='MiB'>512</hard_limit></memtune><vcpu>1</vcpu>"
+        "<cputune><shares>512</shares><vcpupin vcpu='0' cpuset='0'/>"
+        "<emulatorpin cpuset='0'/></cputune>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+    )
+    guest.virsh("define", str(path))
+    try:
+        guest.virsh("start", "tune-start")
+        assert fields(out(guest, "schedinfo", "tune-start"))["cpu_shares"] == "512"
+        assert fields(out(guest, "memtune", "tune-start"))["hard_limit"] == "524288"
+        assert fields(out(guest, "vcpuinfo", "tune-start"))["CPU Affinity"].startswith("y")
+        pid = int((guest.root / "run/libvirt/qemu/tune-start.pid").read_text())
+        assert os.sched_getaffinity(pid) == {0}
+        uuid = out(guest, "domuuid", "tune-start")
+        memory = Path(f"/sys/fs/cgroup/memory/machine/qemu-{uuid}.aiovirtd")
+        if memory.exists():
+            assert (memory / "memory.limit_in_bytes").read_text().strip() == str(512 << 20)
+        guest.virsh("destroy", "tune-start")
+        assert not memory.exists()  # the groups go with the guest
+    finally:
+        guest.virsh("destroy", "tune-start", check=False)
+        guest.virsh("undefine", "tune-start", check=False)

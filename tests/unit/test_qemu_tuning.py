@@ -166,9 +166,8 @@ def hotpluggable(plugged: int) -> list[dict[str, Any]]:
         slot: dict[str, Any] = {"type": "qemu64-x86_64-cpu", "vcpus-count": 1,
                                 "props": {"socket-id": socket, "core-id": 0, "thread-id": 0}}
         if socket < plugged:
-            slot["qom-path"] = (
-                "/machine/unattached/device[0]" if socket == 0 else f"/machine/peripheral/vcpu{socket}"
-            )
+            booted = "/machine/unattached/device[0]"
+            slot["qom-path"] = booted if socket == 0 else f"/machine/peripheral/vcpu{socket}"
         slots.append(slot)
     return slots
 
@@ -257,7 +256,9 @@ async def test_scheduler_ranges_and_config_values(driver: QemuDriver) -> None:
     dom = await defined(driver)
     with pytest.raises(VirError) as e:
         await tuning.set_scheduler_params(driver, dom, {"vcpu_period": 10}, 0)
-    assert e.value.message == "invalid argument: value of 'vcpu_period' is out of range [1000, 1000000]"
+    assert e.value.message == (
+        "invalid argument: value of 'vcpu_period' is out of range [1000, 1000000]"
+    )
     with pytest.raises(VirError, match=r"'vcpu_quota' is out of range \[1000, 17592186044415\]"):
         await tuning.set_scheduler_params(driver, dom, {"vcpu_quota": 10}, 0)
     await tuning.set_scheduler_params(driver, dom, {"vcpu_quota": 50000, "cpu_shares": 7}, 0)

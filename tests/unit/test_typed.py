@@ -31,7 +31,9 @@ def test_validate_values_and_errors() -> None:
     with pytest.raises(VirError) as e:
         typed.validate(typed.encode([("b", typed.INT, 1)]), allowed)
     assert e.value.code == ErrorCode.INVALID_ARG
-    assert e.value.message == "invalid argument: invalid type 'int' for parameter 'b', expected 'ullong'"
+    assert e.value.message == (
+        "invalid argument: invalid type 'int' for parameter 'b', expected 'ullong'"
+    )
     with pytest.raises(VirError) as e:
         typed.validate(typed.encode([("b", typed.ULLONG, 1), ("b", typed.ULLONG, 2)]), allowed)
     assert e.value.message == "invalid argument: parameter 'b' occurs multiple times"
