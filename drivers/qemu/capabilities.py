@@ -16,7 +16,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ExecuteError, QMPClient
 
 from drivers import host
 from drivers.qemu.status import write_atomic
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 30.0
 # Bumped whenever the cached JSON's layout changes, so old caches are ignored.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 # Guest architectures and the binary libvirt uses for each on an x86 host.
 EMULATORS = {
@@ -58,6 +58,9 @@ class QemuCaps:
     cpu_usable: dict[str, dict[str, bool]] = field(default_factory=dict)
     # Non-abstract QOM types: which devices and backends this binary has.
     qom_types: frozenset[str] = frozenset()
+    # Per accelerator: the properties of the CPU a guest gets from "-cpu host" (KVM)
+    # or "-cpu max" (TCG), as a full query-cpu-model-expansion gives them.
+    host_cpu_props: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def canonical_machine(self, name: str | None) -> str:
         """The versioned machine type for an alias ("pc" -> "pc-i440fx-7.2"), or the default.
@@ -95,6 +98,7 @@ class QemuCaps:
             package=data.get("package", ""),
             cpu_usable={k: dict(v) for k, v in data["cpu_usable"].items()},
             qom_types=frozenset(data["qom_types"]),
+            host_cpu_props={k: dict(v) for k, v in data["host_cpu_props"].items()},
         )
 
 
@@ -135,7 +139,9 @@ async def _query(emulator: str, arch: str) -> QemuCaps:
     so a TCG-only QEMU is asked as well when KVM answered the first time."""
     caps = await _ask(emulator, arch, ("kvm", "tcg"))
     if "tcg" not in caps.cpu_usable:
-        caps.cpu_usable.update((await _ask(emulator, arch, ("tcg",))).cpu_usable)
+        tcg = await _ask(emulator, arch, ("tcg",))
+        caps.cpu_usable.update(tcg.cpu_usable)
+        caps.host_cpu_props.update(tcg.host_cpu_props)
     return caps
 
 
@@ -168,6 +174,8 @@ async def _ask(emulator: str, arch: str, accels: tuple[str, ...]) -> QemuCaps:
         machines = await qmp.execute("query-machines")
         cpus = await qmp.execute("query-cpu-definitions")
         types = await qmp.execute("qom-list-types", {"abstract": False})
+        accel = "kvm" if kvm["enabled"] else "tcg"
+        host_cpu = await _expand_host_cpu(qmp, accel)
         await qmp.execute("quit")
         await _quiet_disconnect(qmp)
     except BaseException:
@@ -185,13 +193,23 @@ async def _ask(emulator: str, arch: str, accels: tuple[str, ...]) -> QemuCaps:
         machines=_machines(machines),
         cpu_models=[c["name"] for c in cpus],
         package=version.get("package", ""),
-        cpu_usable={
-            "kvm" if kvm["enabled"] else "tcg": {
-                c["name"]: not c.get("unavailable-features") for c in cpus
-            }
-        },
+        cpu_usable={accel: {c["name"]: not c.get("unavailable-features") for c in cpus}},
         qom_types=frozenset(t["name"] for t in types),
+        host_cpu_props={accel: host_cpu} if host_cpu else {},
     )
+
+
+async def _expand_host_cpu(qmp: QMPClient, accel: str) -> dict[str, object]:
+    """Every property of the host-like CPU, non-migratable features included;
+    empty where QEMU cannot expand CPU models for this target."""
+    model: dict[str, object] = {"name": "max"}
+    if accel == "kvm":
+        model = {"name": "host", "props": {"migratable": False}}
+    try:
+        reply = await qmp.execute("query-cpu-model-expansion", {"type": "full", "model": model})
+    except ExecuteError:
+        return {}
+    return dict(reply["model"].get("props", {}))
 
 
 def _cache_key(emulator: str) -> dict:
