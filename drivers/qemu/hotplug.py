@@ -171,11 +171,18 @@ def _config_with(driver: QemuDriver, d: DomainDef, el: etree._Element, devs: Dev
                 ErrorCode.OPERATION_INVALID,
                 f"Requested operation is not valid: target {target} already exists",
             )
-    root = etree.fromstring(domain_xml.format(d, inactive=True, secure=True).encode())
+    base, extra = d, el
+    if devs.disks:
+        # libvirt files a disk by its bus, filled in before it is inserted
+        base, extra = copy.deepcopy(d), None
+        defaults.fill_disk(devs.disks[0])
+        insert_disk(base.devices.disks, devs.disks[0])
+    root = etree.fromstring(domain_xml.format(base, inactive=True, secure=True).encode())
     devices = root.find("devices")
     if devices is None:
         devices = etree.SubElement(root, "devices")
-    devices.append(copy.deepcopy(el))
+    if extra is not None:
+        devices.append(copy.deepcopy(extra))
     return domain_xml.parse(etree.tostring(root, encoding="unicode"), driver.caps)
 
 
@@ -401,12 +408,12 @@ async def _attach_disk(driver: QemuDriver, dom: Domain, disk: Disk) -> None:
                 f"Operation not supported: no SCSI controller with index {controller}"
                 " to plug the disk into",
             )
+    disk.node_index = await _next_node(proc, d)
+    node = f"libvirt-{disk.node_index}"
     insert_disk(d.devices.disks, disk)
     added: list[str] = []
     try:
         assign_aliases(d)
-        disk.node_index = await _next_node(proc, d)
-        node = f"libvirt-{disk.node_index}"
         for props in command.blockdev_props(disk, node):
             await proc.monitor.execute("blockdev-add", props)
             added.append(props["node-name"])

@@ -1,0 +1,258 @@
+"""Hotplug in the QEMU driver without QEMU: a recording monitor stands in.
+
+Checked: the QMP sequences of live attach, detach and media change, the
+asynchronous end of an unplug the guest confirms late, config changes and
+libvirt's errors for each flag combination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.paths import Paths
+from drivers import host
+from drivers.events import EventBus
+from drivers.qemu import domain_xml, hotplug
+from drivers.qemu.capabilities import MachineInfo, QemuCaps
+from drivers.qemu.domain import Domain, State
+from drivers.qemu.domain_xml import LiveState
+from drivers.qemu.driver import QemuDriver
+from protocol.errors import ErrorCode, VirError
+
+CAPS = QemuCaps(
+    emulator="/usr/bin/qemu-system-x86_64",
+    arch="x86_64",
+    version=7002022,
+    kvm_usable=False,
+    machines={"pc-i440fx-7.2": MachineInfo("pc-i440fx-7.2", "pc", 255, True)},
+    cpu_models=["qemu64"],
+)
+XML = (
+    "<domain type='qemu'><name>t</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+    "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+    "<disk type='file' device='disk'><source file='/img/a.raw'/><target dev='vda'/></disk>"
+    "<disk type='file' device='cdrom'><target dev='hdc'/><readonly/></disk>"
+    "</devices></domain>"
+)
+DISK = "<disk type='file'><driver name='qemu' type='qcow2'/><source file='/img/b.qcow2'/>" \
+    "<target dev='vdb'/></disk>"
+NIC = "<interface type='user'><mac address='52:54:00:01:02:03'/><model type='virtio'/></interface>"
+
+
+class FakeMonitor:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.block: list[dict[str, Any]] = []
+        self.on_device_del: Any = None
+
+    async def execute(self, cmd: str, args: Any = None, timeout: float | None = None) -> Any:
+        self.calls.append((cmd, args))
+        if cmd == "query-block":
+            return self.block
+        if cmd == "query-named-block-nodes":
+            return [{"node-name": "libvirt-2-format"}, {"node-name": "libvirt-2-storage"}]
+        if cmd == "device_del" and self.on_device_del is not None:
+            asyncio.get_running_loop().call_soon(self.on_device_del, args["id"])
+        return {}
+
+    def sent(self) -> list[str]:
+        return [cmd for cmd, _ in self.calls if not cmd.startswith("query-")]
+
+
+class FakeProcess:
+    def __init__(self, monitor: FakeMonitor) -> None:
+        self.pid = 999999
+        self.monitor_path = "/nonexistent"
+        self.monitor = monitor
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> QemuDriver:
+    drv = QemuDriver(Paths(tmp_path), EventBus())
+    drv.all_caps = {host.host_arch(): CAPS}
+    for d in (drv.dirs.config_dir, drv.dirs.state_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    drv._cgroup_root = None
+    return drv
+
+
+@pytest.fixture
+def events(driver: QemuDriver) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+    driver.bus.subscribe(
+        lambda kind, obj, **data: seen.append((kind, data["alias"])) if "alias" in data else None
+    )
+    return seen
+
+
+def run(dom: Domain) -> FakeMonitor:
+    """Make ``dom`` look running; its QMP is the returned fake."""
+    assert dom.config is not None
+    live = copy.deepcopy(dom.config)
+    domain_xml.assign_aliases(live)
+    monitor = FakeMonitor()
+    dom.process = FakeProcess(monitor)  # type: ignore[assignment]
+    dom.started(7, live, LiveState(id=7))
+    dom.set_state(State.RUNNING, 1)
+    return monitor
+
+
+def targets(d: Any) -> list[str]:
+    return [x.target for x in d.devices.disks]
+
+
+async def test_live_disk_attach_sends_libvirts_sequence(
+    driver: QemuDriver, events: list[tuple[str, str]]
+) -> None:
+    dom = await driver.define_xml(XML)
+    mon = run(dom)
+    await hotplug.attach(driver, dom, DISK, hotplug.AFFECT_LIVE)
+    assert mon.sent() == ["blockdev-add", "blockdev-add", "device_add"]
+    storage, fmt, dev = (args for cmd, args in mon.calls if not cmd.startswith("query-"))
+    assert storage["node-name"] == "libvirt-3-storage" and storage["filename"] == "/img/b.qcow2"
+    assert fmt == {"node-name": "libvirt-3-format", "read-only": False, "driver": "qcow2",
+                   "file": "libvirt-3-storage"}
+    assert dev["driver"] == "virtio-blk-pci" and dev["id"] == "virtio-disk1"
+    assert dev["drive"] == "libvirt-3-format" and dev["bus"] == "pci.0"
+    assert targets(dom.live) == ["vda", "vdb", "hdc"]
+    assert "index='3'" in driver.get_xml_desc(dom)
+    assert targets(dom.config) == ["vda", "hdc"]
+    assert events == [("domain-device-added", "virtio-disk1")]
+
+
+async def test_live_attach_errors(driver: QemuDriver) -> None:
+    dom = await driver.define_xml(XML)
+    with pytest.raises(VirError) as e:
+        await hotplug.attach(driver, dom, DISK, hotplug.AFFECT_LIVE)
+    assert e.value.message == "Requested operation is not valid: domain is not running"
+    mon = run(dom)
+    taken = DISK.replace("vdb", "vda")
+    with pytest.raises(VirError) as e:
+        await hotplug.attach(driver, dom, taken, hotplug.AFFECT_LIVE)
+    assert e.value.message == "operation failed: target vda already exists"
+    with pytest.raises(VirError) as e:
+        await hotplug.attach(driver, dom, DISK.replace("vdb", "hdb"), hotplug.AFFECT_LIVE)
+    assert e.value.code == ErrorCode.OPERATION_UNSUPPORTED
+    assert e.value.message == "Operation not supported: disk bus 'ide' cannot be hotplugged."
+    with pytest.raises(VirError) as e:
+        await hotplug.attach(driver, dom, "<foo/>", 0)
+    assert e.value.message == "unsupported configuration: unknown device type 'foo'"
+    assert mon.sent() == []
+
+
+async def test_detach_returns_after_the_timeout_and_finishes_later(
+    driver: QemuDriver, events: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hotplug, "UNPLUG_TIMEOUT", 0.05)
+    dom = await driver.define_xml(XML)
+    mon = run(dom)
+    mon.block = [{"qdev": "/machine/peripheral/virtio-disk0/virtio-backend",
+                  "inserted": {"node-name": "libvirt-2-format"}}]
+    await hotplug.detach(driver, dom, "<disk><target dev='vda'/></disk>", 0)
+    assert mon.sent() == ["device_del"]
+    assert "vda" in targets(dom.live)  # the guest has not let go yet
+    hotplug.on_device_event(driver, dom, "DEVICE_DELETED", {"path": "/machine/x/virtio-backend"})
+    hotplug.on_device_event(driver, dom, "DEVICE_DELETED", {"device": "virtio-disk0"})
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert targets(dom.live) == ["hdc"]
+    assert mon.sent() == ["device_del", "blockdev-del", "blockdev-del"]
+    assert [args["node-name"] for cmd, args in mon.calls if cmd == "blockdev-del"] == [
+        "libvirt-2-format", "libvirt-2-storage"
+    ]
+    assert events == [("domain-device-removed", "virtio-disk0")]
+
+
+async def test_detach_waits_for_a_prompt_guest(
+    driver: QemuDriver, events: list[tuple[str, str]]
+) -> None:
+    dom = await driver.define_xml(XML)
+    mon = run(dom)
+    mon.on_device_del = lambda alias: hotplug.on_device_event(
+        driver, dom, "DEVICE_DELETED", {"device": alias}
+    )
+    await hotplug.attach(driver, dom, NIC, hotplug.AFFECT_LIVE)
+    assert mon.sent() == ["netdev_add", "device_add"]
+    assert mon.calls[0][1] == {"type": "user", "id": "hostnet0"}
+    assert mon.calls[1][1]["driver"] == "virtio-net-pci" and mon.calls[1][1]["id"] == "net0"
+    await hotplug.detach(driver, dom, NIC, hotplug.AFFECT_LIVE)
+    assert dom.live is not None and dom.live.devices.interfaces == []
+    assert mon.sent()[2:] == ["device_del", "netdev_del"]
+    assert events == [("domain-device-added", "net0"), ("domain-device-removed", "net0")]
+    with pytest.raises(VirError) as e:
+        await hotplug.detach(driver, dom, NIC, hotplug.AFFECT_LIVE)
+    assert e.value.code == ErrorCode.DEVICE_MISSING
+
+
+async def test_config_attach_and_detach(driver: QemuDriver) -> None:
+    dom = await driver.define_xml(XML)
+    await hotplug.attach(driver, dom, DISK, 0)  # current = config while shut off
+    assert dom.config is not None
+    added = dom.config.devices.disks[1]
+    assert (added.target, added.bus, added.driver["type"]) == ("vdb", "virtio", "qcow2")
+    assert added.info.address is not None
+    saved = (driver.dirs.config_dir / "t.xml").read_text()
+    assert "/img/b.qcow2" in saved
+    with pytest.raises(VirError) as e:
+        await hotplug.attach(driver, dom, DISK, hotplug.AFFECT_CONFIG)
+    assert e.value.message == "Requested operation is not valid: target vdb already exists"
+    await hotplug.detach(driver, dom, DISK, hotplug.AFFECT_CONFIG)
+    assert targets(dom.config) == ["vda", "hdc"]
+    with pytest.raises(VirError) as e:
+        await hotplug.detach(driver, dom, DISK, hotplug.AFFECT_CONFIG)
+    assert e.value.message == "device not found: no target device vdb"
+
+
+async def test_config_of_a_transient_domain(driver: QemuDriver) -> None:
+    dom = await driver.define_xml(XML)
+    run(dom)
+    dom.set_config(None)
+    with pytest.raises(VirError) as e:
+        await hotplug.attach(driver, dom, DISK, hotplug.AFFECT_CONFIG)
+    assert e.value.message == (
+        "Requested operation is not valid: cannot change persistent config of a transient domain"
+    )
+
+
+async def test_cdrom_change_and_eject(driver: QemuDriver) -> None:
+    dom = await driver.define_xml(XML)
+    mon = run(dom)
+    mon.block = [{"qdev": "ide0-1-0", "tray_open": True, "removable": True}]
+    media = "<disk type='file' device='cdrom'><source file='/img/x.iso'/><target dev='hdc'/></disk>"
+    await hotplug.update(driver, dom, media, hotplug.AFFECT_LIVE)
+    assert mon.sent() == [
+        "blockdev-open-tray", "blockdev-remove-medium", "blockdev-add", "blockdev-add",
+        "blockdev-insert-medium", "blockdev-close-tray",
+    ]
+    assert dom.live is not None and dom.live.devices.disks[1].source == "/img/x.iso"
+    assert dom.config is not None and dom.config.devices.disks[1].source is None
+    mon.calls.clear()
+    mon.block[0]["inserted"] = {"node-name": "libvirt-3-format"}
+    eject = "<disk type='file' device='cdrom'><target dev='hdc'/></disk>"
+    await hotplug.update(driver, dom, eject, hotplug.AFFECT_LIVE | hotplug.AFFECT_CONFIG)
+    assert mon.sent() == [
+        "blockdev-open-tray", "blockdev-remove-medium", "blockdev-del", "blockdev-del",
+    ]
+    assert dom.live.devices.disks[1].source is None
+    with pytest.raises(VirError) as e:
+        await hotplug.update(driver, dom, DISK.replace("vdb", "vda"), hotplug.AFFECT_LIVE)
+    assert e.value.code == ErrorCode.CONFIG_UNSUPPORTED
+
+
+async def test_link_state_and_alias_detach(driver: QemuDriver) -> None:
+    dom = await driver.define_xml(XML.replace("</devices>", NIC + "</devices>"))
+    mon = run(dom)
+    down = NIC.replace("</interface>", "<link state='down'/></interface>")
+    await hotplug.update(driver, dom, down, 0)
+    assert mon.calls == [("set_link", {"name": "net0", "up": False})]
+    assert "<link state='down'/>" in driver.get_xml_desc(dom)
+    await hotplug.detach_alias(driver, dom, "net0", hotplug.AFFECT_LIVE)
+    assert mon.sent()[-1] == "device_del"
+    with pytest.raises(VirError) as e:
+        await hotplug.detach_alias(driver, dom, "ua-none", hotplug.AFFECT_CONFIG)
+    assert e.value.message == "internal error: no device found with alias ua-none"
