@@ -19,6 +19,7 @@ import struct
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from drivers.qemu import cgroup
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.typed import INT, LLONG, STRING, UINT, ULLONG
 
@@ -117,18 +118,22 @@ def process_times(pid: int | None) -> tuple[int, int, int] | None:
     return user + system, user, system
 
 
-def cgroup_times(pid: int) -> tuple[int, int, int] | None:
-    """(total, user, system) CPU time in ns of the cgroup v2 group ``pid`` is in."""
+def cgroup_times(uuid: str) -> tuple[int, int, int] | None:
+    """(total, user, system) CPU time in ns of the guest's cgroup, when it has
+    one that accounts CPU time (v2 cpu, or v1 cpuacct): it covers every thread,
+    wherever the tuning calls moved them within it."""
     try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
-        group = next(line[3:] for line in lines if line.startswith("0::"))
-        with open(f"/sys/fs/cgroup{group}/cpu.stat") as f:
-            values = dict(line.split() for line in f)
-        return tuple(  # type: ignore[return-value]
-            int(values[k]) * 1000 for k in ("usage_usec", "user_usec", "system_usec")
-        )
-    except (OSError, StopIteration, KeyError, ValueError):
+        if cgroup.is_v2():
+            text = (cgroup.path("cpu", uuid) / "cpu.stat").read_text()
+            values = dict(line.split() for line in text.splitlines())
+            return tuple(  # type: ignore[return-value]
+                int(values[k]) * 1000 for k in ("usage_usec", "user_usec", "system_usec")
+            )
+        group = cgroup.path("cpuacct", uuid)
+        total = int((group / "cpuacct.usage").read_text())
+        ticks = dict(line.split() for line in (group / "cpuacct.stat").read_text().splitlines())
+        return total, _ticks_ns(ticks["user"].encode()), _ticks_ns(ticks["system"].encode())
+    except (OSError, KeyError, ValueError):
         return None
 
 
@@ -231,19 +236,20 @@ def find_interface(d: DomainDef, device: str) -> Interface:
 
 # -- the monitor batch -------------------------------------------------------------
 
-_inflight: weakref.WeakKeyDictionary[QemuProcess, asyncio.Task[dict[str, Any]]] = (
+# The batch each guest is answering now, and when it was asked.
+_inflight: weakref.WeakKeyDictionary[QemuProcess, tuple[float, asyncio.Task[dict[str, Any]]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-async def _ask(proc: QemuProcess, questions: dict[str, tuple[str, dict[str, Any] | None]]) -> dict[str, Any]:
+async def _ask(
+    proc: QemuProcess, questions: dict[str, tuple[str, dict[str, Any] | None]]
+) -> dict[str, Any]:
     """The answers QEMU gave; a command that failed has no entry."""
-
-    async def one(cmd: str, args: dict[str, Any] | None) -> Any:
-        return await proc.monitor.execute(cmd, args, timeout=30.0)
-
     keys = list(questions)
-    answers = await asyncio.gather(*(one(*questions[k]) for k in keys), return_exceptions=True)
+    answers = await asyncio.gather(
+        *(proc.monitor.execute(*questions[k]) for k in keys), return_exceptions=True
+    )
     return {k: a for k, a in zip(keys, answers) if not isinstance(a, BaseException)}
 
 
@@ -253,19 +259,24 @@ async def ask_briefly(
     """Answers within ``STATS_TIMEOUT``, or none at all.
 
     A batch that runs late keeps going in the background (cancelling it would
-    leave QEMU answering questions nobody waits for) and, until it ends, the
-    guest is asked nothing more.
+    leave QEMU answering questions nobody waits for). While it is late the
+    guest counts as stuck and is asked nothing more; a batch of another caller
+    still within its time is waited for, then ours goes out.
     """
     if not questions:
         return {}
-    task = _inflight.get(proc)
-    if task is not None and not task.done():
-        return {}
-    task = asyncio.ensure_future(_ask(proc, questions))
-    _inflight[proc] = task
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STATS_TIMEOUT
     try:
-        return await asyncio.wait_for(asyncio.shield(task), STATS_TIMEOUT)
+        previous = _inflight.get(proc)
+        if previous is not None and not previous[1].done():
+            asked, task = previous
+            if loop.time() - asked >= STATS_TIMEOUT:
+                return {}
+            await asyncio.wait_for(asyncio.shield(task), deadline - loop.time())
+        task = asyncio.ensure_future(_ask(proc, questions))
+        _inflight[proc] = (loop.time(), task)
+        return await asyncio.wait_for(asyncio.shield(task), max(deadline - loop.time(), 0.01))
     except asyncio.TimeoutError:
         return {}
 
@@ -315,7 +326,7 @@ def _cpu(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
     # which is its own: the fields are there, with the daemon's times.
     times = None
     if proc is not None:
-        times = cgroup_times(proc.pid) or process_times(proc.pid)
+        times = cgroup_times(dom.uuid_str) or process_times(proc.pid)
     else:
         times = process_times(None)
     if times is not None:

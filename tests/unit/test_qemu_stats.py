@@ -137,7 +137,7 @@ class StuckMonitor:
         self.asked: list[str] = []
         self.release = asyncio.Event()
 
-    async def execute(self, cmd: str, args: Any = None, timeout: float | None = None) -> Any:
+    async def execute(self, cmd: str, args: Any = None) -> Any:
         self.asked.append(cmd)
         await self.release.wait()
         return {"cmd": cmd}
@@ -160,7 +160,7 @@ def test_a_stuck_monitor_costs_one_short_wait_then_none(monkeypatch: pytest.Monk
         assert await asyncio.wait_for(stats.ask_briefly(proc, q), 0.01) == {}
         assert proc.monitor.asked == ["query-a", "query-b"]
         proc.monitor.release.set()
-        await stats._inflight[proc]  # the late batch ends; the next is asked anew
+        await stats._inflight[proc][1]  # the late batch ends; the next is asked anew
         assert await stats.ask_briefly(proc, q) == {
             "a": {"cmd": "query-a"}, "b": {"cmd": "query-b"}
         }
@@ -168,9 +168,26 @@ def test_a_stuck_monitor_costs_one_short_wait_then_none(monkeypatch: pytest.Monk
     asyncio.run(scenario())
 
 
+def test_callers_at_once_all_get_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pollers of a healthy guest: the second waits for the first's batch,
+    then asks its own, instead of taking the guest for stuck."""
+    monkeypatch.setattr(stats, "STATS_TIMEOUT", 5.0)
+
+    async def scenario() -> None:
+        proc: Any = FakeProcess()
+        proc.monitor.release.set()
+        first, second = await asyncio.gather(
+            stats.ask_briefly(proc, {"a": ("query-a", None)}),
+            stats.ask_briefly(proc, {"b": ("query-b", None)}),
+        )
+        assert first == {"a": {"cmd": "query-a"}} and second == {"b": {"cmd": "query-b"}}
+
+    asyncio.run(scenario())
+
+
 def test_failed_commands_leave_no_answer() -> None:
     class Failing:
-        async def execute(self, cmd: str, args: Any = None, timeout: float | None = None) -> Any:
+        async def execute(self, cmd: str, args: Any = None) -> Any:
             if cmd == "bad":
                 raise VirError(ErrorCode.INTERNAL_ERROR, "no")
             return 1
