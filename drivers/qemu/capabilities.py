@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 30.0
 # Bumped whenever the cached JSON's layout changes, so old caches are ignored.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 
 # Guest architectures and the binary libvirt uses for each on an x86 host.
 EMULATORS = {
@@ -54,8 +54,9 @@ class QemuCaps:
     machines: dict[str, MachineInfo] = field(default_factory=dict)
     cpu_models: list[str] = field(default_factory=list)
     package: str = ""
-    # Per accelerator ("kvm", "tcg"): each CPU model in QEMU's order -> usable there.
-    cpu_usable: dict[str, dict[str, bool]] = field(default_factory=dict)
+    # Per accelerator ("kvm", "tcg"): each CPU model in QEMU's order -> the features
+    # it lacks there (QEMU's names); an empty list means the model is usable.
+    cpu_blockers: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     # Non-abstract QOM types: which devices and backends this binary has.
     qom_types: frozenset[str] = frozenset()
     # Per accelerator: the properties of the CPU a guest gets from "-cpu host" (KVM)
@@ -96,7 +97,7 @@ class QemuCaps:
             machines=machines,
             cpu_models=list(data["cpu_models"]),
             package=data.get("package", ""),
-            cpu_usable={k: dict(v) for k, v in data["cpu_usable"].items()},
+            cpu_blockers={k: dict(v) for k, v in data["cpu_blockers"].items()},
             qom_types=frozenset(data["qom_types"]),
             host_cpu_props={k: dict(v) for k, v in data["host_cpu_props"].items()},
         )
@@ -138,9 +139,9 @@ async def _query(emulator: str, arch: str) -> QemuCaps:
     """What ``emulator`` knows; CPU models usable under KVM and under TCG differ,
     so a TCG-only QEMU is asked as well when KVM answered the first time."""
     caps = await _ask(emulator, arch, ("kvm", "tcg"))
-    if "tcg" not in caps.cpu_usable:
+    if "tcg" not in caps.cpu_blockers:
         tcg = await _ask(emulator, arch, ("tcg",))
-        caps.cpu_usable.update(tcg.cpu_usable)
+        caps.cpu_blockers.update(tcg.cpu_blockers)
         caps.host_cpu_props.update(tcg.host_cpu_props)
     return caps
 
@@ -193,7 +194,7 @@ async def _ask(emulator: str, arch: str, accels: tuple[str, ...]) -> QemuCaps:
         machines=_machines(machines),
         cpu_models=[c["name"] for c in cpus],
         package=version.get("package", ""),
-        cpu_usable={accel: {c["name"]: not c.get("unavailable-features") for c in cpus}},
+        cpu_blockers={accel: {c["name"]: c.get("unavailable-features", []) for c in cpus}},
         qom_types=frozenset(t["name"] for t in types),
         host_cpu_props={accel: host_cpu} if host_cpu else {},
     )

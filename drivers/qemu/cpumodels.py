@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -90,3 +91,118 @@ def model_names(arch: str, qemu_models: list[str] | None = None,
     if not names and qemu_models is not None:
         return qemu_names(qemu_models)
     return names
+
+
+# -- host-model: QEMU's view of the host CPU in libvirt's terms ----------------------
+
+
+@dataclass(frozen=True)
+class _Model:
+    name: str
+    vendor: str | None
+    signatures: frozenset[tuple[int, int]]
+    decode_guest: bool
+    features: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _X86Map:
+    features: tuple[str, ...]  # the map's order, which libvirt lists features in
+    qemu_names: dict[str, str]  # QEMU's spelling -> libvirt's
+    models: tuple[_Model, ...]
+
+
+@functools.cache
+def _x86_map(directory: str) -> _X86Map | None:
+    base = Path(directory)
+    try:
+        index = ElementTree.parse(base / "index.xml").getroot()
+    except (OSError, ElementTree.ParseError):
+        return None
+    section = index.find("arch[@name='x86']")
+    if section is None:
+        return None
+    features: list[str] = []
+    qemu_names: dict[str, str] = {}
+    models: list[_Model] = []
+    for include in section.findall("include"):
+        try:
+            doc = ElementTree.parse(base / include.get("filename", "")).getroot()
+        except (OSError, ElementTree.ParseError):
+            continue
+        for feat in doc.findall("feature"):
+            name = feat.get("name", "")
+            features.append(name)
+            qemu_names[name] = name
+            for alias in feat.findall("alias[@source='qemu']"):
+                qemu_names[alias.get("name", "")] = name
+        for model in doc.findall("model"):
+            decode, vendor = model.find("decode"), model.find("vendor")
+            models.append(_Model(
+                name=model.get("name", ""),
+                vendor=vendor.get("name") if vendor is not None else None,
+                signatures=frozenset((int(s.get("family", -1)), int(s.get("model", -1)))
+                                     for s in model.findall("signature")),
+                decode_guest=decode is None or decode.get("guest") != "off",
+                features=frozenset(f.get("name", "") for f in model.findall("feature")
+                                   if f.get("removed") != "yes"),
+            ))
+    return _X86Map(tuple(features), qemu_names, tuple(models))
+
+
+@dataclass(frozen=True)
+class HostModel:
+    """``<mode name='host-model'>`` of domcapabilities: a named model plus differences."""
+
+    model: str
+    vendor: str | None
+    require: tuple[str, ...]
+    disable: tuple[str, ...]
+
+
+_VENDORS = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD", "HygonGenuine": "Hygon"}
+
+
+def host_model(props: dict[str, object], blockers: dict[str, list[str]],
+               directory: str = host.CPU_MAP_DIR) -> HostModel | None:
+    """Name the CPU QEMU expands ``-cpu host`` (or ``max``) to, as libvirt 9.0 decodes it.
+
+    ``props`` is a full query-cpu-model-expansion, ``blockers`` QEMU's models with
+    the features each lacks under this accelerator (those count as part of the model,
+    so they show up disabled). Among the CPU map's models QEMU knows, newest first, a
+    model whose signature matches wins over one that does not; otherwise the fewest
+    features to add and remove wins. None without a CPU map.
+    """
+    cpu_map = _x86_map(directory)
+    if cpu_map is None:
+        return None
+    have = {cpu_map.qemu_names[p] for p, on in props.items()
+            if on is True and p in cpu_map.qemu_names}
+    vendor = _VENDORS.get(str(props.get("vendor", "")))
+    signature = (props.get("family", -1), props.get("model", -1))
+    best: tuple[_Model, frozenset[str], int, bool] | None = None
+    for model in reversed(cpu_map.models):
+        if model.name not in blockers or not model.decode_guest:
+            continue
+        if vendor and model.vendor and model.vendor != vendor:
+            continue
+        lacking = {cpu_map.qemu_names[f] for f in blockers[model.name] if f in cpu_map.qemu_names}
+        features = model.features | lacking
+        changes = len(have - model.features) + len(features - have)
+        matches = signature in model.signatures
+        if best is not None:
+            _, _, best_changes, best_matches = best
+            if best_matches and not matches:
+                continue
+            if best_matches == matches and changes >= best_changes:
+                continue
+        best = (model, features, changes, matches)
+    if best is None:
+        return None
+    model, features = best[0], best[1]
+    return HostModel(
+        model=model.name,
+        vendor=vendor,
+        require=tuple(f for f in cpu_map.features if f in have and f not in model.features),
+        disable=tuple(f for f in cpu_map.features if f in features and f not in have),
+    )

@@ -179,7 +179,8 @@ def _os(descriptors: list[dict]) -> list[str]:
     return out + ["    </loader>", "  </os>"]
 
 
-def _cpu(t: Target, cpu: host.HostCPU, map_models: tuple[tuple[str, str], ...]) -> list[str]:
+def _cpu(t: Target, hm: cpumodels.HostModel | None,
+         map_models: tuple[tuple[str, str], ...]) -> list[str]:
     out = ["  <cpu>"]
     if t.virttype == "kvm":
         out.append("    <mode name='host-passthrough' supported='yes'>")
@@ -190,16 +191,17 @@ def _cpu(t: Target, cpu: host.HostCPU, map_models: tuple[tuple[str, str], ...]) 
     out.append("    <mode name='maximum' supported='yes'>")
     out += _enum("maximumMigratable", ["on", "off"], "      ")
     out.append("    </mode>")
-    if cpu.model:
+    if hm is not None:
         out.append("    <mode name='host-model' supported='yes'>")
-        out.append(f"      <model fallback='forbid'>{cpu.model}</model>")
-        if cpu.vendor:
-            out.append(f"      <vendor>{cpu.vendor}</vendor>")
-        out += [f"      <feature policy='require' name='{f}'/>" for f in cpu.features]
+        out.append(f"      <model fallback='forbid'>{hm.model}</model>")
+        if hm.vendor:
+            out.append(f"      <vendor>{hm.vendor}</vendor>")
+        out += [f"      <feature policy='require' name='{f}'/>" for f in hm.require]
+        out += [f"      <feature policy='disable' name='{f}'/>" for f in hm.disable]
         out.append("    </mode>")
     else:
         out.append("    <mode name='host-model' supported='no'/>")
-    usable = t.caps.cpu_usable.get("kvm" if t.virttype == "kvm" else "tcg", {})
+    blockers = t.caps.cpu_blockers.get("kvm" if t.virttype == "kvm" else "tcg", {})
     vendors = dict(map_models)
     if vendors:
         names = [n for n in t.caps.cpu_models if n in vendors]
@@ -207,7 +209,7 @@ def _cpu(t: Target, cpu: host.HostCPU, map_models: tuple[tuple[str, str], ...]) 
         names = cpumodels.qemu_names(t.caps.cpu_models)
     out.append("    <mode name='custom' supported='yes'>")
     for name in names:
-        flag = "yes" if usable.get(name, False) else "no"
+        flag = "yes" if blockers.get(name) == [] else "no"
         out.append(f"      <model usable='{flag}' vendor='{vendors.get(name, 'unknown')}'>"
                    f"{name}</model>")
     out += ["    </mode>", "  </cpu>"]
@@ -257,12 +259,13 @@ def _features(caps: QemuCaps) -> list[str]:
 
 def domain_capabilities_xml(
     t: Target,
-    cpu: host.HostCPU,
+    hm: cpumodels.HostModel | None,
     map_models: tuple[tuple[str, str], ...],
     descriptors: list[dict],
 ) -> str:
-    """The document for ``t``; ``map_models`` is libvirt's CPU map for the arch
-    (empty when not installed), ``descriptors`` the UEFI firmware that fits."""
+    """The document for ``t``; ``hm`` is what host-model means for its accelerator
+    (None: not offered), ``map_models`` libvirt's CPU map for the arch (empty when
+    not installed), ``descriptors`` the UEFI firmware that fits."""
     caps = t.caps
     max_cpus = caps.machines[t.machine].max_cpus if t.machine in caps.machines else 1
     out = [
@@ -274,7 +277,7 @@ def domain_capabilities_xml(
         f"  <vcpu max='{max_cpus}'/>",
         f"  <iothreads supported='{'yes' if 'iothread' in caps.qom_types else 'no'}'/>",
         *_os(descriptors),
-        *_cpu(t, cpu, map_models),
+        *_cpu(t, hm, map_models),
         "  <memoryBacking supported='yes'>",
         *_enum("sourceType", ["anonymous"], "    "),
         "  </memoryBacking>",
@@ -297,6 +300,9 @@ async def domain_capabilities(
     t = await resolve(all_caps, emulatorbin, arch, machine, virttype, cache_dir)
     map_arch = {"x86_64": "x86", "i686": "x86"}.get(t.arch)
     map_models = cpumodels.map_models(map_arch) if map_arch else ()
-    return domain_capabilities_xml(
-        t, host.host_cpu(), map_models, firmware_descriptors(t.arch, t.machine)
-    )
+    props = t.caps.host_cpu_props.get("kvm" if t.virttype == "kvm" else "tcg")
+    hm = None
+    if props and map_arch:
+        accel = "kvm" if t.virttype == "kvm" else "tcg"
+        hm = cpumodels.host_model(props, t.caps.cpu_blockers.get(accel, {}))
+    return domain_capabilities_xml(t, hm, map_models, firmware_descriptors(t.arch, t.machine))

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from drivers import host
 from drivers.qemu import capabilities, cpumodels, domcaps
 from drivers.qemu.capabilities import QemuCaps
 from drivers.qemu.domcaps import Target, domain_capabilities_xml, resolve
@@ -19,11 +18,7 @@ MACHINES = capabilities._machines([
     {"name": "pc-q35-7.2", "alias": "q35", "cpu-max": 288},
     {"name": "pc-i440fx-7.2", "alias": "pc", "is-default": True, "cpu-max": 255},
 ])
-HOST_CPU = host.HostCPU(
-    arch="x86_64", vendor="AMD", model="EPYC", microcode=1, family=25, model_number=17,
-    stepping=1, tsc_frequency=None, sockets=1, dies=1, cores=2, threads=1,
-    phys_bits=48, features=("vme", "x2apic"), page_sizes=(4,),
-)
+HOST_MODEL = cpumodels.HostModel("EPYC", "AMD", ("vme", "x2apic"), ("pni",))
 MAP = (("qemu64", "unknown"), ("486", "unknown"), ("EPYC", "AMD"))
 
 
@@ -33,8 +28,8 @@ def make_caps(arch: str = "x86_64", kvm: bool = True) -> QemuCaps:
         arch=arch, version=7002022, kvm_usable=kvm, machines=dict(MACHINES),
         cpu_models=["max", "host", "qemu64-v1", "qemu64", "EPYC-v1", "EPYC", "KnightsMill",
                     "486"],
-        cpu_usable={"kvm": {"qemu64": False, "EPYC": False, "486": True},
-                    "tcg": {"qemu64": True, "EPYC": False, "486": True}},
+        cpu_blockers={"kvm": {"qemu64": ["pni"], "EPYC": ["pni"], "486": []},
+                      "tcg": {"qemu64": [], "EPYC": ["sha-ni"], "486": []}},
         qom_types=frozenset({"iothread", "vmgenid", "vmcoreinfo", "rng-builtin"}),
     )
 
@@ -108,7 +103,7 @@ async def test_binary_for_another_arch(tmp_path: Path) -> None:
 
 
 def _doc(t: Target, descriptors: list[dict] = (), map_models=MAP) -> etree._Element:
-    xml = domain_capabilities_xml(t, HOST_CPU, map_models, list(descriptors))
+    xml = domain_capabilities_xml(t, HOST_MODEL, map_models, list(descriptors))
     doc = etree.fromstring(xml.encode())
     if SCHEMA.exists():
         schema = etree.RelaxNG(etree.parse(str(SCHEMA)))
@@ -126,7 +121,8 @@ def test_document_kvm() -> None:
     ]
     host_model = doc.find("cpu/mode[@name='host-model']")
     assert host_model.findtext("model") == "EPYC"
-    assert [f.get("name") for f in host_model.findall("feature")] == ["vme", "x2apic"]
+    assert [(f.get("policy"), f.get("name")) for f in host_model.findall("feature")] == [
+        ("require", "vme"), ("require", "x2apic"), ("disable", "pni")]
     assert doc.find("cpu/mode[@name='host-passthrough']").get("supported") == "yes"
     assert doc.find("features/genid").get("supported") == "yes"
     assert doc.find("devices/tpm").get("supported") == "no"
@@ -211,3 +207,41 @@ def test_cpu_model_names_errors(arch: str, code: int, message: str) -> None:
     with pytest.raises(VirError) as e:
         cpumodels.model_names(arch)
     assert (e.value.code, e.value.message) == (code, message)
+
+
+def _x86_map(tmp_path: Path) -> str:
+    (tmp_path / "index.xml").write_text(
+        "<cpus><arch name='x86'><include filename='x86_features.xml'/>"
+        "<include filename='x86_old.xml'/><include filename='x86_new.xml'/>"
+        "<include filename='x86_sig.xml'/></arch></cpus>")
+    (tmp_path / "x86_features.xml").write_text(
+        "<cpus><feature name='fpu'/><feature name='pni'><alias name='sse3' source='qemu'/>"
+        "</feature><feature name='lahf_lm'><alias name='lahf-lm' source='qemu'/></feature>"
+        "<feature name='avx'/><feature name='monitor'/></cpus>")
+    (tmp_path / "x86_old.xml").write_text(
+        "<cpus><model name='old'><feature name='fpu'/><feature name='pni'/></model></cpus>")
+    (tmp_path / "x86_new.xml").write_text(
+        "<cpus><model name='new'><vendor name='AMD'/><feature name='fpu'/>"
+        "<feature name='avx'/><feature name='monitor' removed='yes'/></model></cpus>")
+    (tmp_path / "x86_sig.xml").write_text(
+        "<cpus><model name='sig'><signature family='6' model='1'/><feature name='fpu'/>"
+        "<feature name='pni'/><feature name='avx'/></model></cpus>")
+    return str(tmp_path)
+
+
+def test_host_model_fewest_changes_then_signature(tmp_path: Path) -> None:
+    d = _x86_map(tmp_path)
+    props = {"fpu": True, "sse3": False, "lahf-lm": True, "avx": True, "monitor": True,
+             "vendor": "AuthenticAMD", "family": 25, "model": 1}
+    blockers = {"old": [], "new": [], "sig": ["sse3"]}
+    # old: +lahf_lm +avx +monitor -pni (4); new: +lahf_lm +monitor (2);
+    # sig: +lahf_lm +monitor -pni (3, its blocker sse3 is pni)
+    hm = cpumodels.host_model(props, blockers, d)
+    assert hm == cpumodels.HostModel("new", "AMD", ("lahf_lm", "monitor"), ())
+    # A model QEMU lacks is never picked; its blockers show up disabled.
+    hm = cpumodels.host_model(props, {"old": ["sse3"], "sig": []}, d)
+    assert hm == cpumodels.HostModel("sig", "AMD", ("lahf_lm", "monitor"), ("pni",))
+    # A matching signature beats fewer changes.
+    hm = cpumodels.host_model({**props, "family": 6}, blockers, d)
+    assert hm is not None and hm.model == "sig"
+    assert cpumodels.host_model(props, blockers, str(tmp_path / "none")) is None
