@@ -118,6 +118,15 @@ async def domain_get_emulator_pin_info(call: Call, args: Any) -> Any:
     return R.remote_domain_get_emulator_pin_info_ret(maps, 1)
 
 
+async def node_get_cpu_map(call: Call, args: Any) -> Any:
+    """The host's CPU map, which clients need to size vCPU maps (virDomain.vcpus())."""
+    _check_flags(args.flags, 0, "virHostCPUGetMap")
+    count = tuning.host_cpu_count()
+    online = tuning.host_cpus()
+    cpumap = tuning.set_to_cpumap(online, (count + 7) // 8) if args.need_map else b""
+    return R.remote_node_get_cpu_map_ret(cpumap, len(online) if args.need_online else 0, count)
+
+
 # -- CPU statistics -------------------------------------------------------------------------
 
 _PERCPU_PARAMS = 2  # cpu_time, vcpu_time

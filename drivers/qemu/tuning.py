@@ -765,10 +765,10 @@ async def set_scheduler_params(driver: QemuDriver, dom: Domain, values: dict[str
             assert dom.live is not None
             group = _cpu_group(driver, dom)
             try:
+                _apply_guest_sched(group, values)
                 if set(values) & set(THREAD_SCHED):
                     merged = {**_live_sched_values(dom.live), **values}
                     await _apply_thread_bandwidth(driver, dom, merged)
-                _apply_guest_sched(group, values)
             except OSError as e:
                 raise _cgroup_error(group, e) from None
             # What the kernel made of the guest-wide values (it may round them).
@@ -784,10 +784,17 @@ async def set_scheduler_params(driver: QemuDriver, dom: Domain, values: dict[str
         _commit(driver, dom, live, new)
 
 
+# cpu_shares is written as it is: cpu.shares on v1, cpu.weight on v2, each with its range.
+SHARES_RANGE = {"cpu.shares": (2, 262144), "cpu.weight": (1, 10000)}
+
+
 def _apply_guest_sched(group: Path, values: dict[str, int | None]) -> None:
     shares = values.get("cpu_shares")
     if shares is not None:
         name = "cpu.weight" if (group / "cpu.weight").exists() else "cpu.shares"
+        lo, hi = SHARES_RANGE[name]
+        if not lo <= shares <= hi:
+            raise _bad_arg(f"shares '{shares}' must be in range [{lo}, {hi}]", ErrorDomain.CGROUP)
         cgroup.write(group, name, str(shares))
     if values.get("global_period") is not None or values.get("global_quota") is not None:
         _write_bandwidth(group, values.get("global_period"), values.get("global_quota"))

@@ -283,3 +283,25 @@ def test_config_tuning_applies_at_start(guest: DaemonProcess) -> None:
     finally:
         guest.virsh("destroy", "tune-start", check=False)
         guest.virsh("undefine", "tune-start", check=False)
+
+
+def test_shares_out_of_the_kernels_range(guest: DaemonProcess) -> None:
+    err = fails(guest, "schedinfo", NAME, "--set", "cpu_shares=1")
+    assert re.search(r"invalid argument: shares '1' must be in range \[\d+, \d+\]", err), err
+
+
+def test_libvirt_python(guest: DaemonProcess) -> None:
+    dom = guest.conn().lookupByName(NAME)
+    info, maps = dom.vcpus()
+    assert [i[0] for i in info] == [0] and info[0][1] == 1  # VIR_VCPU_RUNNING
+    assert len(maps[0]) == os.cpu_count()
+    assert dom.maxVcpus() == 2
+    assert len(dom.vcpuPinInfo(0)) == 1
+    assert len(dom.emulatorPinInfo(0)) == os.cpu_count()
+    (total,) = dom.getCPUStats(True)
+    assert set(total) == {"cpu_time", "user_time", "system_time"}
+    assert dom.schedulerType() == ("posix", 9)
+    assert set(dom.memoryParameters(0)) == {"hard_limit", "soft_limit", "swap_hard_limit"}
+    assert "device_weight" in dom.blkioParameters(0)
+    dom.setMemoryStatsPeriod(2, 0)
+    assert "<stats period='2'/>" in dom.XMLDesc(0)
