@@ -831,7 +831,8 @@ def _graphics(d: DomainDef, a: list[str], vnc_port: int | None, spice_port: int 
             opts = [f"port={port or 0}"]
             if g.listens and g.listens[0].get("type") != "none":
                 opts.append(f"addr={addr}")
-            opts.append("disable-ticketing=on")
+            if not g.attrs.get("passwd"):
+                opts.append("disable-ticketing=on")  # else the password comes over QMP
             for tag, cattrs in g.children:
                 if tag == "image" and "compression" in cattrs:
                     opts.append(f"image-compression={cattrs['compression']}")

@@ -524,12 +524,12 @@ class QemuDriver:
             raise
 
     async def _set_passwords(self, proc: QemuProcess, d: DomainDef) -> None:
-        """VNC passwords go over the monitor, not on the command line anyone can read."""
+        """VNC and SPICE passwords go over the monitor, not on the command line anyone can read."""
         for g in d.devices.graphics:
-            if g.type == "vnc" and g.attrs.get("passwd"):
-                args = {"protocol": "vnc", "password": g.attrs["passwd"], "connected": "keep"}
+            if g.type in ("vnc", "spice") and g.attrs.get("passwd"):
+                args = {"protocol": g.type, "password": g.attrs["passwd"], "connected": "keep"}
                 await proc.monitor.execute("set_password", args)
-                await proc.monitor.execute("expire_password", {"protocol": "vnc", "time": "never"})
+                await proc.monitor.execute("expire_password", {"protocol": g.type, "time": "never"})
 
     async def _live_facts(self, proc: QemuProcess, d: DomainDef, id: int) -> LiveState:
         """What QEMU chose at start that the live XML shows: pty paths, VNC port."""
