@@ -39,15 +39,6 @@ async def connect_get_all_domain_stats(call: Call, args: Any) -> Any:
         _LIST_FILTERS | _STATS_NOWAIT | _STATS_BACKING | _STATS_ENFORCE,
         "qemuConnectGetAllDomainStats",
     )
-    groups = args.stats
-    if groups & ~stats.SUPPORTED and flags & _STATS_ENFORCE:
-        raise VirError(
-            ErrorCode.ARGUMENT_UNSUPPORTED,
-            f"argument unsupported: Stats types bits 0x{groups & ~stats.SUPPORTED:x}"
-            " are not supported by this daemon or QEMU",
-            ErrorDomain.QEMU,
-        )
-    groups = groups & stats.SUPPORTED or stats.SUPPORTED
     listed = call.driver.list_domains(flags & _LIST_FILTERS)
     if args.doms:
         # virDomainListGetStats: the given ones that still exist and pass the filters.
@@ -56,6 +47,16 @@ async def connect_get_all_domain_stats(call: Call, args: Any) -> Any:
         doms = list({id(d): d for d in doms}.values())
     else:
         doms = listed
+    groups = args.stats
+    # libvirtd checks the groups guest by guest: with no guest, no complaint.
+    if groups & ~stats.SUPPORTED and flags & _STATS_ENFORCE and doms:
+        raise VirError(
+            ErrorCode.ARGUMENT_UNSUPPORTED,
+            f"argument unsupported: Stats types bits 0x{groups & ~stats.SUPPORTED:x}"
+            " are not supported by this daemon or QEMU",
+            ErrorDomain.QEMU,
+        )
+    groups = groups & stats.SUPPORTED if groups else stats.SUPPORTED
     records = await stats.all_stats(doms, groups)
     return R.remote_connect_get_all_domain_stats_ret(
         [

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.qemu import cgroup
 from protocol.errors import ErrorCode, ErrorDomain, VirError
-from protocol.typed import INT, LLONG, STRING, UINT, ULLONG
+from protocol.typed import BOOLEAN, INT, LLONG, STRING, UINT, ULLONG
 
 if TYPE_CHECKING:
     from drivers.qemu.domain import Domain
@@ -43,9 +43,10 @@ MEMORY = 1 << 8
 DIRTYRATE = 1 << 9
 VM = 1 << 10
 # No perf events or memory bandwidth monitors are ever enabled here: those
-# groups are supported and always empty. The "vm" group (query-stats) is not.
+# groups are supported and always empty.
 SUPPORTED = (
-    STATE | CPU_TOTAL | BALLOON | VCPU | INTERFACE | BLOCK | PERF | IOTHREAD | MEMORY | DIRTYRATE
+    STATE | CPU_TOTAL | BALLOON | VCPU | INTERFACE | BLOCK | PERF | IOTHREAD | MEMORY
+    | DIRTYRATE | VM
 )
 
 STATS_TIMEOUT = 1.0
@@ -236,6 +237,12 @@ def find_interface(d: DomainDef, device: str) -> Interface:
 
 # -- the monitor batch -------------------------------------------------------------
 
+# What each guest's query-stats figures are: name -> (field suffix, boolean).
+_schemas: weakref.WeakKeyDictionary[QemuProcess, dict[str, tuple[str, bool]]] = (
+    weakref.WeakKeyDictionary()
+)
+_SUFFIX = {"cumulative": ".sum", "instant": ".cur", "peak": ".max"}  # histograms left out
+
 # The batch each guest is answering now, and when it was asked.
 _inflight: weakref.WeakKeyDictionary[QemuProcess, tuple[float, asyncio.Task[dict[str, Any]]]] = (
     weakref.WeakKeyDictionary()
@@ -288,8 +295,14 @@ def _balloon_path(d: DomainDef) -> str | None:
     return f"/machine/peripheral/{mb.info.alias}"
 
 
-def _questions(d: DomainDef, groups: int) -> dict[str, tuple[str, dict[str, Any] | None]]:
+def _questions(
+    proc: QemuProcess, d: DomainDef, groups: int
+) -> dict[str, tuple[str, dict[str, Any] | None]]:
     q: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    if groups & (VCPU | VM) and proc not in _schemas:
+        q["schemas"] = ("query-stats-schemas", None)
+    if groups & VM:
+        q["vm-stats"] = ("query-stats", {"target": "vm"})
     if groups & CPU_TOTAL:
         args = {
             "target": "vcpu",
@@ -303,6 +316,7 @@ def _questions(d: DomainDef, groups: int) -> dict[str, tuple[str, dict[str, Any]
         q["guest-stats"] = ("qom-get", {"path": balloon, "property": "guest-stats"})
     if groups & VCPU:
         q["cpus"] = ("query-cpus-fast", None)
+        q["vcpu-stats"] = ("query-stats", {"target": "vcpu"})
     if groups & BLOCK:
         q["blockstats"] = ("query-blockstats", None)
     if groups & IOTHREAD:
@@ -393,6 +407,7 @@ def _vcpu(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
     cpus = answers.get("cpus")
     if not dom.active or proc is None or not isinstance(cpus, list):
         return
+    by_path = {e.get("qom-path"): e for e in answers.get("vcpu-stats") or []}
     for cpu in sorted(cpus, key=lambda c: c.get("cpu-index", 0)):
         n, tid = cpu.get("cpu-index", 0), cpu.get("thread-id", 0)
         fields = _proc_stat(f"/proc/{proc.pid}/task/{tid}/stat")
@@ -401,6 +416,41 @@ def _vcpu(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
         out.append((f"vcpu.{n}.state", INT, 1))  # VIR_VCPU_RUNNING, as libvirtd says of any
         out += [(f"vcpu.{n}.time", ULLONG, busy), (f"vcpu.{n}.wait", ULLONG, wait)]
         out.append((f"vcpu.{n}.delay", ULLONG, delay))
+        entry = by_path.get(cpu.get("qom-path"))
+        if entry is not None:
+            _custom(entry, _schemas.get(proc, {}), f"vcpu.{n}", out)
+
+
+def read_schemas(answer: Any) -> dict[str, tuple[str, bool]]:
+    """query-stats-schemas as name -> (libvirt's suffix for its kind, boolean)."""
+    found = {}
+    for provider in answer if isinstance(answer, list) else []:
+        for s in provider.get("stats", []):
+            suffix = _SUFFIX.get(s.get("type"))
+            if suffix is not None:
+                found[s["name"]] = (suffix, s.get("unit") == "boolean")
+    return found
+
+
+def _custom(entry: dict[str, Any], schema: dict[str, tuple[str, bool]], prefix: str,
+            out: list[Param]) -> None:
+    """KVM's own figures of a vCPU or the VM, e.g. vcpu.0.exits.sum, vm.pages_4k.cur."""
+    for s in entry.get("stats", []):
+        name, value = s.get("name"), s.get("value")
+        kind = schema.get(name)
+        if kind is None:
+            continue
+        suffix, boolean = kind
+        if boolean and isinstance(value, bool):
+            out.append((f"{prefix}.{name}{suffix}", BOOLEAN, value))
+        elif not boolean and isinstance(value, int) and not isinstance(value, bool):
+            out.append((f"{prefix}.{name}{suffix}", ULLONG, value))
+
+
+def _vm(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
+    entries = answers.get("vm-stats")
+    if dom.process is not None and isinstance(entries, list) and len(entries) == 1:
+        _custom(entries[0], _schemas.get(dom.process, {}), "vm", out)
 
 
 _NET_FIELDS = ("rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs", "tx.drop")
@@ -551,7 +601,9 @@ async def domain_stats(dom: Domain, groups: int) -> list[Param]:
     proc = dom.process
     answers: dict[str, Any] = {}
     if dom.active and proc is not None:
-        answers = await ask_briefly(proc, _questions(dom.definition, groups))
+        answers = await ask_briefly(proc, _questions(proc, dom.definition, groups))
+        if "schemas" in answers:
+            _schemas[proc] = read_schemas(answers["schemas"])
     out: list[Param] = []
     if groups & STATE:
         _state(dom, out)
@@ -569,6 +621,8 @@ async def domain_stats(dom: Domain, groups: int) -> list[Param]:
         _iothreads(answers, out)
     if groups & DIRTYRATE:
         _dirtyrate(answers, out)
+    if groups & VM:
+        _vm(dom, answers, out)
     return out
 
 

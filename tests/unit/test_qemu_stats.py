@@ -15,7 +15,7 @@ from drivers.qemu.capabilities import MachineInfo, QemuCaps
 from drivers.qemu.domain import Domain
 from drivers.qemu.domain_xml import parse
 from protocol.errors import ErrorCode, VirError
-from protocol.typed import INT, UINT, ULLONG
+from protocol.typed import BOOLEAN, INT, UINT, ULLONG
 
 CAPS = QemuCaps(
     emulator="/usr/bin/qemu-system-x86_64",
@@ -195,3 +195,28 @@ def test_failed_commands_leave_no_answer() -> None:
     proc: Any = type("P", (), {"monitor": Failing()})()
     answers = asyncio.run(stats.ask_briefly(proc, {"x": ("good", None), "y": ("bad", None)}))
     assert answers == {"x": 1}
+
+
+def test_kvm_figures_named_by_their_kind() -> None:
+    schema = stats.read_schemas([
+        {"provider": "kvm", "target": "vcpu", "stats": [
+            {"name": "exits", "type": "cumulative", "unit": "count"},
+            {"name": "guest_mode", "type": "instant", "unit": "boolean"},
+            {"name": "max_mmu_rmap_size", "type": "peak"},
+            {"name": "halt_wait_hist", "type": "log2-histogram"},
+        ]},
+    ])
+    entry = {"qom-path": "/machine/unattached/device[0]", "stats": [
+        {"name": "exits", "value": 42},
+        {"name": "guest_mode", "value": False},
+        {"name": "max_mmu_rmap_size", "value": 3},
+        {"name": "halt_wait_hist", "value": [1, 2]},
+        {"name": "unknown", "value": 1},
+    ]}
+    out: list[Any] = []
+    stats._custom(entry, schema, "vcpu.0", out)
+    assert out == [
+        ("vcpu.0.exits.sum", ULLONG, 42),
+        ("vcpu.0.guest_mode.cur", BOOLEAN, False),
+        ("vcpu.0.max_mmu_rmap_size.max", ULLONG, 3),
+    ]
