@@ -216,12 +216,15 @@ def _cpu(t: Target, hm: cpumodels.HostModel | None,
     return out
 
 
-def _devices(caps: QemuCaps) -> list[str]:
+def _devices(caps: QemuCaps, machine: str) -> list[str]:
     """Device enums: only values our command builder turns into QEMU options."""
+    buses = ["ide", "fdc", "scsi", "virtio", "usb", "sata"]
+    if machine.startswith(("pc-q35", "q35")):
+        buses.remove("ide")  # Q35 has no IDE controller
     out = ["  <devices>"]
     out += _element("disk", {
         "diskDevice": ["disk", "cdrom", "floppy"],
-        "bus": ["ide", "fdc", "scsi", "virtio", "usb", "sata"],
+        "bus": buses,
         "model": ["virtio"],
     }, "    ")
     out += _element("graphics", {"type": ["vnc", "spice"]}, "    ")
@@ -281,7 +284,7 @@ def domain_capabilities_xml(
         "  <memoryBacking supported='yes'>",
         *_enum("sourceType", ["anonymous"], "    "),
         "  </memoryBacking>",
-        *_devices(caps),
+        *_devices(caps, t.machine),
         *_features(caps),
         "</domainCapabilities>",
     ]

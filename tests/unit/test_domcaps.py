@@ -165,6 +165,7 @@ def test_firmware_from_descriptors(tmp_path: Path) -> None:
     assert [v.text for v in doc.findall("os/loader/value")] == [
         "/fw/50-secure.json.fd", "/fw/60-plain.json.fd"]
     assert [v.text for v in doc.findall("os/loader/enum[@name='secure']/value")] == ["yes", "no"]
+    assert "ide" not in [v.text for v in doc.findall("devices/disk/enum[@name='bus']/value")]
     assert [v.text for v in doc.findall("os/enum[@name='firmware']/value")] == ["efi"]
     doc = _doc(Target(ALL["x86_64"], "x86_64", "pc-i440fx-7.2", "kvm"), pc)
     assert [v.text for v in doc.findall("os/loader/enum[@name='secure']/value")] == ["no"]
