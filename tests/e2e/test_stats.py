@@ -311,3 +311,14 @@ def test_frozen_guest_does_not_hold_up_the_others(guests: DaemonProcess) -> None
         os.kill(pid, signal.SIGCONT)
         d.virsh("destroy", "st-frozen", check=False)
         d.virsh("undefine", "st-frozen", check=False)
+
+
+def test_stats_after_the_daemon_is_killed_and_back(guests: DaemonProcess) -> None:
+    """Last here: the re-attached guest reports the same fields."""
+    before = domstats(guests, "st-run")["st-run"]
+    guests.kill()
+    guests.start()
+    after = domstats(guests, "st-run")["st-run"]
+    assert list(after) == list(before) == RUNNING_FIELDS
+    assert after["net.1.name"] == before["net.1.name"]
+    assert int(after["block.0.rd.reqs"]) >= int(before["block.0.rd.reqs"])
