@@ -8,6 +8,7 @@ re-probed, an unchanged one is not.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -227,7 +228,10 @@ def _cache_key(emulator: str) -> dict:
 async def probe(emulator: str, arch: str, cache_dir: Path | None = None) -> QemuCaps:
     """Capabilities of ``emulator``, from the cache when the binary has not changed."""
     key = _cache_key(emulator)
-    cache = cache_dir / "capabilities" / f"{Path(emulator).name}.json" if cache_dir else None
+    # Named after the path too: two binaries of one name (domcapabilities --emulatorbin
+    # can name any) must not keep evicting each other's entry.
+    tag = hashlib.sha256(emulator.encode()).hexdigest()[:12]
+    cache = cache_dir / "capabilities" / f"{Path(emulator).name}-{tag}.json" if cache_dir else None
     if cache is not None:
         try:
             data = json.loads(cache.read_text())
