@@ -92,8 +92,8 @@ async def resolve(
                 known = await capabilities.probe(emulatorbin, _binary_arch(emulatorbin), cache_dir)
             except Exception as e:  # QEMU refused, crashed or is no QEMU at all
                 raise VirError(ErrorCode.SYSTEM_ERROR,
-                               f"internal error: failed to probe QEMU binary {emulatorbin}: {e}",
-                               ErrorDomain.QEMU) from None
+                               f"internal error: QEMU binary {emulatorbin} did not answer "
+                               f"over QMP ({type(e).__name__})", ErrorDomain.QEMU) from None
         caps = known
         if want_arch not in _RUNS.get(caps.arch, (caps.arch,)):
             raise _invalid(f"Emulator '{emulatorbin}' does not support arch '{want_arch}'")

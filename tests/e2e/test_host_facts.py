@@ -117,3 +117,12 @@ def test_native_format_errors(module_daemon, tmp_path: Path) -> None:
     with pytest.raises(libvirt.libvirtError) as e:
         conn.domainXMLFromNative("qemu-argv", "/usr/bin/qemu-system-x86_64 -m 64", 0)
     assert e.value.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT
+
+
+def test_domcapabilities_of_no_qemu(module_daemon) -> None:
+    """libvirtd fails reading the pid file of the probe it started; we fail over QMP."""
+    import libvirt
+
+    with pytest.raises(libvirt.libvirtError) as e:
+        module_daemon.conn().getDomainCapabilities("/usr/bin/true", None, None, None, 0)
+    assert e.value.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR
