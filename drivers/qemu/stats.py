@@ -206,7 +206,7 @@ def image_sizes(path: str, fmt: str | None) -> tuple[int, int, int]:
     return capacity, allocation, physical
 
 
-def _missing_path(what: str) -> VirError:
+def _invalid_arg(what: str) -> VirError:
     return VirError(ErrorCode.INVALID_ARG, f"invalid argument: {what}", ErrorDomain.QEMU)
 
 
@@ -232,7 +232,7 @@ def find_interface(d: DomainDef, device: str) -> Interface:
         for net in d.devices.interfaces:
             if net.target_dev == device:
                 return net
-    raise _missing_path(f"'{device}' is not a known interface")
+    raise _invalid_arg(f"'{device}' is not a known interface")
 
 
 # -- the monitor batch -------------------------------------------------------------
@@ -470,21 +470,23 @@ def _interfaces(dom: Domain, out: list[Param]) -> None:
             out += [(f"net.{n}.{f}", ULLONG, v) for f, v in zip(_NET_FIELDS, counters)]
 
 
-def blockstats_by_alias(answer: Any) -> dict[str, dict[str, Any]]:
-    """query-blockstats entries by the alias of the disk they belong to.
+def qdev_alias(entry: dict[str, Any]) -> str:
+    """The alias of the disk a query-block(stats) entry belongs to.
 
-    With -blockdev the device name is empty and the qdev path names the
-    device: /machine/peripheral/<alias>[/virtio-backend].
+    With -blockdev the device name is empty and "qdev" names the device: its
+    id alone, or a path /machine/peripheral/<id>[/virtio-backend].
     """
-    found: dict[str, dict[str, Any]] = {}
-    for entry in answer if isinstance(answer, list) else []:
-        qdev = str(entry.get("qdev", ""))
-        parts = qdev.split("/")
-        if "peripheral" in parts and parts.index("peripheral") + 1 < len(parts):
-            found[parts[parts.index("peripheral") + 1]] = entry
-        elif entry.get("device"):
-            found[str(entry["device"]).removeprefix("drive-")] = entry
-    return found
+    parts = str(entry.get("qdev") or "").split("/")
+    if "peripheral" in parts[:-1]:
+        return parts[parts.index("peripheral") + 1]
+    if len(parts) == 1 and parts[0]:
+        return parts[0]
+    return str(entry.get("device") or "").removeprefix("drive-")
+
+
+def blockstats_by_alias(answer: Any) -> dict[str, dict[str, Any]]:
+    """query-blockstats entries by the alias of the disk they belong to."""
+    return {qdev_alias(e): e for e in answer} if isinstance(answer, list) else {}
 
 
 def _wr_highest(entry: dict[str, Any]) -> int:
@@ -671,7 +673,7 @@ async def set_stats_period(proc: QemuProcess, d: DomainDef, period: int | None =
 def _disk_or_error(d: DomainDef, path: str) -> tuple[int, Disk]:
     found = find_disk(d, path)
     if found is None:
-        raise _missing_path(f"invalid path: {path}")
+        raise _invalid_arg(f"invalid path: {path}")
     return found
 
 
@@ -733,15 +735,10 @@ async def block_info(dom: Domain, path: str) -> tuple[int, int, int]:
     d = dom.definition
     found = find_disk(d, path)
     if found is None:
-        raise _missing_path(f"invalid path {path} not assigned to domain")
+        raise _invalid_arg(f"invalid path {path} not assigned to domain")
     _n, disk = found
     if disk.source is None or disk.type not in ("file", "block"):
-        raise VirError(
-            ErrorCode.OPERATION_INVALID,
-            f"Requested operation is not valid: disk '{disk.target}' does not currently have a"
-            " source assigned",
-            ErrorDomain.QEMU,
-        )
+        raise _invalid_arg(f"disk '{disk.target}' does not currently have a source assigned")
     try:
         capacity, allocation, physical = image_sizes(disk.source, disk.driver.get("type"))
     except OSError as e:
@@ -777,12 +774,10 @@ _IO_STATUS = {"failed": 1, "nospace": 2}
 async def disk_errors(dom: Domain) -> list[tuple[str, int]]:
     """(target, error code) of the disks QEMU stopped on an I/O error."""
     proc = running_process(dom)
-    by_alias: dict[str, str] = {}
-    for entry in await proc.monitor.execute("query-block"):
-        qdev = str(entry.get("qdev", ""))
-        parts = qdev.split("/")
-        alias = parts[parts.index("peripheral") + 1] if "peripheral" in parts[:-1] else qdev
-        by_alias[alias] = str(entry.get("io-status", "ok"))
+    by_alias = {
+        qdev_alias(e): str(e.get("io-status", "ok"))
+        for e in await proc.monitor.execute("query-block")
+    }
     errors = []
     for disk in dom.definition.devices.disks:
         code = _IO_STATUS.get(by_alias.get(disk.info.alias or "", "ok"))

@@ -82,10 +82,11 @@ def test_blockstats_matched_by_device_alias() -> None:
         {"device": "", "qdev": "/machine/peripheral/virtio-disk0/virtio-backend", "stats": {"a": 1}},
         {"device": "", "qdev": "/machine/peripheral/ide0-0-0", "stats": {"a": 2}},
         {"device": "drive-ide0-0-1", "stats": {"a": 3}},
+        {"device": "", "qdev": "sata0-0-0", "stats": {"a": 4}},
     ]
     found = stats.blockstats_by_alias(answer)
     assert {k: v["stats"]["a"] for k, v in found.items()} == {
-        "virtio-disk0": 1, "ide0-0-0": 2, "ide0-0-1": 3,
+        "virtio-disk0": 1, "ide0-0-0": 2, "ide0-0-1": 3, "sata0-0-0": 4,
     }
 
 
