@@ -197,8 +197,9 @@ def _on_shutdown(driver: QemuDriver, dom: Domain, data: dict[str, Any]) -> None:
         detail = Detail.SHUTDOWN_GUEST if guest else Detail.SHUTDOWN_HOST
     driver._emit(dom, Event.SHUTDOWN, detail)
     driver._save_status(dom)
-    if guest and dom.stop_reason is None and dom.process is not None:
-        # -no-shutdown keeps QEMU alive after a power-off; on_poweroff destroy ends it.
+    if dom.stop_reason is None and dom.process is not None:
+        # -no-shutdown keeps QEMU alive after a power-off, the guest's or the
+        # host's (a reset under on_reboot destroy); on_poweroff destroy ends it.
         dom.stop_reason = Shutoff.SHUTDOWN
         driver._spawn(dom.process.kill(graceful=False))
 

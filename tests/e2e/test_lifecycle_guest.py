@@ -1,0 +1,203 @@
+"""Guest power with a real Linux inside: shutdown, reboot, reset, on_poweroff, the agent.
+
+The tiny test guest (tests/guest) boots under TCG, prints its banner on the
+serial port (logged to a file, so nothing is lost while nobody reads) and
+powers off on the ACPI power button. Events are watched with ``virsh event``;
+the expected sequences are those the reference libvirtd 9.0 gives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.daemon import DaemonProcess
+from e2e.test_domain_lifecycle import EventWatch, out
+from guest import BANNER, ensure_guest
+
+pytestmark = pytest.mark.slow
+
+BOOT = 90.0  # TCG on shared cores: generous, never a timed assertion
+AGENT = "org.qemu.guest_agent.0"
+
+
+def guest_xml(name: str, log: Path, extra: str = "", devices: str = "") -> str:
+    g = ensure_guest()
+    return (
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type>"
+        f"<kernel>{g.kernel}</kernel><initrd>{g.initrd}</initrd><cmdline>{g.cmdline}</cmdline>"
+        f"</os><features><acpi/></features>{extra}<devices>"
+        f"<serial type='pty'><log file='{log}'/></serial><console type='pty'/>{devices}"
+        "</devices></domain>"
+    )
+
+
+class Guest:
+    """One guest of the test daemon, its serial log and events."""
+
+    def __init__(self, daemon: DaemonProcess, name: str, extra: str = "",
+                 devices: str = "") -> None:
+        self.daemon, self.name = daemon, name
+        self.log = daemon.root / f"{name}-console.log"
+        path = daemon.root / f"{name}.xml"
+        path.write_text(guest_xml(name, self.log, extra, devices))
+        daemon.virsh("define", str(path))
+        self.events = EventWatch(daemon)
+
+    def start(self) -> None:
+        self.daemon.virsh("start", self.name)
+        self.wait_banners(1)
+
+    def banners(self) -> int:
+        try:
+            return self.log.read_bytes().count(BANNER.encode())
+        except FileNotFoundError:
+            return 0
+
+    def wait_banners(self, count: int, timeout: float = BOOT) -> None:
+        """Until the guest has booted ``count`` times in this run; then give
+        acpid a moment, as the power button is lost before it listens."""
+        deadline = time.monotonic() + timeout
+        while self.banners() < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: {self.banners()} boots, not {count}")
+            time.sleep(0.1)
+        time.sleep(0.5)
+
+    def state(self) -> str:
+        return out(self.daemon, "domstate", "--reason", self.name)
+
+    def lifecycle(self) -> list[str]:
+        """The lifecycle events so far, as virsh prints them ("Started Booted")."""
+        return [line.split("': ", 1)[1] for line in self.events.path.read_text().splitlines()
+                if line.startswith("event 'lifecycle'")]
+
+    def wait_event(self, line: str, count: int = 1, timeout: float = BOOT) -> None:
+        """Until ``line`` has come ``count`` times."""
+        deadline = time.monotonic() + timeout
+        while self.lifecycle().count(line) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no event {line!r} in {self.lifecycle()}")
+            time.sleep(0.1)
+
+    def reboots(self) -> int:
+        return self.events.path.read_text().count("event 'reboot'")
+
+    def close(self) -> None:
+        self.events.close()
+        self.daemon.virsh("destroy", self.name, check=False)
+        self.daemon.virsh("undefine", self.name, check=False)
+
+
+@pytest.fixture
+def guest(module_daemon: DaemonProcess) -> Iterator[Guest]:
+    g = Guest(module_daemon, "lc")
+    yield g
+    g.close()
+
+
+def test_shutdown_powers_off(guest: Guest) -> None:
+    guest.start()
+    guest.daemon.virsh("shutdown", guest.name)
+    guest.wait_event("Stopped Shutdown")
+    assert guest.state() == "shut off (shutdown)"
+    assert guest.lifecycle()[-2:] == [
+        "Shutdown Finished after guest request", "Stopped Shutdown"]
+
+
+def test_reboot_comes_back(guest: Guest) -> None:
+    guest.start()
+    res = guest.daemon.virsh("reboot", guest.name)
+    assert f"Domain '{guest.name}' is being rebooted" in res.stdout
+    guest.wait_banners(2)
+    # The guest's power-off of a fake reboot is no shutdown: no lifecycle event.
+    lines = guest.lifecycle()
+    assert "Started Booted" in lines
+    assert not any(line.startswith(("Shutdown", "Stopped", "Suspended")) for line in lines)
+    assert guest.state() == "running (booted)"
+    assert guest.reboots() >= 1
+    # And once it is up again, the power button still powers it off.
+    guest.daemon.virsh("shutdown", guest.name)
+    guest.wait_event("Stopped Shutdown")
+
+
+def test_reset(guest: Guest) -> None:
+    guest.start()
+    res = guest.daemon.virsh("reset", guest.name)
+    assert f"Domain '{guest.name}' was reset" in res.stdout
+    guest.wait_banners(2)
+    assert guest.reboots() >= 1
+    assert guest.state() == "running (booted)"
+
+
+def test_on_poweroff_restart(module_daemon: DaemonProcess) -> None:
+    g = Guest(module_daemon, "lc-restart", "<on_poweroff>restart</on_poweroff>")
+    try:
+        g.start()
+        g.daemon.virsh("shutdown", g.name)  # a shutdown that is a reboot, as libvirtd does it
+        g.wait_banners(2)
+        assert g.state() == "running (booted)"
+        assert not any(line.startswith(("Shutdown", "Stopped")) for line in g.lifecycle())
+    finally:
+        g.close()
+
+
+def test_on_reboot_destroy(module_daemon: DaemonProcess) -> None:
+    g = Guest(module_daemon, "lc-noreboot", "<on_reboot>destroy</on_reboot>")
+    try:
+        g.start()
+        g.daemon.virsh("reset", g.name)  # QEMU is told a reset is a power-off
+        g.wait_event("Stopped Shutdown")
+        assert g.lifecycle()[-2:] == ["Shutdown Finished after host request", "Stopped Shutdown"]
+        assert g.state() == "shut off (shutdown)" and g.reboots() == 0
+        g.log.unlink()
+        g.start()
+        g.daemon.virsh("reboot", g.name)  # a reboot that is a shutdown, as libvirtd does it
+        g.wait_event("Stopped Shutdown", 2)
+        assert g.lifecycle()[-2:] == ["Shutdown Finished after guest request", "Stopped Shutdown"]
+        assert g.reboots() == 0
+    finally:
+        g.close()
+
+
+def test_power_errors(guest: Guest) -> None:
+    d, name = guest.daemon, guest.name
+    res = d.virsh("shutdown", name, check=False)
+    assert "Requested operation is not valid: domain is not running" in res.stderr
+    res = d.virsh("reset", name, check=False)
+    assert "Requested operation is not valid: domain is not running" in res.stderr
+    guest.start()
+    for cmd in (["shutdown", "--mode", "agent", name], ["reboot", "--mode", "agent", name],
+                ["domhostname", name], ["domtime", name],
+                ["domifaddr", name, "--source", "agent"],
+                ["qemu-agent-command", name, '{"execute":"guest-ping"}']):
+        res = d.virsh(*cmd, check=False)
+        assert res.returncode == 1
+        assert "argument unsupported: QEMU guest agent is not configured" in res.stderr, cmd
+    res = d.virsh("domhostname", name, "--source", "lease", check=False)
+    assert f"no hostname found: no hostname found for domain {name}" in res.stderr
+    assert len(d.virsh("domifaddr", name).stdout.strip().splitlines()) == 2  # a header only
+    # An agent mode that may fall back to ACPI powers off.
+    d.virsh("shutdown", "--mode", "agent,acpi", name)
+    guest.wait_event("Stopped Shutdown")
+
+
+def test_agent_not_connected(module_daemon: DaemonProcess) -> None:
+    channel = f"<channel type='unix'><target type='virtio' name='{AGENT}'/></channel>"
+    g = Guest(module_daemon, "lc-chan", devices=channel)
+    try:
+        g.start()
+        xml = out(g.daemon, "dumpxml", g.name)
+        assert f"name='{AGENT}' state='disconnected'" in xml
+        for cmd in (["shutdown", "--mode", "agent"], ["domtime"], ["domhostname"]):
+            res = g.daemon.virsh(*cmd, g.name, check=False)
+            assert "Guest agent is not responding: QEMU guest agent is not connected" in res.stderr
+        # With no flags the agent is only tried when it is there: ACPI it is.
+        g.daemon.virsh("shutdown", g.name)
+        g.wait_event("Stopped Shutdown")
+    finally:
+        g.close()
