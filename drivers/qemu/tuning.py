@@ -152,6 +152,8 @@ def _pin_set(cpumap: bytes) -> set[int]:
 def _set_affinity(tid: int, cpus: set[int]) -> None:
     try:
         os.sched_setaffinity(tid, cpus)
+    except ProcessLookupError:
+        pass  # a thread that ended meanwhile needs no pinning
     except OSError as e:
         raise _error(
             ErrorCode.SYSTEM_ERROR,
@@ -398,6 +400,8 @@ async def set_vcpus(driver: QemuDriver, dom: Domain, n: int, flags: int) -> None
         try:
             if live:
                 await _hotplug(dom, n)
+                assert dom.live is not None
+                await _apply_pins(dom, dom.live)
                 group = driver._cgroup(dom)
                 if group is not None and (group / "emulator").is_dir():
                     assert dom.live is not None  # new vCPU threads join their own groups
@@ -531,9 +535,9 @@ async def get_vcpus(dom: Domain, maxinfo: int, maplen: int) -> tuple[list[VcpuIn
 
 def _vcpu_range(d: DomainDef, vcpu: int, which: str) -> None:
     if vcpu >= d.vcpus:
-        raise _bad_arg(
-            f"vcpu {vcpu} is out of range of {which} cpu count {d.vcpu_current or d.vcpus}"
-        )
+        # libvirt names the maximum for the live guest, the current count for the config.
+        count = d.vcpus if which == "live" else d.vcpu_current or d.vcpus
+        raise _bad_arg(f"vcpu {vcpu} is out of range of {which} cpu count {count}")
 
 
 async def pin_vcpu(driver: QemuDriver, dom: Domain, vcpu: int, cpumap: bytes, flags: int) -> None:
@@ -550,9 +554,8 @@ async def pin_vcpu(driver: QemuDriver, dom: Domain, vcpu: int, cpumap: bytes, fl
         if live:
             assert dom.live is not None
             threads = await vcpu_threads(dom)
-            if vcpu not in threads:
-                raise _invalid(f"vCPU '{vcpu}' is not active")
-            _set_affinity(threads[vcpu], cpus)
+            if vcpu in threads:  # an offline vCPU takes its pin when plugged
+                _set_affinity(threads[vcpu], cpus)
             _set_vcpu_pin(dom.live, vcpu, cpus)
         if new is not None:
             _set_vcpu_pin(new, vcpu, cpus)
@@ -1073,19 +1076,25 @@ def _blkio_config(d: DomainDef) -> dict[str, Any]:
     return values
 
 
+async def _apply_pins(dom: Domain, d: DomainDef) -> None:
+    """Pin the vCPU and emulator threads as ``d`` says, if it says anything."""
+    if d.kept.get("cputune") is None and not d.vcpu_cpuset:
+        return
+    threads = await vcpu_threads(dom)
+    for index, tid in threads.items():
+        _set_affinity(tid, vcpu_pin(d, index))
+    for tid in _threads(_process(dom).pid):
+        if tid not in threads.values():
+            _set_affinity(tid, emulator_pin(d))
+
+
 async def apply_at_start(driver: QemuDriver, dom: Domain) -> None:
     """Put the tuning of the definition a guest starts from into force, before
     its CPUs first run: pinning, scheduler values, memory and block I/O limits."""
     d = dom.live
     if d is None:
         return
-    if d.kept.get("cputune") is not None or d.vcpu_cpuset:
-        threads = await vcpu_threads(dom)
-        for index, tid in threads.items():
-            _set_affinity(tid, vcpu_pin(d, index))
-        for tid in _threads(_process(dom).pid):
-            if tid not in threads.values():
-                _set_affinity(tid, emulator_pin(d))
+    await _apply_pins(dom, d)
     sched = _live_sched_values(d)
     if any(v is not None for v in sched.values()):
         group = _cpu_group(driver, dom)

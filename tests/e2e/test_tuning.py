@@ -305,3 +305,18 @@ def test_libvirt_python(guest: DaemonProcess) -> None:
     assert "device_weight" in dom.blkioParameters(0)
     dom.setMemoryStatsPeriod(2, 0)
     assert "<stats period='2'/>" in dom.XMLDesc(0)
+
+
+def test_live_tuning_survives_a_daemon_restart(guest: DaemonProcess) -> None:
+    # No second plug of vCPU 1: QEMU 7.2 under TCG dies plugging a vCPU that
+    # was unplugged before (plain QEMU does the same, without any daemon).
+    guest.virsh("schedinfo", NAME, "--set", "cpu_shares=3000")
+    guest.virsh("memtune", NAME, "--hard-limit", "900000")
+    guest.virsh("vcpupin", NAME, "1", "0")
+    before = out(guest, "dumpxml", NAME)
+    guest.restart()
+    assert out(guest, "dumpxml", NAME) == before
+    assert fields(out(guest, "schedinfo", NAME))["cpu_shares"] == "3000"
+    assert fields(out(guest, "memtune", NAME))["hard_limit"] == "900000"
+    assert out(guest, "vcpucount", NAME, "--live", "--current") == "1"
+    assert "<vcpu id='1' enabled='no' hotpluggable='yes'/>" in before
