@@ -24,15 +24,17 @@ pytestmark = pytest.mark.slow
 NAME = "hotplug"
 
 
-def guest_xml() -> str:
+def guest_xml(name: str = NAME, machine: str = "pc") -> str:
+    """The test guest; on i440fx with an empty IDE CD-ROM (q35 has no IDE)."""
+    cdrom = "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>"
     g = ensure_guest()
     return (
-        f"<domain type='qemu'><name>{NAME}</name><memory unit='MiB'>128</memory>"
-        "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type>"
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory>"
+        f"<vcpu>1</vcpu><os><type arch='x86_64' machine='{machine}'>hvm</type>"
         f"<kernel>{g.kernel}</kernel><initrd>{g.initrd}</initrd>"
         f"<cmdline>{g.cmdline}</cmdline></os><features><acpi/></features>"
         "<on_reboot>destroy</on_reboot><devices>"
-        "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>"
+        f"{cdrom if machine == 'pc' else ''}"
         "<serial type='pty'/><console type='pty'/></devices></domain>"
     )
 
@@ -250,3 +252,39 @@ def test_config_only_attach(guest: Guest) -> None:
     )
     guest.virsh("detach-disk", NAME, "vdc", "--config")
     assert image not in guest.config_xml()
+
+
+def test_persistent_attach_and_detach(guest: Guest) -> None:
+    image = qcow2(guest, "both.qcow2")
+    before = block_devices(guest)
+    guest.virsh("attach-disk", NAME, image, "vdd", "--subdriver", "qcow2", "--persistent")
+    assert image in guest.live_xml() and image in guest.config_xml()
+    wait_until(lambda: len(block_devices(guest) - before) == 1, why=lambda: "no new disk")
+    guest.virsh("detach-disk", NAME, "vdd", "--persistent")
+    assert image not in guest.config_xml()
+    wait_until(lambda: image not in guest.live_xml(), why=lambda: "the disk stayed")
+    wait_until(lambda: block_devices(guest) == before, why=lambda: "the guest kept the disk")
+
+
+def test_q35_plugs_into_the_spare_root_port(guest: Guest) -> None:
+    """q35 gets one free pcie-root-port at define: one disk fits, a second does not."""
+    d, name = guest.daemon, "hotplug-q35"
+    path = d.root / f"{name}.xml"
+    path.write_text(guest_xml(name, "q35"))
+    d.virsh("define", str(path))
+    d.virsh("start", name)
+    conn = d.conn()
+    console = Console(conn, conn.lookupByName(name))
+    try:
+        console.wait_prompt()
+        image = qcow2(guest, "q35.qcow2")
+        d.virsh("attach-disk", name, image, "vdb", "--subdriver", "qcow2")
+        wait_until(lambda: "vda" in console.run("ls /sys/block"), why=lambda: "no disk")
+        res = d.virsh("attach-disk", name, image, "vdc", "--subdriver", "qcow2", check=False)
+        assert "internal error: No more available PCI slots" in res.stderr
+        d.virsh("detach-disk", name, "vdb")
+        wait_until(lambda: "vda" not in console.run("ls /sys/block"), why=lambda: "disk stayed")
+    finally:
+        console.close()
+        d.virsh("destroy", name, check=False)
+        d.virsh("undefine", name, check=False)
