@@ -3,9 +3,9 @@
 Monitoring clients (virt-manager) ask for every guest's statistics each second,
 so one guest whose QEMU does not answer must not hold up the others. Each
 guest's monitor questions go out together as one batch that may take at most
-``STATS_TIMEOUT``; a batch still waiting for an answer is not repeated, the
-guest then reports only what the host itself knows (as libvirtd does when it
-cannot get the guest's job). Everything else comes from /proc, the guest's
+``STATS_TIMEOUT``; while a batch is late the guest is asked nothing more and
+reports only what the host itself knows (as libvirtd does when it cannot get
+the guest's job). Everything else comes from /proc, the guest's
 cgroup and the disk images.
 """
 
@@ -57,7 +57,7 @@ MEM_UNUSED, MEM_AVAILABLE, MEM_ACTUAL, MEM_RSS = 4, 5, 6, 7
 MEM_USABLE, MEM_LAST_UPDATE, MEM_DISK_CACHES = 8, 9, 10
 MEM_HUGETLB_PGALLOC, MEM_HUGETLB_PGFAIL = 11, 12
 
-# QEMU's guest-stats names: (tag, domstats name, divisor to KiB or 1 for counts).
+# guest-stats of QEMU's balloon: (its key, tag, domstats name, divisor to KiB or 1).
 _GUEST_STATS = (
     ("stat-swap-in", MEM_SWAP_IN, "swap_in", 1024),
     ("stat-swap-out", MEM_SWAP_OUT, "swap_out", 1024),
@@ -531,7 +531,8 @@ def _block(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
                     out.append((p + "physical", ULLONG, physical))
             continue
         if disk.source is not None or disk.net_source:
-            out.append((p + "backingIndex", UINT, len(disks) - n))
+            # The N of its libvirt-N block nodes, as the live XML's index= shows.
+            out.append((p + "backingIndex", UINT, disk.node_index or len(disks) - n))
         entry = by_alias.get(disk.info.alias or "") if have_stats else None
         if entry is None:
             continue
