@@ -1,7 +1,8 @@
 """Facts about what the hypervisor offers: domain capabilities, CPU model names,
 and the QEMU command line a definition turns into.
 
-CPU comparison and baselines are not offered (they answer VIR_ERR_NO_SUPPORT).
+CPU comparison against the host and against what QEMU offers; CPU baselines are
+not offered (they answer VIR_ERR_NO_SUPPORT).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
-from drivers.qemu import cpumodels, domcaps, native
+from drivers.qemu import cpucompare, cpumodels, domcaps, native
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
 
@@ -52,3 +53,35 @@ async def connect_domain_xml_to_native(call: Call, args: Any) -> Any:
                        ErrorDomain.QEMU)
     return R.remote_connect_domain_xml_to_native_ret(native.to_native(call.driver,
                                                                       args.domainXml))
+
+
+def _compare_flags(flags: int, api: str) -> bool:
+    """Whether the caller wants an error for an incompatible CPU; XML validation
+    against libvirt's schema is not offered."""
+    if flags & ~cpucompare.FAIL_INCOMPATIBLE:
+        raise VirError(ErrorCode.INVALID_ARG,
+                       f"unsupported flags (0x{flags & ~cpucompare.FAIL_INCOMPATIBLE:x}) "
+                       f"in function {api}", ErrorDomain.QEMU)
+    return bool(flags & cpucompare.FAIL_INCOMPATIBLE)
+
+
+async def connect_compare_cpu(call: Call, args: Any) -> Any:
+    fail = _compare_flags(args.flags, "qemuConnectCompareCPU")
+    cpu = cpucompare.parse_cpu(args.xml)
+    result = cpucompare.compare(cpu, cpucompare.host_cpu(), fail)
+    return R.remote_connect_compare_cpu_ret(result)
+
+
+async def connect_compare_hypervisor_cpu(call: Call, args: Any) -> Any:
+    fail = _compare_flags(args.flags, "qemuConnectCompareHypervisorCPU")
+    driver = call.driver
+    target = await domcaps.resolve(driver.all_caps, args.emulator, args.arch, args.machine,
+                                   args.virttype, driver.dirs.cache_dir)
+    cpu = cpucompare.parse_cpu(args.xmlCPU)
+    hm = domcaps.host_model(target)
+    if hm is None:
+        raise VirError(ErrorCode.OPERATION_UNSUPPORTED,
+                       f"Operation not supported: cannot get host CPU model for "
+                       f"{target.arch}", ErrorDomain.QEMU)
+    result = cpucompare.compare(cpu, cpucompare.hypervisor_cpu(target.arch, hm), fail)
+    return R.remote_connect_compare_hypervisor_cpu_ret(result)

@@ -113,7 +113,7 @@ class _X86Map:
 
 
 @functools.cache
-def _x86_map(directory: str) -> _X86Map | None:
+def x86_map(directory: str) -> _X86Map | None:
     base = Path(directory)
     try:
         index = ElementTree.parse(base / "index.xml").getroot()
@@ -173,7 +173,7 @@ def host_model(props: dict[str, object], blockers: dict[str, list[str]],
     model whose signature matches wins over one that does not; otherwise the fewest
     features to add and remove wins. None without a CPU map.
     """
-    cpu_map = _x86_map(directory)
+    cpu_map = x86_map(directory)
     if cpu_map is None:
         return None
     have = {cpu_map.qemu_names[p] for p, on in props.items()

@@ -32,6 +32,8 @@ VIRT_TYPES = (
 # Guest architectures each emulator binary runs, by the arch it is named after.
 _RUNS = {"x86_64": ("x86_64", "i686"), "i686": ("i686",)}
 
+_X86 = ("x86_64", "i686")
+
 # Loaders libvirtd was built to offer when no firmware descriptor fits (Debian's list).
 _LEGACY_LOADERS = ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_CODE.secboot.fd")
 
@@ -301,11 +303,17 @@ async def domain_capabilities(
 ) -> str:
     """virConnectGetDomainCapabilities for the QEMU driver."""
     t = await resolve(all_caps, emulatorbin, arch, machine, virttype, cache_dir)
-    map_arch = {"x86_64": "x86", "i686": "x86"}.get(t.arch)
-    map_models = cpumodels.map_models(map_arch) if map_arch else ()
-    props = t.caps.host_cpu_props.get("kvm" if t.virttype == "kvm" else "tcg")
-    hm = None
-    if props and map_arch:
-        accel = "kvm" if t.virttype == "kvm" else "tcg"
-        hm = cpumodels.host_model(props, t.caps.cpu_blockers.get(accel, {}))
-    return domain_capabilities_xml(t, hm, map_models, firmware_descriptors(t.arch, t.machine))
+    map_models = cpumodels.map_models("x86") if t.arch in _X86 else ()
+    return domain_capabilities_xml(
+        t, host_model(t), map_models, firmware_descriptors(t.arch, t.machine)
+    )
+
+
+def host_model(t: Target) -> cpumodels.HostModel | None:
+    """What ``<cpu mode='host-model'>`` gives a guest of ``t``: -cpu host under KVM,
+    -cpu max under TCG, named after the CPU map. None where that cannot be said."""
+    accel = "kvm" if t.virttype == "kvm" else "tcg"
+    props = t.caps.host_cpu_props.get(accel)
+    if not props or t.arch not in _X86:
+        return None
+    return cpumodels.host_model(props, t.caps.cpu_blockers.get(accel, {}))

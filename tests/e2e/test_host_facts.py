@@ -126,3 +126,24 @@ def test_domcapabilities_of_no_qemu(module_daemon) -> None:
     with pytest.raises(libvirt.libvirtError) as e:
         module_daemon.conn().getDomainCapabilities("/usr/bin/true", None, None, None, 0)
     assert e.value.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR
+
+
+def test_cpu_compare(module_daemon, tmp_path: Path) -> None:
+    """Results and messages as libvirtd 9.0 gives them on the same host."""
+    any_cpu = tmp_path / "any.xml"
+    any_cpu.write_text("<cpu mode='host-passthrough'/>")
+    for command in ("cpu-compare", "hypervisor-cpu-compare"):
+        out = module_daemon.virsh(command, str(any_cpu)).stdout
+        assert "superset" in out
+    unknown = tmp_path / "unknown.xml"
+    unknown.write_text("<cpu match='exact'><model>no-such-model</model></cpu>")
+    res = module_daemon.virsh("cpu-compare", str(unknown), check=False)
+    assert "error: internal error: Unknown CPU model no-such-model" in res.stderr
+    other_arch = tmp_path / "ppc.xml"
+    other_arch.write_text("<cpu><arch>ppc64</arch><model>POWER9</model></cpu>")
+    res = module_daemon.virsh("hypervisor-cpu-compare", "--error", str(other_arch), check=False)
+    assert ("error: the CPU is incompatible with host CPU: CPU arch ppc64 does not match "
+            "host arch") in res.stderr
+    res = module_daemon.virsh("hypervisor-cpu-compare", "--virttype", "xen", str(any_cpu),
+                              check=False)
+    assert "does not support virt type 'xen'" in res.stderr
