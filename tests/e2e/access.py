@@ -1,0 +1,115 @@
+"""Helpers of the access tests (console, graphics, QEMU program): guests and a console.
+
+The Linux test guest talks on its serial console; a firmware-only guest is
+enough where only QEMU itself answers (monitor, VNC, screenshots).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from e2e.daemon import DaemonProcess
+from guest import PROMPT, ensure_guest
+
+BOOT_TIMEOUT = 60.0
+KVM = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+DEVICES = (
+    "<serial type='pty'/><console type='pty'/>"
+    "<graphics type='vnc' autoport='yes'/><video><model type='vga'/></video>"
+)
+
+
+def linux_xml(name: str) -> str:
+    g = ensure_guest()
+    return (
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory>"
+        "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type>"
+        f"<kernel>{g.kernel}</kernel><initrd>{g.initrd}</initrd>"
+        f"<cmdline>{g.cmdline}</cmdline></os><features><acpi/></features>"
+        f"<on_reboot>destroy</on_reboot><devices>{DEVICES}</devices></domain>"
+    )
+
+
+def firmware_xml(name: str) -> str:
+    return (
+        f"<domain type='{KVM}'><name>{name}</name><memory unit='MiB'>64</memory>"
+        "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+        f"<devices>{DEVICES}</devices></domain>"
+    )
+
+
+def define_and_start(daemon: DaemonProcess, name: str, xml: str) -> None:
+    path = daemon.root / f"{name}.xml"
+    path.write_text(xml)
+    daemon.virsh("define", str(path))
+    daemon.virsh("start", name)
+
+
+class Console:
+    """A console stream of libvirt-python, read by a thread into a buffer."""
+
+    def __init__(self, conn: Any, dom: Any, dev: str | None = None, flags: int = 0) -> None:
+        self.stream = conn.newStream(0)
+        dom.openConsole(dev, self.stream, flags)
+        self.buf = bytearray()
+        self.ended = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        import libvirt
+
+        try:
+            while data := self.stream.recv(65536):
+                self.buf.extend(data)
+        except libvirt.libvirtError:
+            pass
+        self.ended.set()
+
+    def send(self, text: str) -> None:
+        self.stream.send(text.encode())
+
+    def wait_for(self, what: bytes, start: int = 0, timeout: float = 30.0) -> bytes:
+        """The output from ``start`` once it holds ``what``."""
+        deadline = time.monotonic() + timeout
+        while what not in self.buf[start:]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what!r} on the console: {bytes(self.buf[start:])!r}")
+            time.sleep(0.05)
+        return bytes(self.buf[start:])
+
+    def run(self, command: str, timeout: float = 30.0) -> str:
+        """Run a shell command in the guest; its output up to the next prompt."""
+        start = len(self.buf)
+        self.send(command + "\r")
+        marker = (command + "\r\n").encode()
+        self.wait_for(marker, start, timeout)
+        begin = self.buf.index(marker, start) + len(marker)
+        self.wait_for(PROMPT.encode(), begin, timeout)
+        end = self.buf.index(PROMPT.encode(), begin)
+        return bytes(self.buf[begin:end]).decode(errors="replace")
+
+    def wait_prompt(self, timeout: float = BOOT_TIMEOUT) -> None:
+        """Press Enter until the shell answers (it may still be booting)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            start = len(self.buf)
+            self.send("\r")
+            try:
+                self.wait_for(PROMPT.encode(), start, timeout=2.0)
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+
+    def close(self) -> None:
+        import libvirt
+
+        try:
+            self.stream.finish()
+        except libvirt.libvirtError:
+            pass
+        self.ended.wait(5)
