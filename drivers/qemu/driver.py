@@ -788,6 +788,7 @@ class QemuDriver:
             if not dom.persistent:
                 self._forget(dom)
             return
+        await hotplug.refresh_from_qemu(proc, d, st.taps)
         try:
             live = await self._live_facts(proc, d, st.id)
         except VirError:

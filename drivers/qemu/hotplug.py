@@ -664,7 +664,8 @@ async def _finish(driver: QemuDriver, dom: Domain, alias: str) -> None:
             kind, dev = _find_alias(d, alias)
         except VirError:
             return
-        nodes: list[str] = []
+        n = dev.node_index if kind == "disks" and dev.source is not None else None
+        nodes = [f"libvirt-{n}-format", f"libvirt-{n}-storage"] if n else []
     else:
         kind, dev, nodes = job.kind, job.dev, job.nodes
     if kind == "disks":
@@ -683,3 +684,52 @@ def _drop(group: list[Any], dev: Any) -> None:
         if other is dev:
             del group[i]
             return
+
+
+# -- after a daemon restart ----------------------------------------------------------------
+
+
+async def refresh_from_qemu(proc: QemuProcess, d: DomainDef, taps: dict[str, str]) -> None:
+    """Give a re-parsed live definition the NIC aliases and disk node numbers QEMU has.
+
+    The status file keeps no aliases, and numbering devices by their order, as at
+    start, goes wrong once hotplug has added and removed some. Devices QEMU no
+    longer has (their unplug ended while no daemon watched) leave the definition.
+    ``taps`` are the tap names by alias the status file kept.
+    """
+    try:
+        children = await proc.monitor.execute("qom-list", {"path": "/machine/peripheral"})
+        ids = {c["name"] for c in children if str(c.get("type", "")).startswith("child<")}
+        blocks = await proc.monitor.execute("query-block")
+        macs: dict[str, str] = {}
+        for id in ids:
+            if not id.startswith(("net", "ua-")):
+                continue
+            try:
+                args = {"path": f"/machine/peripheral/{id}", "property": "mac"}
+                macs[str(await proc.monitor.execute("qom-get", args))] = id
+            except VirError:
+                pass  # not a NIC
+    except VirError as e:
+        log.warning("cannot learn the devices of %s from QEMU: %s", d.name, e.message)
+        return
+    for net in list(d.devices.interfaces):
+        alias = macs.get(net.mac)
+        if alias is None:
+            _drop(d.devices.interfaces, net)
+            continue
+        net.info.alias = alias
+        net.target_dev = taps.get(alias, net.target_dev)
+    for disk in list(d.devices.disks):
+        if disk.info.alias not in ids:
+            _drop(d.devices.disks, disk)
+            continue
+        nodes = _nodes_of(next(
+            (b for b in blocks
+             if b.get("qdev") == disk.info.alias
+             or str(b.get("qdev", "")).startswith(f"/machine/peripheral/{disk.info.alias}/")),
+            None,
+        ))
+        parts = nodes[0].split("-") if nodes else []
+        if len(parts) == 3 and parts[1].isdigit():
+            disk.node_index = int(parts[1])

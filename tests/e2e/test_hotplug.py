@@ -104,13 +104,13 @@ def guest(module_daemon: DaemonProcess) -> Iterator[Guest]:
     events = Events(d)
     d.virsh("start", NAME)
     conn = d.conn()
-    console = Console(conn, conn.lookupByName(NAME))
+    g = Guest(d, Console(conn, conn.lookupByName(NAME)), events)
     try:
-        console.wait_prompt()
-        yield Guest(d, console, events)
-    finally:
-        console.close()
-        events.close()
+        g.console.wait_prompt()
+        yield g
+    finally:  # a test may have replaced them
+        g.console.close()
+        g.events.close()
         d.virsh("destroy", NAME, check=False)
         d.virsh("undefine", NAME, check=False)
 
@@ -288,3 +288,44 @@ def test_q35_plugs_into_the_spare_root_port(guest: Guest) -> None:
         console.close()
         d.virsh("destroy", name, check=False)
         d.virsh("undefine", name, check=False)
+
+
+def nic(guest: Guest, mac: str) -> str:
+    path = guest.daemon.root / f"nic-{mac[-2:]}.xml"
+    path.write_text(f"<interface type='user'><mac address='{mac}'/><model type='virtio'/>"
+                    "</interface>")
+    return str(path)
+
+
+def test_hotplugged_devices_survive_a_daemon_kill(guest: Guest) -> None:
+    """After plugging net0, net1 and a disk and removing net0, a new daemon still
+    knows net1 as net1 (not by its place) and can unplug what is there."""
+    first, second = nic(guest, "52:54:00:00:00:01"), nic(guest, "52:54:00:00:00:02")
+    guest.virsh("attach-device", NAME, first)
+    guest.virsh("attach-device", NAME, second)
+    image = qcow2(guest, "restart.qcow2")
+    guest.virsh("attach-disk", NAME, image, "vdb", "--subdriver", "qcow2")
+    wait_until(lambda: "eth1" in guest.sh("ls /sys/class/net"), why=lambda: "no eth1")
+    guest.virsh("detach-device", NAME, first)
+    wait_until(lambda: "52:54:00:00:00:01" not in guest.live_xml(), why=lambda: "net0 stayed")
+    index = guest.live_xml().split(f"<source file='{image}' index='")[1].split("'")[0]
+
+    guest.console.close()
+    guest.events.close()
+    guest.daemon.kill()
+    guest.daemon.start()
+    conn = guest.daemon.conn()
+    guest.console = Console(conn, conn.lookupByName(NAME))
+    guest.events = Events(guest.daemon)
+    guest.console.wait_prompt()
+
+    xml = guest.live_xml()
+    assert "<alias name='net1'/>" in xml and "<alias name='net0'/>" not in xml
+    assert f"<source file='{image}' index='{index}'/>" in xml
+    guest.virsh("detach-device", NAME, second)
+    guest.events.wait_for(f"'device-removed' for domain '{NAME}': net1")
+    guest.virsh("detach-disk", NAME, "vdb")
+    guest.events.wait_for(f"'device-removed' for domain '{NAME}': virtio-disk1")
+    wait_until(lambda: "eth" not in guest.sh("ls /sys/class/net"), why=lambda: "a NIC stayed")
+    inserted = [e["inserted"]["file"] for e in query_block(guest) if e.get("inserted")]
+    assert image not in inserted
