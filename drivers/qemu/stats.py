@@ -163,22 +163,21 @@ def _thread_wait_delay(pid: int, tid: int) -> tuple[int, int]:
     return wait, delay
 
 
-def tap_counters(ifname: str) -> list[int] | None:
-    """A tap's counters as the guest sees them: the host's sending is its receiving.
-
-    Returns rx bytes, packets, errs, drop, then tx bytes, packets, errs, drop.
-    """
+def tap_counters() -> dict[str, list[int]]:
+    """Every host interface's counters as a guest behind it as a tap sees them
+    (the host's sending is its receiving): rx bytes, packets, errs, drop, then
+    tx bytes, packets, errs, drop. One read serves all the guests of a call."""
     try:
         with open("/proc/net/dev") as f:
             lines = f.readlines()[2:]
     except OSError:
-        return None
+        return {}
+    found = {}
     for line in lines:
         name, _, rest = line.partition(":")
-        if name.strip() == ifname:
-            v = [int(x) for x in rest.split()]
-            return [v[8], v[9], v[10], v[11], v[0], v[1], v[2], v[3]]
-    return None
+        v = [int(x) for x in rest.split()]
+        found[name.strip()] = [v[8], v[9], v[10], v[11], v[0], v[1], v[2], v[3]]
+    return found
 
 
 def image_sizes(path: str, fmt: str | None) -> tuple[int, int, int]:
@@ -456,7 +455,7 @@ def _vm(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
 _NET_FIELDS = ("rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs", "tx.drop")
 
 
-def _interfaces(dom: Domain, out: list[Param]) -> None:
+def _interfaces(dom: Domain, taps: dict[str, list[int]], out: list[Param]) -> None:
     if not dom.active:
         return
     nets = dom.definition.devices.interfaces
@@ -465,7 +464,7 @@ def _interfaces(dom: Domain, out: list[Param]) -> None:
         if not net.target_dev:
             continue  # user-mode networking has no host side to count
         out.append((f"net.{n}.name", STRING, net.target_dev))
-        counters = tap_counters(net.target_dev)
+        counters = taps.get(net.target_dev)
         if counters is not None:
             out += [(f"net.{n}.{f}", ULLONG, v) for f, v in zip(_NET_FIELDS, counters)]
 
@@ -599,8 +598,11 @@ def _dirtyrate(answers: dict[str, Any], out: list[Param]) -> None:
             )
 
 
-async def domain_stats(dom: Domain, groups: int) -> list[Param]:
-    """One guest's record for the ``groups`` asked (already limited to SUPPORTED)."""
+async def domain_stats(
+    dom: Domain, groups: int, taps: dict[str, list[int]] | None = None
+) -> list[Param]:
+    """One guest's record for the ``groups`` asked (already limited to SUPPORTED);
+    ``taps`` as :func:`tap_counters` gives them, read here if not given."""
     proc = dom.process
     answers: dict[str, Any] = {}
     if dom.active and proc is not None:
@@ -617,7 +619,7 @@ async def domain_stats(dom: Domain, groups: int) -> list[Param]:
     if groups & VCPU:
         _vcpu(dom, answers, out)
     if groups & INTERFACE:
-        _interfaces(dom, out)
+        _interfaces(dom, tap_counters() if taps is None else taps, out)
     if groups & BLOCK:
         _block(dom, answers, out)
     if groups & IOTHREAD:
@@ -631,7 +633,8 @@ async def domain_stats(dom: Domain, groups: int) -> list[Param]:
 
 async def all_stats(doms: list[Domain], groups: int) -> list[list[Param]]:
     """The records of ``doms``, gathered side by side."""
-    return list(await asyncio.gather(*(domain_stats(dom, groups) for dom in doms)))
+    taps = tap_counters() if groups & INTERFACE else {}
+    return list(await asyncio.gather(*(domain_stats(dom, groups, taps) for dom in doms)))
 
 
 # -- the per-device calls --------------------------------------------------------------
@@ -721,7 +724,7 @@ def interface_stats(dom: Domain, device: str) -> list[int]:
         raise VirError(
             ErrorCode.INTERNAL_ERROR, "internal error: Interface name not provided", ErrorDomain.QEMU
         )
-    counters = tap_counters(net.target_dev)
+    counters = tap_counters().get(net.target_dev)
     if counters is None:
         raise VirError(
             ErrorCode.SYSTEM_ERROR,
