@@ -49,9 +49,12 @@ class FakeMonitor:
         self.calls: list[tuple[str, Any]] = []
         self.block: list[dict[str, Any]] = []
         self.on_device_del: Any = None
+        self.replies: dict[str, Any] = {}
 
     async def execute(self, cmd: str, args: Any = None, timeout: float | None = None) -> Any:
         self.calls.append((cmd, args))
+        if cmd in self.replies:
+            return self.replies[cmd](args)
         if cmd == "query-block":
             return self.block
         if cmd == "query-named-block-nodes":
@@ -256,3 +259,28 @@ async def test_link_state_and_alias_detach(driver: QemuDriver) -> None:
     with pytest.raises(VirError) as e:
         await hotplug.detach_alias(driver, dom, "ua-none", hotplug.AFFECT_CONFIG)
     assert e.value.message == "internal error: no device found with alias ua-none"
+
+
+async def test_refresh_from_qemu_after_a_restart(driver: QemuDriver) -> None:
+    xml = XML.replace("</devices>", NIC + NIC.replace("01:02:03", "01:02:04") + "</devices>")
+    dom = await driver.define_xml(xml)
+    mon = run(dom)
+    d = dom.live
+    assert d is not None
+    assert [n.info.alias for n in d.devices.interfaces] == ["net0", "net1"]
+    peripheral = ["virtio-disk0", "net1", "ide0-1-0"]  # net0 went while no daemon watched
+    mon.replies = {
+        "qom-list": lambda args: [{"name": n, "type": "child<x>"} for n in peripheral]
+        + [{"name": "type", "type": "string"}],
+        "qom-get": lambda args: "52:54:00:01:02:03",  # the MAC the second NIC was given
+        "query-block": lambda args: [
+            {"qdev": "/machine/peripheral/virtio-disk0/virtio-backend",
+             "inserted": {"node-name": "libvirt-5-format"}},
+            {"qdev": "ide0-1-0"},
+        ],
+    }
+    await hotplug.refresh_from_qemu(dom.process, d, {"net1": "vnet7"})  # type: ignore[arg-type]
+    assert [(n.mac, n.info.alias, n.target_dev) for n in d.devices.interfaces] == [
+        ("52:54:00:01:02:03", "net1", "vnet7")
+    ]
+    assert [(x.target, x.node_index) for x in d.devices.disks] == [("vda", 5), ("hdc", None)]
