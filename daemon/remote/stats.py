@@ -44,7 +44,6 @@ async def connect_get_all_domain_stats(call: Call, args: Any) -> Any:
         # virDomainListGetStats: the given ones that still exist and pass the filters.
         wanted = {d.uuid: d for d in listed}
         doms = [wanted[h.uuid] for h in args.doms if h.uuid in wanted]
-        doms = list({id(d): d for d in doms}.values())
     else:
         doms = listed
     groups = args.stats
