@@ -30,13 +30,15 @@ BUSYBOX = "busybox-static"
 CMDLINE = "console=ttyS0 quiet panic=-1"
 BANNER = "aiovirtd-test-guest ready"
 PROMPT = "guest# "
-# What the guest loads: virtio disks, network and balloon, and the ACPI power
-# button as an input device for acpid. Their dependencies are added at build.
-MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon", "button", "evdev")
+# What the guest loads: virtio disks, network, balloon and serial ports (the
+# agent's channel), and the ACPI power button as an input device for acpid.
+# Their dependencies are added at build.
+MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon", "virtio_console",
+           "button", "evdev")
 POWER_BUTTON = b"#!/bin/sh\npoweroff -f\n"
 
 HERE = Path(__file__).resolve().parent
-RECIPE = ("init.sh", "image.py", "cpio.py", "modules.py")
+RECIPE = ("init.sh", "agent.sh", "image.py", "cpio.py", "modules.py")
 APT_LISTS = Path("/var/lib/apt/lists")
 DIRS = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "var",
         "var/log", "root", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules")
@@ -158,6 +160,7 @@ def initramfs(kernel_root: Path, busybox_root: Path) -> bytes:
         if applet != "bin/busybox":
             cpio.symlink(applet, "/bin/busybox")
     cpio.file("init", (HERE / "init.sh").read_bytes(), 0o755)
+    cpio.file("sbin/aiovirtd-agent", (HERE / "agent.sh").read_bytes(), 0o755)
     cpio.file("etc/modules", "".join(f"{m}\n" for m in order).encode())
     cpio.file("etc/acpi/PWRF/00000080", POWER_BUTTON, 0o755)
     for m in order:

@@ -13,6 +13,9 @@ done </etc/modules
 # button + evdev give acpid the power button; /etc/acpi/PWRF/00000080 acts on it.
 acpid
 ip link set lo up
+hostname tiny
+# A small guest agent on org.qemu.guest_agent.0, if the guest has that channel.
+aiovirtd-agent &
 echo "aiovirtd-test-guest ready"
 # setsid + cttyhack make ttyS0 the shell's controlling terminal, so Ctrl-C
 # works and job control is on; the loop brings a new shell when one exits.
