@@ -283,8 +283,6 @@ async def set_memory(driver: QemuDriver, dom: Domain, kib: int, flags: int) -> N
             if live:
                 raise _invalid("cannot resize the maximum memory on an active domain")
             assert new is not None
-            if kib <= 0:
-                raise _bad_arg("cannot set memory to 0", ErrorDomain.QEMU)
             new.memory = kib
             new.current_memory = min(new.current_memory, kib)
             _commit(driver, dom, False, new)
@@ -303,8 +301,8 @@ async def set_memory(driver: QemuDriver, dom: Domain, kib: int, flags: int) -> N
                     "Unable to change memory of active domain without the balloon"
                     " device and guest OS balloon driver"
                 )
+            # The live size follows the guest: BALLOON_CHANGE events report it.
             await _process(dom).monitor.execute("balloon", {"value": kib * 1024})
-            dom.live.current_memory = kib
         if new is not None:
             new.current_memory = kib
         _commit(driver, dom, live, new)
@@ -397,19 +395,20 @@ async def set_vcpus(driver: QemuDriver, dom: Domain, n: int, flags: int) -> None
                 "requested vcpus is greater than max allowable vcpus for the persistent"
                 f" domain: {n} > {new.vcpus}"
             )
-        try:
-            if live:
+        if live:
+            assert dom.live is not None
+            try:
                 await _hotplug(dom, n)
-                assert dom.live is not None
                 await _apply_pins(dom, dom.live)
                 group = driver._cgroup(dom)
                 if group is not None and (group / "emulator").is_dir():
-                    assert dom.live is not None  # new vCPU threads join their own groups
+                    # New vCPU threads start in the emulator group: to their own.
                     await _apply_thread_bandwidth(driver, dom, _live_sched_values(dom.live))
-        finally:
-            if new is not None:
-                new.vcpu_current = n if n != new.vcpus else None
-            _commit(driver, dom, live, new)
+            finally:  # what did get plugged is in the live definition
+                _commit(driver, dom, True, None)
+        if new is not None:
+            new.vcpu_current = n if n != new.vcpus else None
+            _commit(driver, dom, False, new)
 
 
 def _slot_key(cpu: dict[str, Any]) -> tuple[int, ...]:
@@ -429,26 +428,27 @@ async def _hotplug(dom: Domain, n: int) -> None:
     slots = sorted(await monitor.execute("query-hotpluggable-cpus"), key=_slot_key)
     present = [i for i, c in enumerate(slots) if "qom-path" in c]
     try:
-        for i, slot in enumerate(slots):
-            if len(present) >= n:
-                break
-            if "qom-path" in slot:
-                continue
-            await monitor.execute(
-                "device_add", {"driver": slot["type"], "id": f"vcpu{i}", **slot.get("props", {})}
+        free = [i for i, c in enumerate(slots) if "qom-path" not in c]
+        for i in free[: max(n - len(present), 0)]:
+            props = slots[i].get("props", {})
+            await monitor.execute("device_add", {"driver": slots[i]["type"], "id": f"vcpu{i}",
+                                                 **props})
+        removable = [i for i in present if slots[i]["qom-path"].startswith("/machine/peripheral/")]
+        if len(present) - len(removable) > n:
+            raise _error(
+                ErrorCode.CONFIG_UNSUPPORTED,
+                "unsupported configuration: failed to find appropriate hotpluggable vcpus to"
+                " reach the desired target vcpu count",
             )
-            present.append(i)
-        for i in sorted(present, reverse=True):
-            if len(present) <= n:
-                break
+        for i in sorted(removable, reverse=True)[: max(len(present) - n, 0)]:
             path = slots[i]["qom-path"]
-            if not path.startswith("/machine/peripheral/"):
-                raise _invalid(f"vcpu '{i}' can't be hotunplugged")
             await monitor.execute("device_del", {"id": path})
             await _wait_unplugged(monitor, path)
-            present.remove(i)
     finally:
-        _record_vcpus(dom, await monitor.execute("query-hotpluggable-cpus"))
+        try:
+            _record_vcpus(dom, await monitor.execute("query-hotpluggable-cpus"))
+        except VirError:
+            pass  # QEMU went away: the guest is being stopped anyway
 
 
 async def _wait_unplugged(monitor: Any, path: str) -> None:

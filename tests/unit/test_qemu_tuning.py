@@ -118,7 +118,7 @@ async def test_setmem_live_balloons_and_config_persists(driver: QemuDriver) -> N
     run(dom, mon)
     await tuning.set_memory(driver, dom, 200 * 1024, tuning.AFFECT_LIVE | tuning.AFFECT_CONFIG)
     assert mon.calls == [("balloon", {"value": 200 * 1024 * 1024})]
-    assert dom.live is not None and dom.live.current_memory == 204800
+    assert dom.live is not None and dom.live.current_memory == 262144  # until the guest acts
     assert dom.config is not None and dom.config.current_memory == 204800
     assert "<currentMemory unit='KiB'>204800</currentMemory>" in saved_xml(driver)
     with pytest.raises(VirError, match="cannot set memory higher than max memory"):
@@ -306,3 +306,17 @@ async def test_blkiotune_config(driver: QemuDriver) -> None:
     ) in saved_xml(driver)
     with pytest.raises(VirError, match="unable to parse blkio device"):
         await tuning.set_blkio_params(driver, dom, {"device_weight": "/dev/null"}, 0)
+
+
+async def test_boot_vcpus_cannot_be_unplugged(driver: QemuDriver) -> None:
+    dom = await defined(driver, XML.replace("<vcpu current='1'>2</vcpu>", "<vcpu>2</vcpu>"))
+    slots = hotpluggable(2)
+    slots[0]["qom-path"] = "/machine/unattached/device[1]"
+    run(dom, FakeMonitor({"query-hotpluggable-cpus": slots}))
+    with pytest.raises(VirError) as e:
+        await tuning.set_vcpus(driver, dom, 1, 0)
+    assert e.value.code == ErrorCode.CONFIG_UNSUPPORTED
+    assert e.value.message == (
+        "unsupported configuration: failed to find appropriate hotpluggable vcpus to reach"
+        " the desired target vcpu count"
+    )
