@@ -320,3 +320,17 @@ def test_live_tuning_survives_a_daemon_restart(guest: DaemonProcess) -> None:
     assert fields(out(guest, "memtune", NAME))["hard_limit"] == "900000"
     assert out(guest, "vcpucount", NAME, "--live", "--current") == "1"
     assert "<vcpu id='1' enabled='no' hotpluggable='yes'/>" in before
+
+
+@pytest.mark.skipif(not Path("/dev/loop0").exists(), reason="needs a block device node")
+def test_blkiotune_device_limits_live(guest: DaemonProcess) -> None:
+    guest.virsh("blkiotune", NAME, "--device-read-iops-sec", "/dev/loop0,100")
+    assert fields(out(guest, "blkiotune", NAME))["device_read_iops_sec"] == "/dev/loop0,100"
+    uuid = out(guest, "domuuid", NAME)
+    group = Path(f"/sys/fs/cgroup/blkio/machine/qemu-{uuid}.aiovirtd")
+    if group.exists():
+        assert (group / "blkio.throttle.read_iops_device").read_text().split() == ["7:0", "100"]
+    assert "<read_iops_sec>100</read_iops_sec>" in out(guest, "dumpxml", NAME)
+    guest.virsh("blkiotune", NAME, "--device-read-iops-sec", "/dev/loop0,0")
+    assert fields(out(guest, "blkiotune", NAME))["device_read_iops_sec"] == ""
+    assert "<device>" not in out(guest, "dumpxml", NAME)
