@@ -1,8 +1,7 @@
 """Facts about what the hypervisor offers: domain capabilities, CPU model names,
 and the QEMU command line a definition turns into.
 
-CPU comparison against the host and against what QEMU offers; CPU baselines are
-not offered (they answer VIR_ERR_NO_SUPPORT).
+CPUs are compared with and baselined against the host's CPU or what QEMU offers.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
-from drivers.qemu import cpucompare, cpumodels, domcaps, native
+from drivers.qemu import cpubaseline, cpucompare, cpumodels, domcaps, native
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
 
@@ -85,3 +84,27 @@ async def connect_compare_hypervisor_cpu(call: Call, args: Any) -> Any:
                        f"{target.arch}", ErrorDomain.QEMU)
     result = cpucompare.compare(cpu, cpucompare.hypervisor_cpu(target.arch, hm), fail)
     return R.remote_connect_compare_hypervisor_cpu_ret(result)
+
+
+def _baseline_flags(flags: int, api: str) -> None:
+    allowed = cpubaseline.EXPAND_FEATURES | cpubaseline.MIGRATABLE
+    if flags & ~allowed:
+        raise VirError(ErrorCode.INVALID_ARG,
+                       f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
+                       ErrorDomain.QEMU)
+
+
+async def connect_baseline_cpu(call: Call, args: Any) -> Any:
+    _baseline_flags(args.flags, "qemuConnectBaselineCPU")
+    return R.remote_connect_baseline_cpu_ret(
+        cpubaseline.baseline(args.xmlCPUs, args.flags, None))
+
+
+async def connect_baseline_hypervisor_cpu(call: Call, args: Any) -> Any:
+    _baseline_flags(args.flags, "qemuConnectBaselineHypervisorCPU")
+    driver = call.driver
+    target = await domcaps.resolve(driver.all_caps, args.emulator, args.arch, args.machine,
+                                   args.virttype, driver.dirs.cache_dir)
+    blockers = target.caps.cpu_blockers.get("kvm" if target.virttype == "kvm" else "tcg", {})
+    return R.remote_connect_baseline_hypervisor_cpu_ret(
+        cpubaseline.baseline(args.xmlCPUs, args.flags, blockers))

@@ -59,11 +59,15 @@ class GuestCPU:
     model: str | None
     vendor: str | None
     match: str
+    mode: str | None
     features: tuple[tuple[str, str], ...]  # (policy, name) in document order
 
 
-def parse_cpu(xml: str) -> GuestCPU:
-    """A ``<cpu>`` document, checked as libvirt checks one before comparing it."""
+def parse_cpu(xml: str, host_form: bool = False) -> GuestCPU:
+    """A ``<cpu>`` document, checked as libvirt checks one before comparing it.
+
+    ``host_form`` wants a CPU as the capabilities XML describes a host's: no mode,
+    an arch (what cpu-baseline takes)."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
     try:
         root = etree.fromstring(xml.encode(), parser)
@@ -71,6 +75,12 @@ def parse_cpu(xml: str) -> GuestCPU:
         raise _syntax_error(xml, e) from None
     if root.tag != "cpu":
         raise _xml_error("XML does not contain expected 'cpu' element")
+    if host_form and root.get("mode") is not None:
+        raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
+                       "unsupported configuration: Attribute mode is only allowed for guest CPU",
+                       ErrorDomain.CPU)
+    if host_form and root.find("arch") is None:
+        raise _xml_error("Missing CPU architecture")
     model = root.findtext("model")
     features = []
     for f in root.findall("feature"):
@@ -81,7 +91,7 @@ def parse_cpu(xml: str) -> GuestCPU:
     if features and not model:
         raise _xml_error("Non-empty feature list specified without CPU model")
     return GuestCPU(root.findtext("arch"), model, root.findtext("vendor"),
-                    root.get("match", "exact"), tuple(features))
+                    root.get("match", "exact"), root.get("mode"), tuple(features))
 
 
 def _incompatible(message: str, fail: bool) -> int:

@@ -110,6 +110,7 @@ class _X86Map:
     features: tuple[str, ...]  # the map's order, which libvirt lists features in
     qemu_names: dict[str, str]  # QEMU's spelling -> libvirt's
     models: tuple[_Model, ...]
+    non_migratable: frozenset[str]
 
 
 @functools.cache
@@ -125,6 +126,7 @@ def x86_map(directory: str) -> _X86Map | None:
     features: list[str] = []
     qemu_names: dict[str, str] = {}
     models: list[_Model] = []
+    non_migratable: set[str] = set()
     for include in section.findall("include"):
         try:
             doc = ElementTree.parse(base / include.get("filename", "")).getroot()
@@ -133,6 +135,8 @@ def x86_map(directory: str) -> _X86Map | None:
         for feat in doc.findall("feature"):
             name = feat.get("name", "")
             features.append(name)
+            if feat.get("migratable") == "no":
+                non_migratable.add(name)
             qemu_names[name] = name
             for alias in feat.findall("alias[@source='qemu']"):
                 qemu_names[alias.get("name", "")] = name
@@ -147,12 +151,13 @@ def x86_map(directory: str) -> _X86Map | None:
                 features=frozenset(f.get("name", "") for f in model.findall("feature")
                                    if f.get("removed") != "yes"),
             ))
-    return _X86Map(tuple(features), qemu_names, tuple(models))
+    return _X86Map(tuple(features), qemu_names, tuple(models), frozenset(non_migratable))
 
 
 @dataclass(frozen=True)
 class HostModel:
-    """``<mode name='host-model'>`` of domcapabilities: a named model plus differences."""
+    """A CPU as libvirt names one: a CPU map model plus the features to add and remove
+    (domcapabilities' host-model, a baseline)."""
 
     model: str
     vendor: str | None
@@ -168,10 +173,7 @@ def host_model(props: dict[str, object], blockers: dict[str, list[str]],
     """Name the CPU QEMU expands ``-cpu host`` (or ``max``) to, as libvirt 9.0 decodes it.
 
     ``props`` is a full query-cpu-model-expansion, ``blockers`` QEMU's models with
-    the features each lacks under this accelerator (those count as part of the model,
-    so they show up disabled). Among the CPU map's models QEMU knows, newest first, a
-    model whose signature matches wins over one that does not; otherwise the fewest
-    features to add and remove wins. None without a CPU map.
+    the features each lacks under this accelerator. None without a CPU map.
     """
     cpu_map = x86_map(directory)
     if cpu_map is None:
@@ -179,30 +181,49 @@ def host_model(props: dict[str, object], blockers: dict[str, list[str]],
     have = {cpu_map.qemu_names[p] for p, on in props.items()
             if on is True and p in cpu_map.qemu_names}
     vendor = _VENDORS.get(str(props.get("vendor", "")))
-    signature = (props.get("family", -1), props.get("model", -1))
-    best: tuple[_Model, frozenset[str], int, bool] | None = None
+    signature = (int(props.get("family", -1)), int(props.get("model", -1)))  # type: ignore
+    return decode(cpu_map, frozenset(have), vendor, signature, blockers)
+
+
+def decode(cpu_map: _X86Map, have: frozenset[str], vendor: str | None,
+           signature: tuple[int, int] | None, blockers: dict[str, list[str]] | None,
+           preferred: tuple[str, ...] = ()) -> HostModel | None:
+    """The CPU map model that describes ``have`` best, with what to add and remove.
+
+    Newest models first; with ``blockers`` (QEMU's models and the features each lacks),
+    only those models, and a lacking feature is never required but always disabled.
+    A single ``preferred`` model wins outright where allowed; otherwise a model whose
+    signature matches beats one that does not, then the fewest changes win (the newer
+    model on a tie).
+    """
+    best: tuple[_Model, frozenset[str], frozenset[str], bool] | None = None
     for model in reversed(cpu_map.models):
-        if model.name not in blockers or not model.decode_guest:
+        if blockers is not None and model.name not in blockers:
             continue
-        if vendor and model.vendor and model.vendor != vendor:
+        if not model.decode_guest or (vendor and model.vendor and model.vendor != vendor):
             continue
-        lacking = {cpu_map.qemu_names[f] for f in blockers[model.name] if f in cpu_map.qemu_names}
-        features = model.features | lacking
-        changes = len(have - model.features) + len(features - have)
-        matches = signature in model.signatures
+        lacking = frozenset(cpu_map.qemu_names[f] for f in (blockers or {}).get(model.name, ())
+                            if f in cpu_map.qemu_names)
+        usable = have - lacking
+        require, disable = usable - model.features, (model.features | lacking) - usable
+        matches = signature is not None and signature in model.signatures
+        if preferred == (model.name,):
+            best = (model, require, disable, matches)
+            break
         if best is not None:
-            _, _, best_changes, best_matches = best
+            _, best_require, best_disable, best_matches = best
             if best_matches and not matches:
                 continue
-            if best_matches == matches and changes >= best_changes:
+            changes = len(require) + len(disable)
+            if best_matches == matches and changes >= len(best_require) + len(best_disable):
                 continue
-        best = (model, features, changes, matches)
+        best = (model, require, disable, matches)
     if best is None:
         return None
-    model, features = best[0], best[1]
+    model, require, disable, _ = best
     return HostModel(
         model=model.name,
         vendor=vendor,
-        require=tuple(f for f in cpu_map.features if f in have and f not in model.features),
-        disable=tuple(f for f in cpu_map.features if f in features and f not in have),
+        require=tuple(f for f in cpu_map.features if f in require),
+        disable=tuple(f for f in cpu_map.features if f in disable),
     )

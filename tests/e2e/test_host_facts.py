@@ -147,3 +147,16 @@ def test_cpu_compare(module_daemon, tmp_path: Path) -> None:
     res = module_daemon.virsh("hypervisor-cpu-compare", "--virttype", "xen", str(any_cpu),
                               check=False)
     assert "does not support virt type 'xen'" in res.stderr
+
+
+def test_cpu_baseline(module_daemon, tmp_path: Path) -> None:
+    cpus = tmp_path / "cpus.xml"
+    cpus.write_text("<cpu><arch>x86_64</arch><model>kvm64</model><vendor>AMD</vendor>"
+                    "<feature name='vme'/></cpu>")
+    out = module_daemon.virsh("cpu-baseline", str(cpus)).stdout
+    assert "<model fallback='forbid'>kvm64</model>" in out
+    assert "<feature policy='require' name='vme'/>" in out
+    _validate(tmp_path, f"<domain type='kvm'><name>b</name><memory>1024</memory><os><type>hvm"
+                        f"</type></os>{out}</domain>", "domain")
+    out = module_daemon.virsh("hypervisor-cpu-baseline", str(cpus)).stdout
+    assert "<model fallback='forbid'>kvm64</model>" in out
