@@ -452,7 +452,9 @@ def _vm(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
         _custom(entries[0], _schemas.get(dom.process, {}), "vm", out)
 
 
-_NET_FIELDS = ("rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs", "tx.drop")
+_NET_FIELDS = (
+    "rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs", "tx.drop"
+)
 
 
 def _interfaces(dom: Domain, taps: dict[str, list[int]], out: list[Param]) -> None:
@@ -520,7 +522,9 @@ def _block(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
         if not dom.active:
             if local:
                 try:
-                    capacity, allocation, physical = image_sizes(disk.source, disk.driver.get("type"))
+                    capacity, allocation, physical = image_sizes(
+                        disk.source, disk.driver.get("type")
+                    )
                 except OSError:
                     continue
                 for name, value in (("allocation", allocation), ("capacity", capacity)):
@@ -722,7 +726,9 @@ def interface_stats(dom: Domain, device: str) -> list[int]:
     net = find_interface(dom.definition, device)
     if not net.target_dev:
         raise VirError(
-            ErrorCode.INTERNAL_ERROR, "internal error: Interface name not provided", ErrorDomain.QEMU
+            ErrorCode.INTERNAL_ERROR,
+            "internal error: Interface name not provided",
+            ErrorDomain.QEMU,
         )
     counters = tap_counters().get(net.target_dev)
     if counters is None:
