@@ -52,7 +52,7 @@ MODIFY_FORCE = 1 << 2
 UNPLUG_TIMEOUT = 5.0
 TRAY_TIMEOUT = 5.0
 
-_HOTPLUG_BUSES = ("virtio", "scsi")
+_HOTPLUG_BUSES = ("virtio", "scsi", "ide", "sata")
 _PCIE_NICS = ("virtio", "e1000e")
 
 
@@ -376,37 +376,42 @@ async def _attach_disk(driver: QemuDriver, dom: Domain, disk: Disk) -> None:
     assert d is not None
     defaults.fill_disk(disk)
     existing = next((x for x in d.devices.disks if x.target == disk.target), None)
-    if existing is not None:
-        if existing.device in ("cdrom", "floppy") and disk.device == existing.device:
+    if existing is not None and existing.device in ("cdrom", "floppy"):
+        if disk.device == existing.device:  # attach onto a drive that is there: new media
             await _change_media(driver, dom, existing, disk, force=False)
             return
-        raise _err(
-            ErrorCode.OPERATION_FAILED, f"operation failed: target {disk.target} already exists"
-        )
-    if disk.device in ("cdrom", "floppy") or disk.bus not in _HOTPLUG_BUSES:
-        what = disk.bus if disk.device == "disk" else disk.device
+    if disk.device == "floppy":
         raise _err(
             ErrorCode.OPERATION_UNSUPPORTED,
-            f"Operation not supported: disk bus '{what}' cannot be hotplugged.",
+            "Operation not supported: floppy device hotplug isn't supported",
         )
-    if disk.source is None:
+    if existing is not None:
+        raise _err(
+            ErrorCode.XML_ERROR,
+            f"XML error: target '{disk.target}' duplicated for disk sources"
+            f" '{existing.source or '<null>'}' and '{disk.source or '<null>'}'",
+            ErrorDomain.DOMAIN,
+        )
+    if disk.bus not in _HOTPLUG_BUSES:
         raise _err(
             ErrorCode.OPERATION_UNSUPPORTED,
-            f"Operation not supported: disk '{disk.target}' has no source to hotplug",
+            f"Operation not supported: disk bus '{disk.bus}' cannot be hotplugged.",
         )
     if disk.bus == "virtio":
         hotplug_pci_address(d, disk.info, True)
-    else:
-        units, buses = DRIVE_LAYOUT["scsi"]
-        index = disk_index(disk.target)
+    else:  # QEMU itself says whether the bus takes it (IDE does not)
+        units, buses = DRIVE_LAYOUT[disk.bus]
+        index = max(disk_index(disk.target), 0)
         if disk.info.address is None:
-            disk.info.address = DriveAddress(index // (units * buses), 0, 0, index % units)
+            disk.info.address = DriveAddress(
+                index // (units * buses), index % (units * buses) // units, 0, index % units
+            )
         controller = disk.info.address.controller  # type: ignore[union-attr]
-        if not any(c.type == "scsi" and c.index == controller for c in d.devices.controllers):
+        if not any(c.type == disk.bus and c.index == controller for c in d.devices.controllers):
             raise _err(
-                ErrorCode.OPERATION_UNSUPPORTED,
-                f"Operation not supported: no SCSI controller with index {controller}"
-                " to plug the disk into",
+                ErrorCode.INTERNAL_ERROR,
+                f"internal error: Could not find {disk.bus} controller with index {controller}"
+                " required for device",
             )
     disk.node_index = await _next_node(proc, d)
     node = f"libvirt-{disk.node_index}"
@@ -414,11 +419,13 @@ async def _attach_disk(driver: QemuDriver, dom: Domain, disk: Disk) -> None:
     added: list[str] = []
     try:
         assign_aliases(d)
-        for props in command.blockdev_props(disk, node):
+        has_image = disk.source is not None or bool(disk.net_source)
+        for props in command.blockdev_props(disk, node) if has_image else ():
             await proc.monitor.execute("blockdev-add", props)
             added.append(props["node-name"])
         boot = {id(disk.info): disk.info.boot_order} if disk.info.boot_order else {}
-        await proc.monitor.execute("device_add", command.disk_device_props(d, disk, node, boot))
+        props = command.disk_device_props(d, disk, node if added else None, boot)
+        await proc.monitor.execute("device_add", props)
     except BaseException:
         _drop(d.devices.disks, disk)
         for name in reversed(added):

@@ -146,7 +146,7 @@ def test_attach_and_detach_disk_live(guest: Guest) -> None:
     xml = guest.live_xml()
     assert f"<source file='{image}'" in xml and "<alias name='virtio-disk1'/>" in xml
     assert image not in guest.config_xml()
-    assert "target vdb already exists" in guest.fails(
+    assert "target 'vdb' duplicated for disk sources" in guest.fails(
         "attach-disk", NAME, image, "vdb", "--subdriver", "qcow2"
     )
 

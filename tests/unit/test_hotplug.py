@@ -137,11 +137,24 @@ async def test_live_attach_errors(driver: QemuDriver) -> None:
     taken = DISK.replace("vdb", "vda")
     with pytest.raises(VirError) as e:
         await hotplug.attach(driver, dom, taken, hotplug.AFFECT_LIVE)
-    assert e.value.message == "operation failed: target vda already exists"
+    assert e.value.message == (
+        "XML error: target 'vda' duplicated for disk sources '/img/a.raw' and '/img/b.qcow2'"
+    )
+    floppy = DISK.replace("<disk type='file'>", "<disk type='file' device='floppy'>")
     with pytest.raises(VirError) as e:
-        await hotplug.attach(driver, dom, DISK.replace("vdb", "hdb"), hotplug.AFFECT_LIVE)
+        await hotplug.attach(driver, dom, floppy.replace("vdb", "fda"), hotplug.AFFECT_LIVE)
+    assert e.value.message == "Operation not supported: floppy device hotplug isn't supported"
+    usb = DISK.replace("<target dev='vdb'/>", "<target dev='sdb' bus='usb'/>")
+    with pytest.raises(VirError) as e:
+        await hotplug.attach(driver, dom, usb, hotplug.AFFECT_LIVE)
     assert e.value.code == ErrorCode.OPERATION_UNSUPPORTED
-    assert e.value.message == "Operation not supported: disk bus 'ide' cannot be hotplugged."
+    assert e.value.message == "Operation not supported: disk bus 'usb' cannot be hotplugged."
+    sata = DISK.replace("<target dev='vdb'/>", "<target dev='sdb' bus='sata'/>")
+    with pytest.raises(VirError) as e:
+        await hotplug.attach(driver, dom, sata, hotplug.AFFECT_LIVE)
+    assert e.value.message == (
+        "internal error: Could not find sata controller with index 0 required for device"
+    )
     with pytest.raises(VirError) as e:
         await hotplug.attach(driver, dom, "<foo/>", 0)
     assert e.value.message == "unsupported configuration: unknown device type 'foo'"
@@ -284,3 +297,27 @@ async def test_refresh_from_qemu_after_a_restart(driver: QemuDriver) -> None:
         ("52:54:00:01:02:03", "net1", "vnet7")
     ]
     assert [(x.target, x.node_index) for x in d.devices.disks] == [("vda", 5), ("hdc", None)]
+
+
+async def test_ide_attach_is_left_to_qemu(driver: QemuDriver) -> None:
+    """libvirtd lets QEMU refuse an IDE hotplug; the nodes made for it go again."""
+    dom = await driver.define_xml(XML)
+    mon = run(dom)
+
+    async def refuse(cmd: str, args: Any = None, timeout: float | None = None) -> Any:
+        mon.calls.append((cmd, args))
+        if cmd == "device_add":
+            raise VirError(ErrorCode.INTERNAL_ERROR, "internal error: unable to execute QEMU"
+                           " command 'device_add': Bus 'ide.0' does not support hotplugging")
+        return []
+
+    mon.execute = refuse  # type: ignore[method-assign]
+    with pytest.raises(VirError) as e:
+        await hotplug.attach(driver, dom, DISK.replace("vdb", "hdb"), hotplug.AFFECT_LIVE)
+    assert "does not support hotplugging" in e.value.message
+    device = next(args for cmd, args in mon.calls if cmd == "device_add")
+    assert (device["driver"], device["bus"], device["unit"]) == ("ide-hd", "ide.0", 1)
+    assert [cmd for cmd, _ in mon.calls if cmd.startswith("blockdev")] == [
+        "blockdev-add", "blockdev-add", "blockdev-del", "blockdev-del"
+    ]
+    assert dom.live is not None and targets(dom.live) == ["vda", "hdc"]
