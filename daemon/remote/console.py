@@ -110,8 +110,8 @@ def _screen_device(dom: Domain, screen: int) -> tuple[str | None, int]:
         if screen < heads:
             return video.info.alias, screen
         screen -= heads
-    raise VirError(ErrorCode.INVALID_ARG, "invalid argument: no such screen ID",
-                   ErrorDomain.QEMU)
+    raise VirError(ErrorCode.OPERATION_INVALID,
+                   "Requested operation is not valid: no such screen ID", ErrorDomain.QEMU)
 
 
 async def domain_screenshot(call: Call, args: Any) -> Any:

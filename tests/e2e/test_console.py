@@ -189,7 +189,11 @@ def test_send_key_reaches_the_keyboard(guest: DaemonProcess) -> None:
             before = keyboard_irqs()
             guest.virsh("send-key", NAME, *keys)
             assert keyboard_irqs() > before, keys
-        res = guest.virsh("send-key", NAME, "--codeset", "win32", "0x41", check=False)
-        assert "cannot translate keycode 65 of win32 codeset to qnum keycode" in res.stderr
+        for keys in (["--codeset", "usb", "0x04"], ["--codeset", "win32", "0x41"]):
+            before = keyboard_irqs()
+            guest.virsh("send-key", NAME, *keys)
+            assert keyboard_irqs() > before, keys
+        res = guest.virsh("send-key", NAME, "--codeset", "linux", "700", check=False)
+        assert "cannot translate keycode 700 of linux codeset to qnum keycode" in res.stderr
     finally:
         console.close()

@@ -53,7 +53,7 @@ def test_screenshot_is_a_png(guest: DaemonProcess) -> None:
     width, height = struct.unpack(">II", data[16:24])
     assert width > 0 and height > 0
     res = guest.virsh("screenshot", NAME, str(path), "--screen", "1", check=False)
-    assert "error: invalid argument: no such screen ID" in res.stderr
+    assert "error: Requested operation is not valid: no such screen ID" in res.stderr
 
 
 def test_open_graphics_fd_gives_a_vnc_connection(guest: DaemonProcess) -> None:
