@@ -9,46 +9,44 @@ with the controller switched on for its children.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-log = logging.getLogger(__name__)
-
+# Where cgroup file systems are mounted (tests point it at a fake tree).
 ROOT = Path("/sys/fs/cgroup")
 
 
-def is_v2(root: Path = ROOT) -> bool:
-    return (root / "cgroup.controllers").exists()
+def is_v2() -> bool:
+    return (ROOT / "cgroup.controllers").exists()
 
 
-def available(controller: str, root: Path = ROOT) -> bool:
+def available(controller: str) -> bool:
     """Whether ``controller`` (v1 name: cpu, memory, blkio) can be used here."""
-    if is_v2(root):
+    if is_v2():
         name = {"blkio": "io"}.get(controller, controller)
         try:
-            return name in (root / "cgroup.controllers").read_text().split()
+            return name in (ROOT / "cgroup.controllers").read_text().split()
         except OSError:
             return False
-    return (root / controller / "cgroup.procs").exists()
+    return (ROOT / controller / "cgroup.procs").exists()
 
 
 def group_name(uuid: str) -> str:
     return f"qemu-{uuid}.aiovirtd"
 
 
-def path(controller: str, uuid: str, root: Path = ROOT) -> Path:
+def path(controller: str, uuid: str) -> Path:
     """The guest's directory for ``controller`` (it may not exist yet)."""
-    base = root if is_v2(root) else root / controller
+    base = ROOT if is_v2() else ROOT / controller
     return base / "machine" / group_name(uuid)
 
 
-def join(controller: str, uuid: str, pid: int, root: Path = ROOT) -> Path:
+def join(controller: str, uuid: str, pid: int) -> Path:
     """The guest's group for ``controller``, with QEMU in it; made on first use."""
-    group = path(controller, uuid, root)
-    if is_v2(root):
+    group = path(controller, uuid)
+    if is_v2():
         name = {"blkio": "io"}.get(controller, controller)
-        (root / "machine").mkdir(exist_ok=True)
-        for parent in (root, root / "machine"):
+        (ROOT / "machine").mkdir(exist_ok=True)
+        for parent in (ROOT, ROOT / "machine"):
             (parent / "cgroup.subtree_control").write_text(f"+{name}")
         if not group.exists():
             group.mkdir(parents=True)
@@ -72,24 +70,24 @@ def write(group: Path, name: str, value: str) -> None:
     (group / name).write_text(value)
 
 
-def extra_dirs(uuid: str, root: Path = ROOT) -> list[Path]:
+def extra_dirs(uuid: str) -> list[Path]:
     """What the tuning calls may have made for a guest besides its CPU group,
     children first: they must go before the guest's own groups can."""
-    if is_v2(root):
+    if is_v2():
         return []
-    cpu = path("cpu", uuid, root)
+    cpu = path("cpu", uuid)
     threads = [p for p in cpu.glob("*") if p.is_dir()] if cpu.exists() else []
-    return [*threads, *(path(c, uuid, root) for c in ("memory", "blkio"))]
+    return [*threads, *(path(c, uuid) for c in ("memory", "blkio"))]
 
 
-def sweep(root: Path = ROOT) -> None:
+def sweep() -> None:
     """Remove the empty v1 groups of guests that are gone: their thread groups
     (so that the driver can then remove their CPU groups), memory and blkio."""
-    if is_v2(root):
+    if is_v2():
         return
-    doomed = [*(root / "cpu" / "machine").glob(group_name("*") + "/*")]
+    doomed = [*(ROOT / "cpu" / "machine").glob(group_name("*") + "/*")]
     for controller in ("memory", "blkio"):
-        doomed += (root / controller / "machine").glob(group_name("*"))
+        doomed += (ROOT / controller / "machine").glob(group_name("*"))
     for group in doomed:
         try:
             group.rmdir()

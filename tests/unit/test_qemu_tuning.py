@@ -16,7 +16,7 @@ import pytest
 from daemon.paths import Paths
 from drivers import host
 from drivers.events import EventBus
-from drivers.qemu import domain_xml, tuning
+from drivers.qemu import cgroup, domain_xml, tuning
 from drivers.qemu.capabilities import MachineInfo, QemuCaps
 from drivers.qemu.domain import Domain, State
 from drivers.qemu.domain_xml import LiveState
@@ -320,3 +320,67 @@ async def test_boot_vcpus_cannot_be_unplugged(driver: QemuDriver) -> None:
         "unsupported configuration: failed to find appropriate hotpluggable vcpus to reach"
         " the desired target vcpu count"
     )
+
+
+# -- cgroup v2, on a fake tree --------------------------------------------------------------
+
+
+@pytest.fixture
+def v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, driver: QemuDriver) -> Path:
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    monkeypatch.setattr(cgroup, "ROOT", root)
+    driver._cgroup_root = root
+    return root
+
+
+def guest_group(root: Path, dom: Domain) -> Path:
+    group = root / "machine" / f"qemu-{dom.uuid_str}.aiovirtd"
+    group.mkdir(parents=True)
+    for name, text in {"cpu.weight": "100", "cpu.max": "max 100000", "memory.max": "max",
+                       "memory.high": "max", "memory.swap.max": "max",
+                       "io.weight": "default 100",
+                       "cpu.stat": "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n"}.items():
+        (group / name).write_text(text)
+    return group
+
+
+async def test_v2_scheduler(driver: QemuDriver, v2: Path) -> None:
+    dom = await defined(driver)
+    run(dom, FakeMonitor())
+    group = guest_group(v2, dom)
+    await tuning.set_scheduler_params(
+        driver, dom, {"cpu_shares": 500, "global_quota": 50000}, tuning.AFFECT_LIVE
+    )
+    assert (group / "cpu.weight").read_text() == "500"
+    assert (group / "cpu.max").read_text() == "50000 100000"
+    values = dict(tuning.get_scheduler_params(driver, dom, 0))
+    assert (values["cpu_shares"], values["global_period"], values["global_quota"]) == (
+        500, 100000, 50000
+    )
+    assert (values["vcpu_period"], values["vcpu_quota"]) == (100000, -1)
+    with pytest.raises(VirError) as e:
+        await tuning.set_scheduler_params(driver, dom, {"cpu_shares": 20000}, 0)
+    assert e.value.message == "invalid argument: shares '20000' must be in range [1, 10000]"
+    with pytest.raises(VirError) as e:
+        await tuning.set_scheduler_params(driver, dom, {"vcpu_quota": 5000}, 0)
+    assert e.value.code == ErrorCode.OPERATION_UNSUPPORTED
+
+
+async def test_v2_memtune_blkio_and_cpu_stats(driver: QemuDriver, v2: Path) -> None:
+    dom = await defined(driver)
+    run(dom, FakeMonitor())
+    group = guest_group(v2, dom)
+    await tuning.set_memory_params(driver, dom, {"hard_limit": 1024, "soft_limit": 512}, 0)
+    assert (group / "memory.max").read_text() == str(1024 * 1024)
+    assert (group / "memory.high").read_text() == str(512 * 1024)
+    assert "+memory" in (v2 / "machine" / "cgroup.subtree_control").read_text()
+    await tuning.set_memory_params(driver, dom, {"hard_limit": tuning.UNLIMITED}, 0)
+    assert (group / "memory.max").read_text() == "max"
+    await tuning.set_blkio_params(driver, dom, {"weight": 500}, 0)
+    assert (group / "io.weight").read_text() == "500"
+    assert dict(tuning.blkio_values(driver, dom, 0))["weight"] == 500
+    assert tuning.cpu_stats_total(driver, dom) == [
+        ("cpu_time", 2500000), ("user_time", 2000000), ("system_time", 500000)
+    ]
