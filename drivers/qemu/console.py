@@ -190,7 +190,8 @@ async def pump(fd: int, send: Callable[[bytes], Awaitable[None]],
                recv: Callable[[], Awaitable[Any]], kicked: asyncio.Event) -> None:
     """Copy both ways until the device or the client ends, or ``kicked`` is set.
 
-    Closes ``fd``. Errors of either direction propagate.
+    Closes ``fd``. Errors of either direction propagate; a session forced out
+    fails as libvirtd's does, with an I/O failure.
     """
     tasks = [asyncio.ensure_future(_device_to(fd, send)),
              asyncio.ensure_future(_to_device(fd, recv)),
@@ -199,6 +200,8 @@ async def pump(fd: int, send: Callable[[bytes], Awaitable[None]],
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()
+        if tasks[2] in done:
+            raise VirError(ErrorCode.RPC, "stream had I/O failure", ErrorDomain.STREAMS)
     finally:
         for task in tasks:
             task.cancel()

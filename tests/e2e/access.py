@@ -55,6 +55,7 @@ class Console:
         self.stream = conn.newStream(0)
         dom.openConsole(dev, self.stream, flags)
         self.buf = bytearray()
+        self.error: Any = None  # how the stream failed, if it did
         self.ended = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -65,8 +66,8 @@ class Console:
         try:
             while data := self.stream.recv(65536):
                 self.buf.extend(data)
-        except libvirt.libvirtError:
-            pass
+        except libvirt.libvirtError as e:
+            self.error = e
         self.ended.set()
 
     def send(self, text: str) -> None:

@@ -61,6 +61,8 @@ def test_one_session_at_a_time_unless_forced(guest: DaemonProcess) -> None:
         second = Console(conn, dom, flags=libvirt.VIR_DOMAIN_CONSOLE_FORCE)
         try:
             assert first.ended.wait(10), "the forced-out session goes on"
+            assert first.error is not None  # as libvirtd ends it: an I/O failure
+            assert first.error.get_error_message() == "stream had I/O failure"
             second.wait_prompt()
             assert second.run("echo taken").strip() == "taken"
         finally:
