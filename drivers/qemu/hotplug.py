@@ -360,9 +360,9 @@ async def _attach_live(driver: QemuDriver, dom: Domain, devs: Devices) -> None:
 
 
 async def _next_node(proc: QemuProcess, d: DomainDef) -> int:
-    """N for new ``libvirt-N`` nodes: above every one QEMU has and every number
-    the disks had at start (an empty CD-ROM has its number but no node)."""
-    top = len(d.devices.disks)
+    """N for new ``libvirt-N`` nodes: above every one QEMU has and every number the
+    disks have or had at start (an empty CD-ROM has its number but no node)."""
+    top = max([len(d.devices.disks)] + [x.node_index or 0 for x in d.devices.disks])
     for node in await proc.monitor.execute("query-named-block-nodes", {"flat": True}):
         parts = str(node.get("node-name", "")).split("-")
         if len(parts) == 3 and parts[0] == "libvirt" and parts[1].isdigit():
@@ -585,7 +585,8 @@ async def _change_media(
         )
         await proc.monitor.execute("blockdev-close-tray", {"id": alias})
     _take_media(disk, want)
-    disk.node_index = new.node_index
+    # libvirtd numbers even the empty source an eject leaves
+    disk.node_index = new.node_index if new.source is not None else await _next_node(proc, live)
     _live_changed(driver, dom)
 
 

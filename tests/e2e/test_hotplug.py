@@ -231,12 +231,14 @@ def test_cdrom_media_change_and_eject(guest: Guest) -> None:
     )
     assert "Device updated successfully" in guest.virsh("update-device", NAME, str(path))
     assert str(iso) in guest.virsh("domblklist", NAME)
+    index = int(guest.live_xml().split(f"<source file='{iso}' index='")[1].split("'")[0])
     inserted = [e["inserted"]["file"] for e in query_block(guest) if e.get("inserted")]
     assert str(iso) in inserted
     assert str(iso) not in guest.config_xml()
 
     assert "Successfully ejected media" in guest.virsh("change-media", NAME, "hdc", "--eject")
     assert str(iso) not in guest.virsh("domblklist", NAME)
+    assert f"<source index='{index + 1}'/>" in guest.live_xml()  # as libvirtd numbers it
     assert not [e for e in query_block(guest) if e.get("inserted")]
 
 

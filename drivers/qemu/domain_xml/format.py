@@ -376,7 +376,10 @@ def _format_disk(disk: Disk, inactive: bool, node_index: int) -> str:
     """``node_index`` is the disk's block node number, shown in the live XML only."""
     i = "      "
     driver = disk.driver
-    if not inactive and disk.source is None:
+    # An ejected medium keeps its format and a numbered empty source; a drive
+    # that started empty has neither.
+    ejected = not inactive and disk.source is None and disk.node_index is not None
+    if not inactive and disk.source is None and not ejected:
         driver = {k: v for k, v in driver.items() if k != "type"}  # no image, no format
     body = [f"{i}<driver{_attrs(driver, ORDER['disk/driver'])}/>\n"]
     if disk.source is not None:
@@ -394,6 +397,8 @@ def _format_disk(disk: Disk, inactive: bool, node_index: int) -> str:
             body.append(f"{i}</source>\n")
         else:
             body.append(head + "/>\n")
+    elif ejected:
+        body.append(f"{i}<source index='{disk.node_index}'/>\n")
     extra = _attrs(disk.target_extra, ("tray", "removable", "rotation_rate"))
     body.append(f"{i}<target dev='{esc(disk.target)}' bus='{disk.bus}'{extra}/>\n")
     if disk.iotune is not None:
