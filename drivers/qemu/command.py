@@ -27,8 +27,10 @@ from .domain_xml.model import (
     Disk,
     DomainDef,
     DriveAddress,
+    Input,
     Interface,
     PciAddress,
+    Rng,
     UsbAddress,
     VirtioSerialAddress,
 )
@@ -403,12 +405,13 @@ def _controllers(d: DomainDef, a: list[str]) -> None:
         if ctype == "pci":
             conts.sort(key=lambda c: c.index)
         for c in conts:
-            props = _controller_props(d, c)
+            props = controller_props(d, c)
             if props is not None:
                 a += ["-device", _json(props)]
 
 
-def _controller_props(d: DomainDef, c: Controller) -> dict[str, Any] | None:
+def controller_props(d: DomainDef, c: Controller) -> dict[str, Any] | None:
+    """A controller's device; None for those the machine has built in."""
     addr = _addr_props(d, c.info)
     if c.type == "pci":
         if c.model == "pcie-to-pci-bridge":
@@ -765,14 +768,21 @@ _INPUT_DRIVERS = {
 def _inputs(d: DomainDef, a: list[str]) -> None:
     """USB and virtio input devices; PS/2 ones are the machine's own."""
     for inp in d.devices.inputs:
-        driver = _INPUT_DRIVERS.get((inp.type, inp.bus))
-        if driver is None:
-            continue
-        props: dict[str, Any] = {"driver": driver, "id": inp.info.alias}
-        if inp.type == "passthrough":
-            props["evdev"] = inp.source.get("evdev", "")
-        where = _usb_props(inp.info) if inp.bus == "usb" else _addr_props(d, inp.info)
-        a += ["-device", _json({**props, **where})]
+        props = input_device_props(d, inp)
+        if props is not None:
+            a += ["-device", _json(props)]
+
+
+def input_device_props(d: DomainDef, inp: Input) -> dict[str, Any] | None:
+    """A USB or virtio input's device; None for PS/2, which the machine has built in."""
+    driver = _INPUT_DRIVERS.get((inp.type, inp.bus))
+    if driver is None:
+        return None
+    props: dict[str, Any] = {"driver": driver, "id": inp.info.alias}
+    if inp.type == "passthrough":
+        props["evdev"] = inp.source.get("evdev", "")
+    where = _usb_props(inp.info) if inp.bus == "usb" else _addr_props(d, inp.info)
+    return {**props, **where}
 
 
 def free_port(address: str = "127.0.0.1", first: int = 5900, last: int = 65535) -> int:
@@ -934,29 +944,35 @@ def _watchdogs(d: DomainDef, a: list[str]) -> None:
 
 
 def _rngs(d: DomainDef, a: list[str]) -> None:
-    for n, r in enumerate(d.devices.rngs):
-        obj = f"objrng{n}"
-        if r.backend_model == "random":
-            a += [
-                "-object",
-                _json(
-                    {
-                        "qom-type": "rng-random",
-                        "id": obj,
-                        "filename": r.backend_path or "/dev/urandom",
-                    }
-                ),
-            ]
-        elif r.backend_model == "builtin":
-            a += ["-object", _json({"qom-type": "rng-builtin", "id": obj})]
+    for r in d.devices.rngs:
+        obj = f"obj{r.info.alias}"
+        if r.backend_model in ("random", "builtin"):
+            a += ["-object", _json(rng_backend_props(r))]
         elif r.backend_chr is not None:
             chr_id = f"char{r.info.alias}"
             a += ["-chardev", _chardev(r.backend_chr, chr_id)]
             a += ["-object", _json({"qom-type": "rng-egd", "id": obj, "chardev": chr_id})]
         else:
             continue
-        props: dict[str, Any] = {"driver": "virtio-rng-pci", "rng": obj, "id": r.info.alias}
-        if r.rate.get("bytes"):
-            props["max-bytes"] = int(r.rate["bytes"])
-            props["period"] = int(r.rate.get("period", "1000"))
-        a += ["-device", _json({**props, **_addr_props(d, r.info)})]
+        a += ["-device", _json(rng_device_props(d, r))]
+
+
+def rng_backend_props(r: Rng) -> dict[str, Any]:
+    """The ``-object`` (or ``object-add``) of a random or builtin RNG backend."""
+    if r.backend_model == "builtin":
+        return {"qom-type": "rng-builtin", "id": f"obj{r.info.alias}"}
+    return {
+        "qom-type": "rng-random",
+        "id": f"obj{r.info.alias}",
+        "filename": r.backend_path or "/dev/urandom",
+    }
+
+
+def rng_device_props(d: DomainDef, r: Rng) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "driver": "virtio-rng-pci", "rng": f"obj{r.info.alias}", "id": r.info.alias
+    }
+    if r.rate.get("bytes"):
+        props["max-bytes"] = int(r.rate["bytes"])
+        props["period"] = int(r.rate.get("period", "1000"))
+    return {**props, **_addr_props(d, r.info)}
