@@ -83,11 +83,11 @@ async def domain_open_console(call: Call, args: Any) -> None:
 async def domain_open_channel(call: Call, args: Any) -> None:
     _check_flags(args.flags, CHANNEL_FORCE, "qemuDomainOpenChannel")
     dom = _dom(call, args.dom)
-    kind, path = console.channel_source(dom, args.name)
+    path = console.channel_path(dom, args.name)
     kicked = console.claim(path, bool(args.flags & CHANNEL_FORCE),
                            "Active channel stream exists for this domain")
     try:
-        fd = console.open_pty(path) if kind == "pty" else console.connect_unix(path)
+        fd = console.connect_unix(path)
     except BaseException:
         console.release(path, kicked)
         raise

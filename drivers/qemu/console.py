@@ -1,7 +1,7 @@
 """A running guest's character devices opened for a client: consoles and channels.
 
 A serial console is a pty QEMU made (its path comes from ``query-chardev`` at
-start); a channel is a pty or a Unix socket QEMU listens on. One client at a
+start); a channel is a Unix socket QEMU listens on. One client at a
 time may hold a device, as libvirtd enforces: a second one is refused unless
 it forces its way in, which ends the first session.
 
@@ -66,8 +66,11 @@ def console_path(dom: Domain, dev_name: str | None) -> str:
     return path
 
 
-def channel_source(dom: Domain, name: str | None) -> tuple[str, str]:
-    """("pty" or "unix", path) of the channel ``name`` (alias or target name)."""
+def channel_path(dom: Domain, name: str | None) -> str:
+    """The Unix socket of the channel ``name`` (alias or target name), or of the first.
+
+    Only Unix socket channels can be opened, as with libvirtd.
+    """
     d, live = dom.live, dom.live_state
     if d is None or live is None or not dom.active:
         raise _not_running()
@@ -80,13 +83,10 @@ def channel_source(dom: Domain, name: str | None) -> tuple[str, str]:
     if chr is None:
         raise _error(ErrorCode.INTERNAL_ERROR,
                      f"internal error: cannot find channel {name or '<null>'}")
-    if chr.source.type == "pty" and chr.info.alias in live.pty_paths:
-        return "pty", live.pty_paths[chr.info.alias or ""]
     if chr.source.type == "unix" and chr.source.attrs.get("path"):
-        return "unix", chr.source.attrs["path"]
+        return chr.source.attrs["path"]
     raise _error(ErrorCode.INTERNAL_ERROR,
-                 f"internal error: channel {name or chr.info.alias}"
-                 " is not using a PTY or UNIX socket")
+                 f"internal error: channel {name or chr.info.alias} is not using a UNIX socket")
 
 
 def claim(path: str, force: bool, busy_message: str) -> asyncio.Event:

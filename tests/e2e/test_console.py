@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
-from e2e.access import Console, define_and_start, linux_xml
+from e2e.access import Console, define_and_start, firmware_xml, linux_xml
 from e2e.daemon import DaemonProcess
 from guest import PROMPT
 
@@ -199,3 +199,41 @@ def test_send_key_reaches_the_keyboard(guest: DaemonProcess) -> None:
         assert "cannot translate keycode 700 of linux codeset to qnum keycode" in res.stderr
     finally:
         console.close()
+
+
+def test_channels(guest: DaemonProcess) -> None:
+    """Unix socket channels open by target name or alias, one session at a time."""
+    name = "i3e-channels"
+    xml = firmware_xml(name).replace(
+        "</devices>",
+        "<channel type='unix'><target type='virtio' name='org.example.test.0'/></channel>"
+        "<channel type='pty'><target type='virtio' name='org.example.pty.0'/></channel>"
+        "</devices>")
+    define_and_start(guest, name, xml)
+    conn = guest.conn()
+    dom = conn.lookupByName(name)
+    try:
+        for which in ("org.example.test.0", "channel0", None):
+            first = conn.newStream(0)
+            dom.openChannel(which, first, 0)
+            with pytest.raises(libvirt.libvirtError) as err:
+                dom.openChannel(which, conn.newStream(0), 0)
+            assert err.value.get_error_message() == (
+                "operation failed: Active channel stream exists for this domain")
+            second = conn.newStream(0)
+            dom.openChannel(which, second, libvirt.VIR_DOMAIN_CHANNEL_FORCE)
+            assert second.send(b"hello") == 5
+            with pytest.raises(libvirt.libvirtError, match="stream had I/O failure"):
+                first.recv(10)
+            second.finish()
+        for which, message in (
+            ("nosuch", "internal error: cannot find channel nosuch"),
+            ("org.example.pty.0",
+             "internal error: channel org.example.pty.0 is not using a UNIX socket"),
+        ):
+            with pytest.raises(libvirt.libvirtError) as err:
+                dom.openChannel(which, conn.newStream(0), 0)
+            assert err.value.get_error_message() == message
+    finally:
+        guest.virsh("destroy", name, check=False)
+        guest.virsh("undefine", name, check=False)
