@@ -160,3 +160,17 @@ def test_cpu_baseline(module_daemon, tmp_path: Path) -> None:
                         f"</type></os>{out}</domain>", "domain")
     out = module_daemon.virsh("hypervisor-cpu-baseline", str(cpus)).stdout
     assert "<model fallback='forbid'>kvm64</model>" in out
+
+
+def test_read_only_connection(module_daemon, tmp_path: Path) -> None:
+    """As on libvirtd: CPU models may be read, domcapabilities and argv need write access."""
+    ro = module_daemon.ro_uri
+    assert "qemu64" in module_daemon.virsh("cpu-models", "x86_64", uri=ro).stdout
+    res = module_daemon.virsh("domcapabilities", uri=ro, check=False)
+    assert ("error: operation forbidden: read only access prevents "
+            "virConnectGetDomainCapabilities") in res.stderr
+    xml = tmp_path / "guest.xml"
+    xml.write_text(GUEST_XML)
+    res = module_daemon.virsh("domxml-to-native", "qemu-argv", str(xml), uri=ro, check=False)
+    assert ("error: operation forbidden: read only access prevents "
+            "virConnectDomainXMLToNative") in res.stderr
