@@ -33,6 +33,7 @@ from .domain_xml.model import (
     Rng,
     UsbAddress,
     VirtioSerialAddress,
+    Watchdog,
 )
 
 _CONTROLLER_ORDER = ("pci", "usb", "scsi", "ide", "sata", "virtio-serial", "ccid")
@@ -931,16 +932,18 @@ def _redirdevs(d: DomainDef, a: list[str]) -> None:
 def _watchdogs(d: DomainDef, a: list[str]) -> None:
     for w in d.devices.watchdogs:
         if w.model == "i6300esb":
-            a += [
-                "-device",
-                _json({"driver": "i6300esb", "id": w.info.alias, **_addr_props(d, w.info)}),
-            ]
+            a += ["-device", _json(watchdog_device_props(d, w))]
         elif w.model == "ib700":
             a += ["-device", _json({"driver": "ib700", "id": w.info.alias})]
         if w.action:
             # libvirt itself dumps the guest, after QEMU pauses it
             action = {"shutdown": "poweroff", "dump": "pause"}.get(w.action, w.action)
             a += ["-watchdog-action", action]
+
+
+def watchdog_device_props(d: DomainDef, w: Watchdog) -> dict[str, Any]:
+    """The i6300esb's device, the one watchdog on PCI."""
+    return {"driver": "i6300esb", "id": w.info.alias, **_addr_props(d, w.info)}
 
 
 def _rngs(d: DomainDef, a: list[str]) -> None:

@@ -23,16 +23,22 @@ from lxml import etree
 
 from drivers.qemu import command, domain_xml
 from drivers.qemu.domain_xml import defaults
-from drivers.qemu.domain_xml.addresses import DRIVE_LAYOUT, hotplug_pci_address
+from drivers.qemu.domain_xml.addresses import (
+    DRIVE_LAYOUT,
+    assign_usb_addresses,
+    hotplug_pci_address,
+)
 from drivers.qemu.domain_xml.aliases import assign_aliases
 from drivers.qemu.domain_xml.model import (
+    Controller,
     Devices,
     Disk,
     DomainDef,
     DriveAddress,
     Interface,
+    VirtioSerialAddress,
 )
-from drivers.qemu.domain_xml.parse import disk_index, insert_disk, parse_device
+from drivers.qemu.domain_xml.parse import disk_index, insert_controller, insert_disk, parse_device
 from drivers.qemu.process import open_tap
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
@@ -139,19 +145,57 @@ def _find_net(d: DomainDef, want: Interface) -> Interface:
 
 
 def _find_alias(d: DomainDef, alias: str) -> tuple[str, Any]:
-    for kind in ("disks", "interfaces"):
+    """(kind, device) of the device ``alias``; kind "other" for those hotplug leaves alone."""
+    for kind in ("disks", "interfaces", *_SIMPLE):
         for dev in getattr(d.devices, kind):
             if dev.info.alias == alias:
                 return kind, dev
     for group in (
-        d.devices.controllers, d.devices.serials, d.devices.channels, d.devices.inputs,
-        d.devices.sounds, d.devices.videos, d.devices.redirdevs, d.devices.watchdogs,
-        d.devices.rngs, *d.devices.others.values(),
+        d.devices.serials, d.devices.channels, d.devices.sounds, d.devices.videos,
+        d.devices.redirdevs, *d.devices.others.values(),
     ):
         for dev in group:
             if dev.info.alias == alias:
                 return "other", dev
     raise _err(ErrorCode.INTERNAL_ERROR, f"internal error: no device found with alias {alias}")
+
+
+# Kinds plugged with a plain device_add (an RNG with its backend object first).
+_SIMPLE = ("controllers", "inputs", "watchdogs", "rngs")
+
+
+def _simple_kind(devs: Devices) -> str | None:
+    return next((kind for kind in _SIMPLE if getattr(devs, kind)), None)
+
+
+def _find_simple(d: DomainDef, kind: str, want: Any) -> Any:
+    """The device of ``kind`` in ``d`` that ``want`` names, by libvirt's matching rules."""
+    group = getattr(d.devices, kind)
+    if want.info.alias is not None:
+        found = [x for x in group if x.info.alias == want.info.alias]
+    elif kind == "controllers":
+        found = [
+            c for c in group if c.type == want.type and want.index in (c.index, -1)
+            and (want.model is None or c.model == want.model)
+        ]
+    elif kind == "inputs":
+        found = [i for i in group if i.type == want.type and i.bus == want.bus]
+    elif kind == "watchdogs":
+        found = [w for w in group if w.model == want.model]
+    else:
+        found = [
+            r for r in group if r.model == want.model and r.backend_model == want.backend_model
+        ]
+    if want.info.address is not None:
+        found = [x for x in found if x.info.address == want.info.address]
+    if found:
+        return found[0]
+    raise _err(ErrorCode.DEVICE_MISSING, "device not found: " + {
+        "controllers": f"controller {want.type}:{want.index} not found",
+        "inputs": "matching input device not found",
+        "watchdogs": "watchdog device not present in domain configuration",
+        "rngs": "no matching RNG device was found",
+    }[kind])
 
 
 # -- the persistent definition ------------------------------------------------------------
@@ -192,17 +236,8 @@ def _config_without(d: DomainDef, devs: Devices) -> DomainDef:
         new.devices.disks.remove(_find_disk(new, devs.disks[0].target))
     elif devs.interfaces:
         new.devices.interfaces.remove(_find_net(new, devs.interfaces[0]))
-    elif devs.rngs:
-        want = devs.rngs[0]
-        match = [
-            r for r in new.devices.rngs
-            if r.model == want.model and r.backend_model == want.backend_model
-        ]
-        if not match:
-            raise _err(
-                ErrorCode.DEVICE_MISSING, "device not found: no matching RNG device was found"
-            )
-        _drop(new.devices.rngs, match[0])
+    elif (kind := _simple_kind(devs)) is not None:
+        _drop(getattr(new.devices, kind), _find_simple(new, kind, getattr(devs, kind)[0]))
     else:
         raise _err(
             ErrorCode.OPERATION_UNSUPPORTED,
@@ -274,6 +309,9 @@ async def detach(driver: QemuDriver, dom: Domain, xml: str, flags: int) -> None:
                 kind, dev = "disks", _find_disk(dom.live, devs.disks[0].target)
             elif devs.interfaces:
                 kind, dev = "interfaces", _find_net(dom.live, devs.interfaces[0])
+            elif (simple := _simple_kind(devs)) is not None:
+                kind = simple
+                dev = _find_simple(dom.live, kind, getattr(devs, kind)[0])
             else:
                 raise _unsupported_live("detach", el_tag(devs))
             await _unplug(driver, dom, kind, dev, wait=True)
@@ -293,7 +331,7 @@ async def detach_alias(driver: QemuDriver, dom: Domain, alias: str, flags: int) 
             kind, dev = _find_alias(new_config, alias)
             if kind == "other":
                 raise _unsupported_live("detach", "device")
-            getattr(new_config.devices, kind).remove(dev)
+            _drop(getattr(new_config.devices, kind), dev)
         if live:
             assert dom.live is not None
             kind, dev = _find_alias(dom.live, alias)
@@ -355,8 +393,118 @@ async def _attach_live(driver: QemuDriver, dom: Domain, devs: Devices) -> None:
         await _attach_disk(driver, dom, devs.disks[0])
     elif devs.interfaces:
         await _attach_net(driver, dom, devs.interfaces[0])
+    elif (kind := _simple_kind(devs)) is not None:
+        await _attach_simple(driver, dom, kind, getattr(devs, kind)[0])
     else:
         raise _unsupported_live("attach", el_tag(devs))
+
+
+def _next_alias(group: list[Any], prefix: str) -> str:
+    """``prefix`` and a number above every one in use, as libvirtd picks a hotplug alias."""
+    used = [
+        int(x.info.alias[len(prefix):]) for x in group
+        if x.info.alias and x.info.alias.startswith(prefix) and x.info.alias[len(prefix):].isdigit()
+    ]
+    return f"{prefix}{max(used, default=-1) + 1}"
+
+
+def _busy(d: DomainDef, c: Controller) -> bool:
+    """Whether devices sit on controller ``c`` (QEMU would unplug them with it)."""
+    if c.type == "virtio-serial":
+        return any(
+            isinstance(x.info.address, VirtioSerialAddress) and x.info.address.controller == c.index
+            for x in (*d.devices.channels, *d.devices.consoles)
+        )
+    return any(
+        x.bus == c.type and isinstance(x.info.address, DriveAddress)
+        and x.info.address.controller == c.index
+        for x in d.devices.disks
+    )
+
+
+async def _attach_simple(driver: QemuDriver, dom: Domain, kind: str, dev: Any) -> None:
+    """Controllers (SCSI, virtio-serial), virtio and USB inputs, an i6300esb watchdog,
+    random and builtin RNGs: each one device_add, an RNG's backend object before it."""
+    proc = _proc(dom)
+    d = dom.live
+    assert d is not None
+    group = getattr(d.devices, kind)
+    obj: dict[str, Any] | None = None
+    if kind == "controllers":
+        if dev.type not in ("scsi", "virtio-serial"):
+            raise _unsupported_live("attach", "controller")
+        if dev.index == -1:
+            dev.index = max((c.index for c in group if c.type == dev.type), default=-1) + 1
+        if any(c.type == dev.type and c.index == dev.index for c in group):
+            raise _err(
+                ErrorCode.OPERATION_FAILED,
+                f"operation failed: target {dev.type}:{dev.index} already exists",
+            )
+        if dev.type == "scsi" and dev.model is None:
+            dev.model = "lsilogic"
+        dev.info.alias = dev.info.alias or f"{dev.type}{dev.index}"
+        pcie = dev.type == "virtio-serial" or dev.model == "virtio-scsi"
+    elif kind == "inputs":
+        if dev.bus not in ("virtio", "usb"):
+            raise _unsupported_live("attach", "input")
+        dev.info.alias = dev.info.alias or _next_alias(group, "input")
+        pcie = True
+    elif kind == "watchdogs":
+        if group:
+            raise _err(
+                ErrorCode.OPERATION_FAILED, "operation failed: domain already has a watchdog"
+            )
+        if dev.model != "i6300esb":
+            raise _err(
+                ErrorCode.CONFIG_UNSUPPORTED,
+                f"unsupported configuration: hotplug of watchdog of model '{dev.model}'"
+                " is not supported",
+            )
+        dev.info.alias = dev.info.alias or "watchdog0"
+        pcie = False
+    else:
+        if dev.backend_model not in ("random", "builtin"):
+            raise _unsupported_live("attach", "rng")
+        if dev.backend_model == "random" and not dev.backend_path:
+            dev.backend_path = "/dev/random"
+        dev.info.alias = dev.info.alias or _next_alias(group, "rng")
+        obj = command.rng_backend_props(dev)
+        pcie = True
+    if kind == "inputs" and dev.bus == "usb":
+        hubs = len(d.devices.other("hub"))
+        group.append(dev)
+        assign_usb_addresses(d)
+        _drop(group, dev)
+        if dev.info.address is None or len(d.devices.other("hub")) != hubs:
+            raise _err(ErrorCode.INTERNAL_ERROR, "internal error: No free USB ports")
+    else:
+        hotplug_pci_address(d, dev.info, pcie)
+    if kind == "controllers":
+        insert_controller(group, dev)
+        props = command.controller_props(d, dev)
+    else:
+        group.append(dev)
+        props = (
+            command.input_device_props(d, dev) if kind == "inputs"
+            else command.rng_device_props(d, dev) if kind == "rngs"
+            else command.watchdog_device_props(d, dev)
+        )
+    added = False
+    try:
+        if obj is not None:
+            await proc.monitor.execute("object-add", obj)
+            added = True
+        await proc.monitor.execute("device_add", props)
+        if kind == "watchdogs" and dev.action:
+            action = {"shutdown": "poweroff", "dump": "pause"}.get(dev.action, dev.action)
+            await proc.monitor.execute("watchdog-set-action", {"action": action})
+    except BaseException:
+        _drop(group, dev)
+        if added:
+            await _quietly(proc, "object-del", {"id": obj["id"] if obj else ""})
+        raise
+    _live_changed(driver, dom)
+    driver.bus.emit("domain-device-added", dom, alias=dev.info.alias)
 
 
 async def _next_node(proc: QemuProcess, d: DomainDef) -> int:
@@ -611,6 +759,11 @@ _pending: weakref.WeakKeyDictionary[Domain, dict[str, _Unplug]] = weakref.WeakKe
 
 async def _unplug(driver: QemuDriver, dom: Domain, kind: str, dev: Any, wait: bool) -> None:
     proc = _proc(dom)
+    if kind == "controllers" and (_busy(dom.live, dev) if dom.live else False):
+        raise _err(
+            ErrorCode.OPERATION_FAILED,
+            "operation failed: device cannot be detached: device is busy",
+        )
     alias = dev.info.alias or ""
     nodes = _nodes_of(await _block_entry(proc, alias)) if kind == "disks" else []
     job = _Unplug(kind, dev, nodes, waiting=wait)
@@ -681,6 +834,8 @@ async def _finish(driver: QemuDriver, dom: Domain, alias: str) -> None:
             await _quietly(proc, "blockdev-del", {"node-name": name})
     elif kind == "interfaces":
         await _quietly(proc, "netdev_del", {"id": f"host{alias}"})
+    elif kind == "rngs":
+        await _quietly(proc, "object-del", {"id": f"obj{alias}"})
     _drop(getattr(d.devices, kind, []), dev)
     _live_changed(driver, dom)
     driver.bus.emit("domain-device-removed", dom, alias=alias)

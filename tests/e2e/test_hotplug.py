@@ -331,3 +331,24 @@ def test_hotplugged_devices_survive_a_daemon_kill(guest: Guest) -> None:
     wait_until(lambda: "eth" not in guest.sh("ls /sys/class/net"), why=lambda: "a NIC stayed")
     inserted = [e["inserted"]["file"] for e in query_block(guest) if e.get("inserted")]
     assert image not in inserted
+
+
+@pytest.mark.parametrize("xml, alias", [
+    ("<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>", "rng0"),
+    ("<input type='keyboard' bus='virtio'/>", "input2"),  # after the two PS/2 ones
+    ("<input type='tablet' bus='usb'/>", "input2"),
+    ("<controller type='scsi' index='0' model='virtio-scsi'/>", "scsi0"),
+    ("<controller type='virtio-serial'/>", "virtio-serial0"),
+    ("<watchdog model='i6300esb' action='poweroff'/>", "watchdog0"),
+])
+def test_other_devices_plug_and_unplug(guest: Guest, xml: str, alias: str) -> None:
+    path = guest.daemon.root / "other.xml"
+    path.write_text(xml)
+    guest.virsh("attach-device", NAME, str(path))
+    guest.events.wait_for(f"'device-added' for domain '{NAME}': {alias}")
+    assert f"<alias name='{alias}'/>" in guest.live_xml()
+    peripheral = guest.virsh("qemu-monitor-command", NAME, "--hmp", "info qtree")
+    assert f'id "{alias}"' in peripheral
+    guest.virsh("detach-device", NAME, str(path))
+    guest.events.wait_for(f"'device-removed' for domain '{NAME}': {alias}")
+    assert f"<alias name='{alias}'/>" not in guest.live_xml()

@@ -321,3 +321,33 @@ async def test_ide_attach_is_left_to_qemu(driver: QemuDriver) -> None:
         "blockdev-add", "blockdev-add", "blockdev-del", "blockdev-del"
     ]
     assert dom.live is not None and targets(dom.live) == ["vda", "hdc"]
+
+
+async def test_rng_backend_object_comes_and_goes_with_it(driver: QemuDriver) -> None:
+    dom = await driver.define_xml(XML)
+    mon = run(dom)
+    mon.on_device_del = lambda alias: hotplug.on_device_event(
+        driver, dom, "DEVICE_DELETED", {"device": alias}
+    )
+    rng = "<rng model='virtio'><backend model='random'/></rng>"
+    await hotplug.attach(driver, dom, rng, hotplug.AFFECT_LIVE)
+    assert mon.calls[0] == (
+        "object-add", {"qom-type": "rng-random", "id": "objrng0", "filename": "/dev/random"}
+    )
+    assert mon.calls[1][0] == "device_add" and mon.calls[1][1]["rng"] == "objrng0"
+    await hotplug.detach(driver, dom, rng, hotplug.AFFECT_LIVE)
+    assert mon.sent()[2:] == ["device_del", "object-del"]
+    assert dom.live is not None and dom.live.devices.rngs == []
+
+
+async def test_a_busy_controller_stays(driver: QemuDriver) -> None:
+    xml = XML.replace("<target dev='vda'/>", "<target dev='sda' bus='scsi'/>")
+    dom = await driver.define_xml(xml)
+    mon = run(dom)
+    with pytest.raises(VirError) as e:
+        await hotplug.detach(driver, dom, "<controller type='scsi' index='0'/>", 0)
+    assert e.value.message == "operation failed: device cannot be detached: device is busy"
+    with pytest.raises(VirError) as e:
+        await hotplug.attach(driver, dom, "<controller type='scsi' index='0'/>", 0)
+    assert e.value.message == "operation failed: target scsi:0 already exists"
+    assert mon.sent() == []
