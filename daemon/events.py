@@ -44,6 +44,10 @@ DOMAIN_EVENTS = (
     DomainEvent("domain-lifecycle", 0, "LIFECYCLE", lambda d: (d["event"], d["detail"])),
     DomainEvent("domain-reboot", 1, "REBOOT"),
     DomainEvent("domain-device-removed", 15, "DEVICE_REMOVED", lambda d: (d["alias"],)),
+    DomainEvent(
+        "domain-agent-lifecycle", 18, "AGENT_LIFECYCLE", lambda d: (d["state"], d["reason"]),
+        flat=True,
+    ),
     DomainEvent("domain-device-added", 19, "DEVICE_ADDED", lambda d: (d["alias"],), flat=True),
     DomainEvent(
         "domain-device-removal-failed", 22, "DEVICE_REMOVAL_FAILED", lambda d: (d["alias"],),

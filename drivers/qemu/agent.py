@@ -105,7 +105,8 @@ class Agent:
 
         ``timeout`` None waits for ever, 0 does not wait for the reply.
         ``until`` is for commands the agent may never answer (guest-shutdown):
-        the call also ends, successfully, when that future is done.
+        the call also ends, successfully, when that future is done or when
+        the agent closes its end.
         """
         message = {"execute": cmd, **({"arguments": args} if args is not None else {})}
         reply = await self.send(message, timeout, until)
@@ -119,7 +120,7 @@ class Agent:
 
     async def send(
         self,
-        message: dict[str, Any],
+        message: Any,
         timeout: float | None = DEFAULT_TIMEOUT,
         until: asyncio.Future[None] | None = None,
     ) -> dict[str, Any] | None:
@@ -144,11 +145,14 @@ class Agent:
             finally:
                 if not reading.done():
                     reading.cancel()
+            gone = reading.done() and not reading.cancelled() and reading.exception() is not None
+            if until is not None and (until.done() or gone):
+                # What was waited for happened, or the agent went away with
+                # its guest (as it does on a power-off): either way it is done.
+                self._in_sync = False
+                return None
             if reading in done:
                 return reading.result()
-            if until is not None and until in done:
-                self._in_sync = False  # an answer may still come; the next sync drops it
-                return None
             self._in_sync = False
             raise unresponsive("Guest agent not available for now")
 
@@ -284,15 +288,15 @@ async def arbitrary_command(dom: Domain, text: str, timeout: int) -> str:
             f"internal error: cannot parse json {text}: {e}",
             ErrorDomain.QEMU,
         ) from None
-    if not isinstance(message, dict):
-        raise command_failed("<unknown>")
     wait = {COMMAND_BLOCK: None, COMMAND_DEFAULT: DEFAULT_TIMEOUT}.get(timeout, float(timeout))
     reply = await client.send(message, wait)
     if reply is None:
         raise unresponsive("Guest agent not available for now")
-    name = message.get("execute")
+    name = message.get("execute") if isinstance(message, dict) else None
+    if not isinstance(name, str):
+        name = "<unknown>"  # sent as it is all the same: the agent has the last word
     if "error" in reply:
-        raise command_failed(name if isinstance(name, str) else "<unknown>", reply["error"])
+        raise command_failed(name, reply["error"])
     if "return" not in reply:
-        raise command_failed(name if isinstance(name, str) else "<unknown>")
+        raise command_failed(name)
     return json.dumps(reply, separators=(",", ":"))

@@ -507,7 +507,7 @@ class QemuDriver:
             await tuning.apply_at_start(self, dom)
             await self._set_passwords(proc, d)
             await stats.set_stats_period(proc, d)
-            await lifecycle.setup(proc, d)
+            await lifecycle.setup(self, dom, proc, d)
             if paused:
                 self._emit(dom, Event.STARTED, Detail.STARTED_BOOTED)
                 dom.set_state(State.PAUSED, Paused.USER)

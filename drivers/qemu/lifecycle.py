@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 POWER_ACPI = 1 << 0
 POWER_AGENT = 1 << 1
 RUNNING_CRASHED = 9  # virDomainRunningReason: running again after a crash
+# virConnectDomainEventAgentLifecycleState / Reason
+AGENT_CONNECTED, AGENT_DISCONNECTED = 1, 2
+AGENT_DOMAIN_STARTED, AGENT_CHANNEL = 1, 2
 
 # Domains whose next guest shutdown is the first half of a fake reboot, and
 # those stopped in one right now (QEMU's STOP then is no pause to report).
@@ -63,10 +66,16 @@ def _check_flags(flags: int, allowed: int, api: str) -> None:
 # -- at start --------------------------------------------------------------------
 
 
-async def setup(proc: QemuProcess, d: DomainDef) -> None:
-    """Before the CPUs first run: ``on_reboot`` destroy makes a guest reset a shutdown."""
+async def setup(driver: QemuDriver, dom: Domain, proc: QemuProcess, d: DomainDef) -> None:
+    """Before the CPUs first run: ``on_reboot`` destroy makes a guest reset a shutdown;
+    a guest with an agent channel learns where its agent stands."""
     if d.on_reboot == "destroy":
         await proc.monitor.execute("set-action", {"reboot": "shutdown"})
+    ch = agent.agent_channel(dom)
+    if ch is not None and dom.live_state is not None:
+        up = dom.live_state.channel_states.get(ch.info.alias or "") == "connected"
+        driver.bus.emit("domain-agent-lifecycle", dom, state=AGENT_CONNECTED if up
+                        else AGENT_DISCONNECTED, reason=AGENT_DOMAIN_STARTED)
 
 
 # -- the API calls -----------------------------------------------------------------
@@ -169,7 +178,21 @@ def on_qmp_event(driver: QemuDriver, dom: Domain, name: str, data: dict[str, Any
         return True
     if name == "STOP":
         return dom in _paused_shutdown  # the stop of a fake reboot is not a pause
+    if name == "VSERPORT_CHANGE":
+        _on_channel(driver, dom, data)
     return False
+
+
+def _on_channel(driver: QemuDriver, dom: Domain, data: dict[str, Any]) -> None:
+    """The agent opened or closed its port: AGENT_LIFECYCLE, and a closed one is dropped."""
+    ch = agent.agent_channel(dom)
+    if ch is None or ch.info.alias != data.get("id"):
+        return
+    up = bool(data.get("open"))
+    if not up:
+        agent.drop(dom)
+    driver.bus.emit("domain-agent-lifecycle", dom,
+                    state=AGENT_CONNECTED if up else AGENT_DISCONNECTED, reason=AGENT_CHANNEL)
 
 
 def _notify(dom: Domain, what: str) -> None:

@@ -24,12 +24,13 @@ BOOT = 90.0  # TCG on shared cores: generous, never a timed assertion
 AGENT = "org.qemu.guest_agent.0"
 
 
-def guest_xml(name: str, log: Path, extra: str = "", devices: str = "") -> str:
+def guest_xml(name: str, log: Path, extra: str = "", devices: str = "", args: str = "") -> str:
+    """The test guest; ``args`` go on its kernel command line (noagent, silentagent)."""
     g = ensure_guest()
     return (
         f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory>"
         "<os><type arch='x86_64' machine='pc'>hvm</type>"
-        f"<kernel>{g.kernel}</kernel><initrd>{g.initrd}</initrd><cmdline>{g.cmdline}</cmdline>"
+        f"<kernel>{g.kernel}</kernel><initrd>{g.initrd}</initrd><cmdline>{g.cmdline} {args}</cmdline>"
         f"</os><features><acpi/></features>{extra}<devices>"
         f"<serial type='pty'><log file='{log}'/></serial><console type='pty'/>{devices}"
         "</devices></domain>"
@@ -40,11 +41,11 @@ class Guest:
     """One guest of the test daemon, its serial log and events."""
 
     def __init__(self, daemon: DaemonProcess, name: str, extra: str = "",
-                 devices: str = "") -> None:
+                 devices: str = "", args: str = "") -> None:
         self.daemon, self.name = daemon, name
         self.log = daemon.root / f"{name}-console.log"
         path = daemon.root / f"{name}.xml"
-        path.write_text(guest_xml(name, self.log, extra, devices))
+        path.write_text(guest_xml(name, self.log, extra, devices, args))
         daemon.virsh("define", str(path))
         self.events = EventWatch(daemon)
 
@@ -186,9 +187,11 @@ def test_power_errors(guest: Guest) -> None:
     guest.wait_event("Stopped Shutdown")
 
 
+CHANNEL = f"<channel type='unix'><target type='virtio' name='{AGENT}'/></channel>"
+
+
 def test_agent_not_connected(module_daemon: DaemonProcess) -> None:
-    channel = f"<channel type='unix'><target type='virtio' name='{AGENT}'/></channel>"
-    g = Guest(module_daemon, "lc-chan", devices=channel)
+    g = Guest(module_daemon, "lc-chan", devices=CHANNEL, args="noagent")
     try:
         g.start()
         xml = out(g.daemon, "dumpxml", g.name)
@@ -199,5 +202,63 @@ def test_agent_not_connected(module_daemon: DaemonProcess) -> None:
         # With no flags the agent is only tried when it is there: ACPI it is.
         g.daemon.virsh("shutdown", g.name)
         g.wait_event("Stopped Shutdown")
+    finally:
+        g.close()
+
+
+def wait_agent(g: Guest) -> None:
+    deadline = time.monotonic() + BOOT
+    while f"name='{AGENT}' state='connected'" not in out(g.daemon, "dumpxml", g.name):
+        if time.monotonic() > deadline:
+            raise AssertionError("the guest agent did not connect")
+        time.sleep(0.2)
+
+
+def test_agent_commands(module_daemon: DaemonProcess) -> None:
+    g = Guest(module_daemon, "lc-agent", devices=CHANNEL)
+    d = g.daemon
+    try:
+        g.start()
+        wait_agent(g)
+        text = g.events.path.read_text()
+        assert "event 'agent-lifecycle' for domain 'lc-agent': state: 'disconnected'" \
+            " reason: 'domain started'" in text
+        assert "state: 'connected' reason: 'channel event'" in text
+        assert out(d, "domhostname", g.name) == "tiny"
+        seconds = int(out(d, "domtime", g.name).removeprefix("Time: "))
+        assert abs(seconds - time.time()) < 300
+        d.virsh("domtime", g.name, "--now")
+        lines = out(d, "domifaddr", g.name, "--source", "agent").splitlines()
+        assert lines[2].split() == ["lo", "00:00:00:00:00:00", "ipv4", "127.0.0.1/8"]
+        assert out(d, "qemu-agent-command", g.name, '{"execute":"guest-ping"}') == '{"return":{}}'
+        res = d.virsh("qemu-agent-command", g.name, '{"execute":"guest-info"}', check=False)
+        assert res.stderr.startswith(
+            "error: internal error: unable to execute QEMU agent command 'guest-info':"
+            " The command guest-info has not been found")
+        res = d.virsh("qemu-agent-command", g.name, "[1]", check=False)
+        assert "unable to execute QEMU agent command '<unknown>'" in res.stderr
+        d.virsh("shutdown", "--mode", "agent", g.name)
+        g.wait_event("Stopped Shutdown")
+        assert g.lifecycle()[-2:] == ["Shutdown Finished after guest request", "Stopped Shutdown"]
+        assert g.state() == "shut off (shutdown)"
+    finally:
+        g.close()
+
+
+def test_silent_agent_stalls_nobody(module_daemon: DaemonProcess) -> None:
+    import subprocess
+
+    g = Guest(module_daemon, "lc-silent", devices=CHANNEL, args="silentagent")
+    d = g.daemon
+    try:
+        g.start()
+        wait_agent(g)
+        slow = subprocess.Popen(["virsh", "-c", d.uri, "domhostname", g.name],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        assert g.state() == "running (booted)"  # answered while the agent keeps silent
+        assert slow.poll() is None
+        _, err = slow.communicate(timeout=60)
+        assert "Guest agent is not responding: Guest agent not available for now" in err
     finally:
         g.close()

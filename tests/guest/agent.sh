@@ -9,6 +9,8 @@ for p in /sys/class/virtio-ports/*; do
 done
 [ -n "$port" ] || exit 0   # no agent channel in this guest's definition
 exec 3<>"$port"
+# "silentagent" on the kernel command line: the port is open, nobody answers.
+grep -qw silentagent /proc/cmdline && exec sleep 2147483647
 
 # The value of "key" in a one-line JSON object: a string or a bare number.
 field() {

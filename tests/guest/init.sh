@@ -14,8 +14,10 @@ done </etc/modules
 acpid
 ip link set lo up
 hostname tiny
-# A small guest agent on org.qemu.guest_agent.0, if the guest has that channel.
-aiovirtd-agent &
+# A small guest agent on org.qemu.guest_agent.0, if the guest has that channel
+# and the kernel command line does not say "noagent" (a guest whose agent is
+# silent).
+grep -qw noagent /proc/cmdline || aiovirtd-agent &
 echo "aiovirtd-test-guest ready"
 # setsid + cttyhack make ttyS0 the shell's controlling terminal, so Ctrl-C
 # works and job control is on; the loop brings a new shell when one exits.
