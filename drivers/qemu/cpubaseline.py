@@ -20,13 +20,13 @@ def _cpu_error(code: int, message: str) -> VirError:
     return VirError(code, message, ErrorDomain.CPU)
 
 
-def _features(cpu: GuestCPU, cpu_map: cpumodels._X86Map) -> set[str]:
+def _features(cpu: GuestCPU, cpu_map: cpumodels.X86Map) -> set[str]:
     models = {m.name: m for m in cpu_map.models}
     if cpu.model not in models:
         raise _cpu_error(ErrorCode.INTERNAL_ERROR, f"internal error: Unknown CPU model {cpu.model}")
     have = set(models[cpu.model].features)
     for policy, name in cpu.features:
-        if name not in cpu_map.qemu_names:
+        if name not in cpu_map.features:
             raise _cpu_error(ErrorCode.INTERNAL_ERROR,
                              f"internal error: Unknown CPU feature {name}")
         if policy in ("force", "require"):

@@ -53,15 +53,10 @@ def map_models(map_arch: str, directory: str = host.CPU_MAP_DIR) -> tuple[tuple[
             doc = ElementTree.parse(base / include.get("filename", "")).getroot()
         except (OSError, ElementTree.ParseError):
             continue
-        for model in doc.iter("model"):
-            if model.get("name"):
-                vendor = model.find("vendor")
-                found.append((model.get("name", ""), vendor.get("name", "") if vendor is not None
-                              else "unknown"))
-    for model in section.findall("model"):  # older maps keep models in index.xml itself
-        vendor = model.find("vendor")
-        found.append((model.get("name", ""), vendor.get("name", "") if vendor is not None
-                      else "unknown"))
+        for model in doc.findall("model"):
+            vendor = model.find("vendor")
+            name = vendor.get("name", "") if vendor is not None else "unknown"
+            found.append((model.get("name", ""), name))
     return tuple(found)
 
 
@@ -93,7 +88,7 @@ def model_names(arch: str, qemu_models: list[str] | None = None,
     return names
 
 
-# -- host-model: QEMU's view of the host CPU in libvirt's terms ----------------------
+# -- naming a CPU after the map: domcapabilities' host-model, baselines ------------
 
 
 @dataclass(frozen=True)
@@ -106,15 +101,18 @@ class _Model:
 
 
 @dataclass(frozen=True)
-class _X86Map:
+class X86Map:
+    """The x86 half of the CPU map, as decoding a CPU needs it."""
+
     features: tuple[str, ...]  # the map's order, which libvirt lists features in
-    qemu_names: dict[str, str]  # QEMU's spelling -> libvirt's
+    from_qemu: dict[str, str]  # QEMU's spelling -> libvirt's
     models: tuple[_Model, ...]
     non_migratable: frozenset[str]
 
 
 @functools.cache
-def x86_map(directory: str) -> _X86Map | None:
+def x86_map(directory: str) -> X86Map | None:
+    """The x86 section of the CPU map in ``directory``, read once; None if absent."""
     base = Path(directory)
     try:
         index = ElementTree.parse(base / "index.xml").getroot()
@@ -124,7 +122,7 @@ def x86_map(directory: str) -> _X86Map | None:
     if section is None:
         return None
     features: list[str] = []
-    qemu_names: dict[str, str] = {}
+    from_qemu: dict[str, str] = {}
     models: list[_Model] = []
     non_migratable: set[str] = set()
     for include in section.findall("include"):
@@ -137,9 +135,9 @@ def x86_map(directory: str) -> _X86Map | None:
             features.append(name)
             if feat.get("migratable") == "no":
                 non_migratable.add(name)
-            qemu_names[name] = name
+            from_qemu[name] = name
             for alias in feat.findall("alias[@source='qemu']"):
-                qemu_names[alias.get("name", "")] = name
+                from_qemu[alias.get("name", "")] = name
         for model in doc.findall("model"):
             decode, vendor = model.find("decode"), model.find("vendor")
             models.append(_Model(
@@ -151,7 +149,7 @@ def x86_map(directory: str) -> _X86Map | None:
                 features=frozenset(f.get("name", "") for f in model.findall("feature")
                                    if f.get("removed") != "yes"),
             ))
-    return _X86Map(tuple(features), qemu_names, tuple(models), frozenset(non_migratable))
+    return X86Map(tuple(features), from_qemu, tuple(models), frozenset(non_migratable))
 
 
 @dataclass(frozen=True)
@@ -178,14 +176,14 @@ def host_model(props: dict[str, object], blockers: dict[str, list[str]],
     cpu_map = x86_map(directory)
     if cpu_map is None:
         return None
-    have = {cpu_map.qemu_names[p] for p, on in props.items()
-            if on is True and p in cpu_map.qemu_names}
+    have = {cpu_map.from_qemu[p] for p, on in props.items()
+            if on is True and p in cpu_map.from_qemu}
     vendor = _VENDORS.get(str(props.get("vendor", "")))
     signature = (int(props.get("family", -1)), int(props.get("model", -1)))  # type: ignore
     return decode(cpu_map, frozenset(have), vendor, signature, blockers)
 
 
-def decode(cpu_map: _X86Map, have: frozenset[str], vendor: str | None,
+def decode(cpu_map: X86Map, have: frozenset[str], vendor: str | None,
            signature: tuple[int, int] | None, blockers: dict[str, list[str]] | None,
            preferred: tuple[str, ...] = ()) -> HostModel | None:
     """The CPU map model that describes ``have`` best, with what to add and remove.
@@ -202,8 +200,8 @@ def decode(cpu_map: _X86Map, have: frozenset[str], vendor: str | None,
             continue
         if not model.decode_guest or (vendor and model.vendor and model.vendor != vendor):
             continue
-        lacking = frozenset(cpu_map.qemu_names[f] for f in (blockers or {}).get(model.name, ())
-                            if f in cpu_map.qemu_names)
+        lacking = frozenset(cpu_map.from_qemu[f] for f in (blockers or {}).get(model.name, ())
+                            if f in cpu_map.from_qemu)
         usable = have - lacking
         require, disable = usable - model.features, (model.features | lacking) - usable
         matches = signature is not None and signature in model.signatures
