@@ -158,7 +158,10 @@ async def domain_get_cpu_stats(call: Call, args: Any) -> Any:
         return R.remote_domain_get_cpu_stats_ret([], _PERCPU_PARAMS)
     if args.ncpus == 0:
         return R.remote_domain_get_cpu_stats_ret([], tuning.host_cpu_count())
-    raise tuning.percpu_unsupported()
+    n = min(args.nparams, _PERCPU_PARAMS)
+    per_cpu = tuning.cpu_stats_percpu(dom, args.start_cpu, args.ncpus)
+    params = typed.encode((name, typed.ULLONG, v) for cpu in per_cpu for name, v in cpu[:n])
+    return R.remote_domain_get_cpu_stats_ret(params, n)
 
 
 # -- scheduler ----------------------------------------------------------------------------------

@@ -75,18 +75,20 @@ def extra_dirs(uuid: str) -> list[Path]:
     children first: they must go before the guest's own groups can."""
     if is_v2():
         return []
-    cpu = path("cpu", uuid)
-    threads = [p for p in cpu.glob("*") if p.is_dir()] if cpu.exists() else []
-    return [*threads, *(path(c, uuid) for c in ("memory", "blkio"))]
+    threads = [p for c in ("cpu", "cpuacct") for p in path(c, uuid).glob("*") if p.is_dir()]
+    return [*threads, *(path(c, uuid) for c in ("cpuacct", "memory", "blkio"))]
 
 
 def sweep() -> None:
     """Remove the empty v1 groups of guests that are gone: their thread groups
-    (so that the driver can then remove their CPU groups), memory and blkio."""
+    (so that the driver can then remove their CPU groups), cpuacct, memory and blkio."""
     if is_v2():
         return
-    doomed = [*(ROOT / "cpu" / "machine").glob(group_name("*") + "/*")]
-    for controller in ("memory", "blkio"):
+    doomed = [
+        *(ROOT / "cpu" / "machine").glob(group_name("*") + "/*"),
+        *(ROOT / "cpuacct" / "machine").glob(group_name("*") + "/*"),
+    ]
+    for controller in ("cpuacct", "memory", "blkio"):
         doomed += (ROOT / controller / "machine").glob(group_name("*"))
     for group in doomed:
         try:

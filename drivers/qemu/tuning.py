@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from drivers.host import format_cpu_list, parse_cpu_list
-from drivers.qemu import cgroup
+from drivers.qemu import cgroup, stats
 from drivers.qemu.domain import Domain
 from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from drivers.qemu.domain_xml import DomainDef
@@ -400,6 +403,8 @@ async def set_vcpus(driver: QemuDriver, dom: Domain, n: int, flags: int) -> None
             try:
                 await _hotplug(dom, n)
                 await _apply_pins(dom, dom.live)
+                if cgroup.path("cpuacct", dom.uuid_str).exists():
+                    _join_cpuacct(dom, await vcpu_threads(dom))
                 group = driver._cgroup(dom)
                 if group is not None and (group / "emulator").is_dir():
                     # New vCPU threads start in the emulator group: to their own.
@@ -603,42 +608,53 @@ def get_emulator_pin_info(dom: Domain, maplen: int, flags: int) -> bytes:
 
 
 def cpu_stats_total(driver: QemuDriver, dom: Domain) -> list[tuple[str, int]]:
-    """cpu_time, user_time and system_time of the whole guest, in nanoseconds.
-
-    From the guest's cgroup where it counts them (v2 ``cpu.stat``), else from
-    the QEMU process, whose counters include its threads that are gone.
-    """
+    """cpu_time, user_time and system_time of the whole guest, in nanoseconds,
+    from the same counters as the domain stats (its cgroup, else its process)."""
     if not dom.active:
         raise _invalid("domain is not running", ErrorDomain.DOMAIN)
-    group = driver._cgroup(dom)
-    stat = cgroup.read(group, "cpu.stat") if group is not None else None
-    fields = dict(line.split() for line in (stat or "").splitlines() if len(line.split()) == 2)
-    if "usage_usec" in fields:
-        return [
-            ("cpu_time", int(fields["usage_usec"]) * 1000),
-            ("user_time", int(fields.get("user_usec", 0)) * 1000),
-            ("system_time", int(fields.get("system_usec", 0)) * 1000),
-        ]
-    pid = _process(dom).pid
+    times = stats.cgroup_times(dom.uuid_str) or stats.process_times(_process(dom).pid)
+    total, user, system = times or (0, 0, 0)
+    return [("cpu_time", total), ("user_time", user), ("system_time", system)]
+
+
+def _percpu(group: Path) -> list[int]:
+    return [int(v) for v in (cgroup.read(group, "cpuacct.usage_percpu") or "").split()]
+
+
+def cpu_stats_percpu(dom: Domain, start: int, ncpus: int) -> list[list[tuple[str, int]]]:
+    """cpu_time and vcpu_time (ns) of the guest on each host CPU from ``start``.
+
+    Only cgroup v1's cpuacct counts per host CPU; elsewhere the answer is
+    libvirtd's on a cgroup v2 host.
+    """
+    group = cgroup.path("cpuacct", dom.uuid_str)
+    usage = _percpu(group) if not cgroup.is_v2() else []
+    if not usage:
+        raise percpu_unsupported()
+    if start >= len(usage):
+        raise _bad_arg(f"start_cpu {start} larger than maximum of {len(usage) - 1}")
+    vcpu = [0] * len(usage)
+    for sub in group.glob("vcpu*"):
+        for cpu, value in enumerate(_percpu(sub)[: len(usage)]):
+            vcpu[cpu] += value
+    last = min(start + ncpus, len(usage))
+    return [[("cpu_time", usage[cpu]), ("vcpu_time", vcpu[cpu])] for cpu in range(start, last)]
+
+
+def _join_cpuacct(dom: Domain, threads: dict[int, int]) -> None:
+    """On cgroup v1, the guest in a cpuacct group of its own and each vCPU
+    thread in a vcpuN child, so that its CPU time is counted per host CPU and
+    per kind. Only statistics depend on it: a failure is logged, not raised."""
+    if cgroup.is_v2() or not cgroup.available("cpuacct"):
+        return
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            parts = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        parts = [b"0"] * 13
-    user = int(parts[11]) * 1_000_000_000 // _CLOCK_TICKS
-    system = int(parts[12]) * 1_000_000_000 // _CLOCK_TICKS
-    return [("cpu_time", user + system), ("user_time", user), ("system_time", system)]
-
-
-def percpu_unsupported() -> VirError:
-    """Per-host-CPU usage needs cpuacct accounting, which the guest groups lack
-    (libvirtd answers the same on a cgroup v2 host)."""
-    return _error(
-        ErrorCode.OPERATION_UNSUPPORTED,
-        "Operation not supported: operation 'getCpuacctPercpuUsage' not supported for backend"
-        " 'cgroup V2'",
-        ErrorDomain.CGROUP,
-    )
+        group = cgroup.join("cpuacct", dom.uuid_str, _process(dom).pid)
+        for index, tid in threads.items():
+            sub = group / f"vcpu{index}"
+            sub.mkdir(exist_ok=True)
+            cgroup.write(sub, "tasks", str(tid))
+    except OSError as e:
+        log.warning("cannot account the CPU time of %s per CPU: %s", dom.name, e)
 
 
 # -- scheduler parameters ----------------------------------------------------------------
@@ -1094,6 +1110,7 @@ async def apply_at_start(driver: QemuDriver, dom: Domain) -> None:
     d = dom.live
     if d is None:
         return
+    _join_cpuacct(dom, await vcpu_threads(dom))
     await _apply_pins(dom, d)
     sched = _live_sched_values(d)
     if any(v is not None for v in sched.values()):

@@ -384,3 +384,23 @@ async def test_v2_memtune_blkio_and_cpu_stats(driver: QemuDriver, v2: Path) -> N
     assert tuning.cpu_stats_total(driver, dom) == [
         ("cpu_time", 2500000), ("user_time", 2000000), ("system_time", 500000)
     ]
+
+
+async def test_v1_cpuacct_per_cpu(driver: QemuDriver, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "v1"
+    monkeypatch.setattr(cgroup, "ROOT", root)
+    dom = await defined(driver)
+    run(dom, FakeMonitor())
+    group = root / "cpuacct" / "machine" / f"qemu-{dom.uuid_str}.aiovirtd"
+    (group / "vcpu0").mkdir(parents=True)
+    (root / "cpuacct" / "cgroup.procs").write_text("")
+    (group / "cpuacct.usage_percpu").write_text("100 200 \n")
+    (group / "vcpu0" / "cpuacct.usage_percpu").write_text("50 150 \n")
+    assert tuning.cpu_stats_percpu(dom, 0, 128) == [
+        [("cpu_time", 100), ("vcpu_time", 50)], [("cpu_time", 200), ("vcpu_time", 150)]
+    ]
+    assert tuning.cpu_stats_percpu(dom, 1, 1) == [[("cpu_time", 200), ("vcpu_time", 150)]]
+    with pytest.raises(VirError, match="start_cpu 2 larger than maximum of 1"):
+        tuning.cpu_stats_percpu(dom, 2, 1)
+    assert cgroup.extra_dirs(dom.uuid_str)[0] == group / "vcpu0"
