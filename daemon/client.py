@@ -73,6 +73,7 @@ class Client(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._streams: dict[int, Stream] = {}
         self._reply_fds: dict[int, list[int]] = {}  # serial -> fds its reply carries
+        self._skip = 0  # bytes still to come that carried fds we could not take
         self._held: list[tuple[bytes, bytes, list[int] | None]] | None = None  # _send_fds
         self._tasks: set[asyncio.Task[None]] = set()
         self.keepalive = KeepAlive(keepalive_interval, keepalive_count,
@@ -137,7 +138,13 @@ class Client(asyncio.Protocol):
         budget = _BATCH
         self._parsing = True
         try:
-            while end - pos >= 4 and not self._paused:
+            while not self._paused:
+                if self._skip:  # the bytes that carried a CALL_WITH_FDS's fds
+                    skipped = min(self._skip, end - pos)
+                    pos += skipped
+                    self._skip -= skipped
+                if end - pos < 4:
+                    break
                 (length,) = _LENGTH_FROM(view, pos)
                 if length < _MIN or length > _MAX:
                     self._bad_length(length)
@@ -180,9 +187,17 @@ class Client(asyncio.Protocol):
                 stream.feed(type_, status, pkt)
             # else: data for a stream that already ended; dropped like libvirtd
         elif type_ == packet.CALL_WITH_FDS:
-            self._reply(prog, vers, proc, serial, _ERROR, packet.error_body(
-                ErrorCode.RPC, ErrorDomain.RPC,
-                "file descriptor passing is not supported by this server"))
+            # Each fd follows on a byte of its own, which a plain read takes without
+            # the fd: skip those bytes and run the call without fds (the calls that
+            # need some have no handler and answer NO_SUPPORT).
+            nfds = _LENGTH_FROM(pkt, _MIN)[0] if len(pkt) >= _MIN + 4 else -1
+            if not 0 <= nfds <= packet.MESSAGE_NUM_FDS_MAX:
+                self.fail(VirError(ErrorCode.RPC, f"Too many FDs to receive: {nfds}",
+                                   ErrorDomain.RPC))
+                return
+            self._skip += nfds
+            self._packet(_PREFIX_PACK(len(pkt) - 4, prog, vers, proc, _CALL, serial, status)
+                         + pkt[_MIN + 4:])
         else:
             log.debug("%r: ignoring packet of type %d", self, type_)
 

@@ -111,3 +111,36 @@ async def test_reply_with_fds() -> None:
         theirs.close()
         for fd in table.pipes:
             os.close(fd)
+
+
+class _EchoTable:
+    async def call(self, client: Client, prog: int, vers: int, proc: int, serial: int,
+                   status: int, pkt: bytes) -> bytes:
+        return pkt[packet.PACKET_MIN:]
+
+
+async def test_call_with_fds_runs_without_them() -> None:
+    """The fds' bytes are skipped, the call runs on its own arguments, and the
+    connection goes on."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    client = Client(_EchoTable(), Identity("unix", "test", False, 0, 0, 1))  # type: ignore[arg-type]
+    await asyncio.get_running_loop().connect_accepted_socket(lambda: client, ours)
+    try:
+        body = struct.pack(">I", 2) + b"args"
+        theirs.sendall(packet.packet(PROG, 1, 7, packet.CALL_WITH_FDS, 1, packet.OK, body))
+        r, w = os.pipe()
+        for _ in range(2):
+            socket.send_fds(theirs, [b"\0"], [r])
+        os.close(r)
+        os.close(w)
+        theirs.sendall(packet.packet(PROG, 1, 8, packet.CALL, 2, packet.OK, b"next"))
+        theirs.settimeout(5)
+        for serial, echo in ((1, b"args"), (2, b"next")):
+            reply = await asyncio.to_thread(theirs.recv, packet.PACKET_MIN + 4,
+                                            socket.MSG_WAITALL)
+            assert packet.HEADER.unpack_from(reply, 4)[3:5] == (packet.REPLY, serial)
+            assert reply[packet.PACKET_MIN:] == echo
+    finally:
+        client.abort()
+        theirs.close()
