@@ -6,7 +6,6 @@ import asyncio
 import os
 import socket
 import struct
-from typing import Any
 
 import pytest
 
@@ -124,7 +123,8 @@ async def test_call_with_fds_runs_without_them() -> None:
     connection goes on."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    client = Client(_EchoTable(), Identity("unix", "test", False, 0, 0, 1))  # type: ignore[arg-type]
+    identity = Identity("unix", "test", False, 0, 0, 1)
+    client = Client(_EchoTable(), identity)  # type: ignore[arg-type]
     await asyncio.get_running_loop().connect_accepted_socket(lambda: client, ours)
     try:
         body = struct.pack(">I", 2) + b"args"
