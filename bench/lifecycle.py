@@ -36,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _daemons import Daemon, start_aiovirtd, start_libvirtd  # noqa: E402
-from guest import CMDLINE, PROMPT, ensure_guest  # noqa: E402
+from guest import CMDLINE, PROMPT, Guest, ensure_guest  # noqa: E402
 
 BOOT_TIMEOUT = 60.0
+SESSION_GUEST_DIR = "/var/tmp/avd-guest"
 SHUTDOWN_TIMEOUT = 30.0
 DOMAIN_XML = """<domain type='qemu'>
   <name>{name}</name>
@@ -120,10 +121,9 @@ def _start_virtlogd(libvirtd: Daemon) -> subprocess.Popen[bytes] | None:
 class Subject:
     """One daemon under test, with the guest definition it uses."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, guest: Guest) -> None:
         self.daemon = daemon
         self.conn = _libvirt().open(daemon.uri)
-        guest = ensure_guest()
         self.xml = DOMAIN_XML.format(
             name=f"bench-life-{daemon.name}", kernel=guest.kernel, initrd=guest.initrd,
             cmdline=CMDLINE,
@@ -183,7 +183,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--libvirtd", choices=("system", "session"), default="system")
     opts = parser.parse_args()
-    ensure_guest()
+    # The system libvirtd sees an empty /var and runs QEMU as root: the default cache
+    # under /root suits it; the session one runs QEMU as nobody, who needs /var/tmp.
+    guest = ensure_guest(Path(SESSION_GUEST_DIR) if opts.libvirtd == "session" else None)
     daemons: list[Daemon] = []
     subjects: list[Subject] = []
     virtlogd = None
@@ -191,7 +193,7 @@ def main() -> int:
         daemons.append(start_aiovirtd())
         daemons.append(start_libvirtd(opts.libvirtd))
         virtlogd = _start_virtlogd(daemons[1])
-        subjects = [Subject(d) for d in daemons]
+        subjects = [Subject(d, guest) for d in daemons]
         for s in subjects:  # a first start probes QEMU and warms caches: not counted
             s.round()
             s.reset()
