@@ -56,13 +56,21 @@ def _process(dom: Domain) -> QemuProcess:
 def _serve_device(call: Call, path: str, fd: int, kicked: asyncio.Event) -> None:
     stream = call.stream
     assert stream is not None
+    client = call.client
+
+    def never_started(_client: object) -> None:
+        """The connection went before the transfer began: give the device back."""
+        os.close(fd)
+        console.release(path, kicked)
 
     async def transfer() -> None:
+        client.on_close.remove(never_started)
         try:
             await console.pump(fd, stream.send, stream.recv, kicked)
         finally:
             console.release(path, kicked)
 
+    client.on_close.append(never_started)
     stream.serve(transfer())
 
 
