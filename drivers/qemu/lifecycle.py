@@ -84,14 +84,14 @@ async def setup(driver: QemuDriver, dom: Domain, proc: QemuProcess, d: DomainDef
 async def shutdown(driver: QemuDriver, dom: Domain, flags: int = 0) -> None:
     """virDomainShutdownFlags: the agent if asked (or connected), else the power button."""
     _check_flags(flags, POWER_ACPI | POWER_AGENT, "qemuDomainShutdownFlags")
-    restart = dom.definition.on_poweroff in ("restart", "rename-restart")
+    restart = dom.definition.on_poweroff == "restart"
     await _power(driver, dom, flags, restart, running_only=True)
 
 
 async def reboot(driver: QemuDriver, dom: Domain, flags: int = 0) -> None:
     """virDomainReboot: as shutdown, but the guest comes back (unless on_reboot says no)."""
     _check_flags(flags, POWER_ACPI | POWER_AGENT, "qemuDomainReboot")
-    restart = dom.definition.on_reboot not in ("destroy", "preserve")
+    restart = dom.definition.on_reboot != "destroy"
     await _power(driver, dom, flags, restart, running_only=False)
 
 
@@ -206,7 +206,7 @@ def _on_shutdown(driver: QemuDriver, dom: Domain, data: dict[str, Any]) -> None:
         return  # QEMU repeats it when it is then told to quit
     guest = data.get("guest")
     _notify(dom, "shutdown")
-    restart = dom.definition.on_poweroff in ("restart", "rename-restart")
+    restart = dom.definition.on_poweroff == "restart"
     if dom in _fake_reboot or restart:
         _paused_shutdown.add(dom)
         if dom.process is not None:

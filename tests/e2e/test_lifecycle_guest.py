@@ -262,3 +262,18 @@ def test_silent_agent_stalls_nobody(module_daemon: DaemonProcess) -> None:
         assert "Guest agent is not responding: Guest agent not available for now" in err
     finally:
         g.close()
+
+
+@pytest.mark.parametrize("action, error", [
+    ("<on_poweroff>preserve</on_poweroff>", "unsupported configuration: qemu driver doesn't"
+     " support the 'preserve' action for 'on_reboot'/'on_poweroff'"),
+    ("<on_crash>rename-restart</on_crash>", "unsupported configuration: qemu driver doesn't"
+     " support the 'rename-restart' action for 'on_reboot'/'on_poweroff'/'on_crash'"),
+    ("<on_reboot>coredump-destroy</on_reboot>", "unsupported configuration: Lifecycle event"
+     " 'reboot' doesn't support 'coredump-destroy' action"),
+])
+def test_actions_the_driver_refuses(module_daemon: DaemonProcess, action: str, error: str) -> None:
+    path = module_daemon.root / "refused.xml"
+    path.write_text(guest_xml("lc-refused", module_daemon.root / "x.log", action))
+    res = module_daemon.virsh("define", str(path), check=False)
+    assert res.returncode == 1 and error in res.stderr

@@ -25,6 +25,7 @@ def check_devices_early(d: DomainDef) -> None:
 
 def validate(d: DomainDef) -> None:
     """What libvirtd refuses in the complete definition."""
+    _lifecycle(d)
     devs = d.devices
     for n, video in enumerate(devs.videos):
         if n > 0 and video.model in ("vga", "cirrus", "vmvga", "bochs", "ramfb"):
@@ -53,6 +54,20 @@ def validate(d: DomainDef) -> None:
                 f"'{seen[disk.target]}' and '{disk.source or ''}'"
             )
         seen[disk.target] = disk.source or ""
+
+
+def _lifecycle(d: DomainDef) -> None:
+    """The actions the QEMU driver has no way to carry out, then those no driver has."""
+    actions = (d.on_poweroff, d.on_reboot, d.on_crash)
+    if "preserve" in actions[:2]:
+        raise _qemu("qemu driver doesn't support the 'preserve' action for"
+                    " 'on_reboot'/'on_poweroff'")
+    if "rename-restart" in actions:
+        raise _qemu("qemu driver doesn't support the 'rename-restart' action for"
+                    " 'on_reboot'/'on_poweroff'/'on_crash'")
+    for event, action in (("poweroff", d.on_poweroff), ("reboot", d.on_reboot)):
+        if action.startswith("coredump-"):
+            raise unsupported(f"Lifecycle event '{event}' doesn't support '{action}' action")
 
 
 def _qemu(message: str) -> VirError:
