@@ -12,7 +12,7 @@ import pytest
 from daemon.client import Client
 from daemon.listeners import Identity
 from daemon.remote.qemu import EVENT_NOCASE, EVENT_REGEX, _matcher
-from drivers.qemu import keymaps
+from drivers.qemu import console, keymaps
 from protocol import packet
 from protocol.errors import VirError
 
@@ -144,3 +144,53 @@ async def test_call_with_fds_runs_without_them() -> None:
     finally:
         client.abort()
         theirs.close()
+
+
+async def test_pump_moves_bytes_both_ways_until_the_client_ends() -> None:
+    master, slave = os.openpty()
+    fd = console.open_pty(os.ttyname(slave))
+    os.close(slave)
+    sent: list[bytes] = []
+    incoming: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    task = asyncio.ensure_future(console.pump(fd, send, incoming.get, asyncio.Event()))
+    os.write(master, b"guest says\n")  # raw mode: no echo, no line editing
+    await incoming.put(b"client says")
+    for _ in range(100):
+        if sent:
+            break
+        await asyncio.sleep(0.01)
+    assert b"".join(sent) == b"guest says\n"
+    assert await asyncio.to_thread(os.read, master, 100) == b"client says"
+    await incoming.put(b"")  # the client finished
+    await asyncio.wait_for(task, 5)
+    os.close(master)
+
+
+async def test_pump_forced_out() -> None:
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    kicked = console.claim(path, False, "busy")
+    with pytest.raises(VirError, match="busy"):
+        console.claim(path, False, "busy")
+    fd = console.open_pty(path)
+    os.close(slave)
+
+    async def send(data: bytes) -> None:
+        pass
+
+    never: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(console.pump(fd, send, lambda: never, kicked))
+    await asyncio.sleep(0)
+    second = console.claim(path, True, "busy")
+    with pytest.raises(VirError, match="stream had I/O failure"):
+        await asyncio.wait_for(task, 5)
+    console.release(path, kicked)  # the old session's release leaves the new one
+    with pytest.raises(VirError, match="busy"):
+        console.claim(path, False, "busy")
+    console.release(path, second)
+    console.release(path, console.claim(path, False, "busy"))
+    os.close(master)
