@@ -67,3 +67,20 @@ def test_open_graphics_fd_gives_a_vnc_connection(guest: DaemonProcess) -> None:
     with pytest.raises(libvirt.libvirtError) as err:
         dom.openGraphicsFD(1)
     assert err.value.get_error_message() == "internal error: No graphics backend with index 1"
+
+
+def test_open_graphics_fd_spice(guest: DaemonProcess) -> None:
+    """A SPICE server answers the link message a client sends first."""
+    conn = guest.conn()
+    xml = firmware_xml("i3e-spice").replace(
+        "<graphics type='vnc' autoport='yes'/><video><model type='vga'/></video>",
+        "<graphics type='spice' autoport='yes'/><video><model type='qxl'/></video>")
+    dom = conn.createXML(xml, 0)
+    try:
+        with socket.socket(fileno=dom.openGraphicsFD(0, 0)) as s:
+            s.settimeout(10)
+            link = struct.pack("<IBBHIIII", 0, 1, 0, 0, 0, 0, 0, 18)  # connection id, channel
+            s.sendall(b"REDQ" + struct.pack("<III", 2, 2, len(link)) + link)
+            assert s.recv(4) == b"REDQ"
+    finally:
+        dom.destroy()
