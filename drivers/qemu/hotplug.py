@@ -26,10 +26,12 @@ from drivers.qemu.domain_xml import defaults
 from drivers.qemu.domain_xml.addresses import (
     DRIVE_LAYOUT,
     assign_usb_addresses,
+    assign_virtio_serial_addresses,
     hotplug_pci_address,
 )
-from drivers.qemu.domain_xml.aliases import assign_aliases
+from drivers.qemu.domain_xml.aliases import assign_aliases, fill_channel_paths
 from drivers.qemu.domain_xml.model import (
+    CharDevice,
     Controller,
     Devices,
     Disk,
@@ -146,12 +148,12 @@ def _find_net(d: DomainDef, want: Interface) -> Interface:
 
 def _find_alias(d: DomainDef, alias: str) -> tuple[str, Any]:
     """(kind, device) of the device ``alias``; kind "other" for those hotplug leaves alone."""
-    for kind in ("disks", "interfaces", *_SIMPLE):
+    for kind in ("disks", "interfaces", "channels", *_SIMPLE):
         for dev in getattr(d.devices, kind):
             if dev.info.alias == alias:
                 return kind, dev
     for group in (
-        d.devices.serials, d.devices.channels, d.devices.sounds, d.devices.videos,
+        d.devices.serials, d.devices.sounds, d.devices.videos,
         d.devices.redirdevs, *d.devices.others.values(),
     ):
         for dev in group:
@@ -238,6 +240,8 @@ def _config_without(d: DomainDef, devs: Devices) -> DomainDef:
         new.devices.interfaces.remove(_find_net(new, devs.interfaces[0]))
     elif (kind := _simple_kind(devs)) is not None:
         _drop(getattr(new.devices, kind), _find_simple(new, kind, getattr(devs, kind)[0]))
+    elif devs.channels:
+        _drop(new.devices.channels, _find_channel(new, devs.channels[0]))
     else:
         raise _err(
             ErrorCode.OPERATION_UNSUPPORTED,
@@ -312,6 +316,8 @@ async def detach(driver: QemuDriver, dom: Domain, xml: str, flags: int) -> None:
             elif (simple := _simple_kind(devs)) is not None:
                 kind = simple
                 dev = _find_simple(dom.live, kind, getattr(devs, kind)[0])
+            elif devs.channels:
+                kind, dev = "channels", _find_channel(dom.live, devs.channels[0])
             else:
                 raise _unsupported_live("detach", el_tag(devs))
             await _unplug(driver, dom, kind, dev, wait=True)
@@ -395,8 +401,85 @@ async def _attach_live(driver: QemuDriver, dom: Domain, devs: Devices) -> None:
         await _attach_net(driver, dom, devs.interfaces[0])
     elif (kind := _simple_kind(devs)) is not None:
         await _attach_simple(driver, dom, kind, getattr(devs, kind)[0])
+    elif devs.channels and devs.channels[0].target_type in (None, "virtio"):
+        await _attach_channel(driver, dom, devs.channels[0])
     else:
         raise _unsupported_live("attach", el_tag(devs))
+
+
+def _find_channel(d: DomainDef, want: CharDevice) -> CharDevice:
+    for ch in d.devices.channels:
+        if want.info.alias is not None and ch.info.alias != want.info.alias:
+            continue
+        if ch.target_name == want.target_name and (ch.target_type or "virtio") == (
+            want.target_type or "virtio"
+        ):
+            return ch
+    raise _err(
+        ErrorCode.DEVICE_MISSING,
+        "device not found: matching character device not found",
+    )
+
+
+def _chardev_backend(ch: CharDevice) -> dict[str, Any]:
+    """``chardev-add``'s backend for a channel's source (QMP spells it unlike -chardev)."""
+    src = ch.source
+    if src.type == "pty":
+        return {"type": "pty", "data": {}}
+    if src.type == "unix":
+        server = src.attrs.get("mode", "bind") == "bind"
+        data: dict[str, Any] = {
+            "addr": {"type": "unix", "data": {"path": src.attrs.get("path", "")}},
+            "server": server,
+        }
+        if server:
+            data["wait"] = False
+        return {"type": "socket", "data": data}
+    return {"type": "spicevmc", "data": {"type": "vdagent"}}
+
+
+async def _attach_channel(driver: QemuDriver, dom: Domain, ch: CharDevice) -> None:
+    """A virtio channel on the guest's virtio-serial bus: chardev-add, then its port."""
+    proc = _proc(dom)
+    d, live = dom.live, dom.live_state
+    assert d is not None and live is not None
+    ch.target_type = "virtio"
+    if not any(c.type == "virtio-serial" for c in d.devices.controllers):
+        raise _err(
+            ErrorCode.INTERNAL_ERROR, "internal error: no virtio-serial controllers are available"
+        )
+    if ch.source.type not in ("pty", "unix", "spicevmc"):
+        raise _unsupported_live("attach", "chr")
+    ch.info.alias = ch.info.alias or _next_alias(d.devices.channels, "channel")
+    d.devices.channels.append(ch)
+    assign_virtio_serial_addresses(d)
+    fill_channel_paths(d, str(driver._channel_dir(live.id, d.name)))  # noqa: SLF001
+    backend = _chardev_backend(ch)
+    addr = ch.info.address
+    chr_id = f"char{ch.info.alias}"
+    added = False
+    try:
+        if not isinstance(addr, VirtioSerialAddress):
+            raise _err(ErrorCode.INTERNAL_ERROR, "internal error: no free virtio-serial port")
+        reply = await proc.monitor.execute("chardev-add", {"id": chr_id, "backend": backend})
+        added = True
+        props = {
+            "driver": "virtserialport", "bus": f"virtio-serial{addr.controller}.{addr.bus}",
+            "nr": addr.port, "chardev": chr_id, "id": ch.info.alias,
+        }
+        if ch.target_name:
+            props["name"] = ch.target_name
+        await proc.monitor.execute("device_add", props)
+    except BaseException:
+        _drop(d.devices.channels, ch)
+        if added:
+            await _quietly(proc, "chardev-remove", {"id": chr_id})
+        raise
+    if isinstance(reply, dict) and reply.get("pty"):
+        live.pty_paths[ch.info.alias] = str(reply["pty"])
+    live.channel_states[ch.info.alias] = "disconnected"
+    _live_changed(driver, dom)
+    driver.bus.emit("domain-device-added", dom, alias=ch.info.alias)
 
 
 def _next_alias(group: list[Any], prefix: str) -> str:
@@ -836,6 +919,11 @@ async def _finish(driver: QemuDriver, dom: Domain, alias: str) -> None:
         await _quietly(proc, "netdev_del", {"id": f"host{alias}"})
     elif kind == "rngs":
         await _quietly(proc, "object-del", {"id": f"obj{alias}"})
+    elif kind == "channels":
+        await _quietly(proc, "chardev-remove", {"id": f"char{alias}"})
+        if dom.live_state is not None:
+            dom.live_state.pty_paths.pop(alias, None)
+            dom.live_state.channel_states.pop(alias, None)
     _drop(getattr(d.devices, kind, []), dev)
     _live_changed(driver, dom)
     driver.bus.emit("domain-device-removed", dom, alias=alias)

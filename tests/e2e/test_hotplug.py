@@ -352,3 +352,24 @@ def test_other_devices_plug_and_unplug(guest: Guest, xml: str, alias: str) -> No
     guest.virsh("detach-device", NAME, str(path))
     guest.events.wait_for(f"'device-removed' for domain '{NAME}': {alias}")
     assert f"<alias name='{alias}'/>" not in guest.live_xml()
+
+
+def test_guest_agent_channel_plugs_and_unplugs(guest: Guest) -> None:
+    controller = guest.daemon.root / "vser.xml"
+    controller.write_text("<controller type='virtio-serial' index='0'/>")
+    channel = guest.daemon.root / "ga.xml"
+    channel.write_text(
+        "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+    )
+    guest.virsh("attach-device", NAME, str(controller))
+    guest.virsh("attach-device", NAME, str(channel))
+    guest.events.wait_for(f"'device-added' for domain '{NAME}': channel0")
+    xml = guest.live_xml()
+    assert "<address type='virtio-serial' controller='0' bus='0' port='1'/>" in xml
+    path = xml.split("<channel type='unix'>")[1].split("path='")[1].split("'")[0]
+    assert path.endswith("/org.qemu.guest_agent.0") and os.path.exists(path)
+    guest.virsh("detach-device", NAME, str(channel))
+    guest.events.wait_for(f"'device-removed' for domain '{NAME}': channel0")
+    assert "<channel" not in guest.live_xml()
+    guest.virsh("detach-device", NAME, str(controller))
+    guest.events.wait_for(f"'device-removed' for domain '{NAME}': virtio-serial0")
