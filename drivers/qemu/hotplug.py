@@ -941,7 +941,8 @@ def _drop(group: list[Any], dev: Any) -> None:
 
 
 async def refresh_from_qemu(proc: QemuProcess, d: DomainDef, taps: dict[str, str]) -> None:
-    """Give a re-parsed live definition the NIC aliases and disk node numbers QEMU has.
+    """Give a re-parsed live definition the NIC and channel aliases and disk node numbers
+    QEMU has.
 
     The status file keeps no aliases, and numbering devices by their order, as at
     start, goes wrong once hotplug has added and removed some. Devices QEMU no
@@ -953,14 +954,16 @@ async def refresh_from_qemu(proc: QemuProcess, d: DomainDef, taps: dict[str, str
         ids = {c["name"] for c in children if str(c.get("type", "")).startswith("child<")}
         blocks = await proc.monitor.execute("query-block")
         macs: dict[str, str] = {}
+        ports: dict[str, str] = {}  # virtio channel name -> id
         for id in ids:
-            if not id.startswith(("net", "ua-")):
-                continue
-            try:
-                args = {"path": f"/machine/peripheral/{id}", "property": "mac"}
-                macs[str(await proc.monitor.execute("qom-get", args))] = id
-            except VirError:
-                pass  # not a NIC
+            for prefix, prop, found in (("net", "mac", macs), ("channel", "name", ports)):
+                if not id.startswith((prefix, "ua-")):
+                    continue
+                try:
+                    args = {"path": f"/machine/peripheral/{id}", "property": prop}
+                    found[str(await proc.monitor.execute("qom-get", args))] = id
+                except VirError:
+                    pass  # not that kind of device
     except VirError as e:
         log.warning("cannot learn the devices of %s from QEMU: %s", d.name, e.message)
         return
@@ -971,6 +974,13 @@ async def refresh_from_qemu(proc: QemuProcess, d: DomainDef, taps: dict[str, str
             continue
         net.info.alias = alias
         net.target_dev = taps.get(alias, net.target_dev)
+    for ch in list(d.devices.channels):
+        if ch.target_type != "virtio" or not ch.target_name:
+            continue
+        if ch.target_name not in ports:
+            _drop(d.devices.channels, ch)
+            continue
+        ch.info.alias = ports[ch.target_name]
     for disk in list(d.devices.disks):
         if disk.info.alias not in ids:
             _drop(d.devices.disks, disk)
