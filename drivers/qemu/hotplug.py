@@ -4,9 +4,9 @@ Live changes follow libvirtd's QMP sequences (``blockdev-add`` + ``device_add``,
 ``netdev_add`` + ``device_add``, ``device_del`` then ``DEVICE_DELETED``), so a
 guest sees the same hardware appear. A removal needs the guest's consent: detach
 waits a few seconds for it and otherwise returns, the device leaving the live
-definition whenever QEMU reports it gone. Config changes re-parse the persistent
-definition with the device in or out, so it gets the same defaults and
-addresses as a define would give it, and is written back atomically.
+definition whenever QEMU reports it gone. A config attach re-parses the persistent
+definition with the device added, so it gets the defaults and addresses a define
+would give it; detach and update change a copy. Either is written back atomically.
 """
 
 from __future__ import annotations
@@ -319,7 +319,7 @@ async def detach(driver: QemuDriver, dom: Domain, xml: str, flags: int) -> None:
             elif devs.channels:
                 kind, dev = "channels", _find_channel(dom.live, devs.channels[0])
             else:
-                raise _unsupported_live("detach", el_tag(devs))
+                raise _unsupported_live("detach", _el_tag(devs))
             await _unplug(driver, dom, kind, dev, wait=True)
         if new_config is not None:
             _save_config(driver, dom, new_config)
@@ -364,7 +364,8 @@ async def update(driver: QemuDriver, dom: Domain, xml: str, flags: int) -> None:
             _save_config(driver, dom, new_config)
 
 
-def el_tag(devs: Devices) -> str:
+def _el_tag(devs: Devices) -> str:
+    """The kind of the parsed device as libvirt's messages name it."""
     for name in ("controllers", "serials", "consoles", "channels", "inputs", "graphics",
                  "sounds", "videos", "redirdevs", "watchdogs", "rngs"):
         if getattr(devs, name):
@@ -404,7 +405,7 @@ async def _attach_live(driver: QemuDriver, dom: Domain, devs: Devices) -> None:
     elif devs.channels and devs.channels[0].target_type in (None, "virtio"):
         await _attach_channel(driver, dom, devs.channels[0])
     else:
-        raise _unsupported_live("attach", el_tag(devs))
+        raise _unsupported_live("attach", _el_tag(devs))
 
 
 def _find_channel(d: DomainDef, want: CharDevice) -> CharDevice:
@@ -759,7 +760,7 @@ async def _update_live(driver: QemuDriver, dom: Domain, devs: Devices, force: bo
             net.link_state = want.link_state
             _live_changed(driver, dom)
     else:
-        raise _unsupported_live("update", el_tag(devs))
+        raise _unsupported_live("update", _el_tag(devs))
 
 
 async def _block_entry(proc: QemuProcess, alias: str) -> dict[str, Any] | None:
