@@ -1,9 +1,9 @@
 """A running guest's character devices opened for a client: consoles and channels.
 
 A serial console is a pty QEMU made (its path comes from ``query-chardev`` at
-start); a channel is a Unix socket QEMU listens on. One client at a
-time may hold a device, as libvirtd enforces: a second one is refused unless
-it forces its way in, which ends the first session.
+start); a channel is a Unix socket QEMU listens on. One client at a time may
+hold a device, as libvirtd enforces: a second one is refused unless it forces
+its way in, which ends the first session.
 
 :func:`pump` moves bytes both ways between the device and a sink/source pair
 (the daemon passes its stream), and stops when either side ends.
@@ -45,23 +45,23 @@ def console_path(dom: Domain, dev_name: str | None) -> str:
     if d is None or live is None or not dom.active:
         raise _not_running()
     devs = d.devices
-    chr: CharDevice | None = None
+    dev: CharDevice | None = None
     if dev_name is not None:
         for c in (*devs.consoles, *devs.serials):
             if c.info.alias == dev_name:
-                chr = c
+                dev = c
                 break
     elif devs.consoles:
-        chr = devs.consoles[0]
+        dev = devs.consoles[0]
     elif devs.serials:
-        chr = devs.serials[0]
-    if chr is None:
+        dev = devs.serials[0]
+    if dev is None:
         raise _error(ErrorCode.INTERNAL_ERROR,
                      f"internal error: cannot find character device {dev_name or '<null>'}")
-    path = live.pty_paths.get(chr.info.alias or "") if chr.source.type == "pty" else None
+    path = live.pty_paths.get(dev.info.alias or "") if dev.source.type == "pty" else None
     if path is None:
         raise _error(ErrorCode.INTERNAL_ERROR,
-                     f"internal error: character device {dev_name or chr.info.alias}"
+                     f"internal error: character device {dev_name or dev.info.alias}"
                      " is not using a PTY")
     return path
 
@@ -74,19 +74,19 @@ def channel_path(dom: Domain, name: str | None) -> str:
     d, live = dom.live, dom.live_state
     if d is None or live is None or not dom.active:
         raise _not_running()
-    chr: CharDevice | None = None
+    dev: CharDevice | None = None
     for c in d.devices.channels:
         if name is None or c.info.alias == name or \
                 (c.target_type == "virtio" and c.target_name == name):
-            chr = c
+            dev = c
             break
-    if chr is None:
+    if dev is None:
         raise _error(ErrorCode.INTERNAL_ERROR,
                      f"internal error: cannot find channel {name or '<null>'}")
-    if chr.source.type == "unix" and chr.source.attrs.get("path"):
-        return chr.source.attrs["path"]
+    if dev.source.type == "unix" and dev.source.attrs.get("path"):
+        return dev.source.attrs["path"]
     raise _error(ErrorCode.INTERNAL_ERROR,
-                 f"internal error: channel {name or chr.info.alias} is not using a UNIX socket")
+                 f"internal error: channel {name or dev.info.alias} is not using a UNIX socket")
 
 
 def claim(path: str, force: bool, busy_message: str) -> asyncio.Event:
