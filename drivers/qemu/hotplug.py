@@ -875,6 +875,9 @@ def on_device_event(driver: QemuDriver, dom: Domain, name: str, data: dict[str, 
     if not alias:
         return  # a device's inner part (a virtio backend), or one without an id
     job = _pending.get(dom, {}).get(alias)
+    if job is not None and not _holds(dom.live, job.kind, job.dev):
+        _pending[dom].pop(alias, None)  # left from an earlier run of the guest
+        job = None
     if name == "DEVICE_UNPLUG_GUEST_ERROR":
         _pending.get(dom, {}).pop(alias, None)
         if job is not None and not job.done.done():
@@ -928,6 +931,10 @@ async def _finish(driver: QemuDriver, dom: Domain, alias: str) -> None:
     _drop(getattr(d.devices, kind, []), dev)
     _live_changed(driver, dom)
     driver.bus.emit("domain-device-removed", dom, alias=alias)
+
+
+def _holds(d: DomainDef | None, kind: str, dev: Any) -> bool:
+    return d is not None and any(x is dev for x in getattr(d.devices, kind, []))
 
 
 def _drop(group: list[Any], dev: Any) -> None:
