@@ -753,6 +753,13 @@ async def _update_live(driver: QemuDriver, dom: Domain, devs: Devices, force: bo
     elif devs.interfaces:
         want = devs.interfaces[0]
         net = _find_net(d, want)
+        model = want.model or "rtl8139"  # the default the new definition would get
+        if model != net.model:
+            raise _err(
+                ErrorCode.OPERATION_UNSUPPORTED,
+                f"Operation not supported: cannot modify network device model from"
+                f" {net.model} to {model}",
+            )
         if (want.link_state or "up") != (net.link_state or "up"):
             proc = _proc(dom)
             up = want.link_state != "down"

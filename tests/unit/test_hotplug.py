@@ -267,6 +267,11 @@ async def test_link_state_and_alias_detach(driver: QemuDriver) -> None:
     await hotplug.update(driver, dom, down, 0)
     assert mon.calls == [("set_link", {"name": "net0", "up": False})]
     assert "<link state='down'/>" in driver.get_xml_desc(dom)
+    with pytest.raises(VirError) as e:
+        await hotplug.update(driver, dom, down.replace("virtio", "e1000"), 0)
+    assert e.value.message == (
+        "Operation not supported: cannot modify network device model from virtio to e1000"
+    )
     await hotplug.detach_alias(driver, dom, "net0", hotplug.AFFECT_LIVE)
     assert mon.sent()[-1] == "device_del"
     with pytest.raises(VirError) as e:
