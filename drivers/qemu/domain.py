@@ -91,6 +91,7 @@ class Detail:
     SHUTDOWN_FINISHED = 0
     SHUTDOWN_GUEST = 1
     SHUTDOWN_HOST = 2
+    CRASHED_PANICKED = 0
 
 
 # How a guest that stopped is reported: (shutoff reason, STOPPED event detail).

@@ -632,9 +632,9 @@ class QemuDriver:
                 pass  # already gone, or still holding something
         self._by_id.pop(dom.id, None)
         dom.stopped(reason)
-        lifecycle.forget(dom)
+        detail = lifecycle.stopped(dom, STOP_OUTCOME[reason])
         if emit:
-            self._emit(dom, Event.STOPPED, STOP_OUTCOME[reason])
+            self._emit(dom, Event.STOPPED, detail)
         if not dom.persistent:
             self._forget(dom)
 

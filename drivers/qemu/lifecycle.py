@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 POWER_ACPI = 1 << 0
 POWER_AGENT = 1 << 1
 RUNNING_CRASHED = 9  # virDomainRunningReason: running again after a crash
+CRASHED_PANICKED = 1  # virDomainCrashedReason
 # virConnectDomainEventAgentLifecycleState / Reason
 AGENT_CONNECTED, AGENT_DISCONNECTED = 1, 2
 AGENT_DOMAIN_STARTED, AGENT_CHANNEL = 1, 2
@@ -39,6 +40,8 @@ AGENT_DOMAIN_STARTED, AGENT_CHANNEL = 1, 2
 # those stopped in one right now (QEMU's STOP then is no pause to report).
 _fake_reboot: weakref.WeakSet[Domain] = weakref.WeakSet()
 _paused_shutdown: weakref.WeakSet[Domain] = weakref.WeakSet()
+# Domains being destroyed because their guest panicked (on_crash destroy).
+_panicked: weakref.WeakSet[Domain] = weakref.WeakSet()
 # An agent's guest-shutdown gets no answer: its call ends at the guest's
 # SHUTDOWN (or, for a reboot, RESET) event.
 _awaiting: weakref.WeakKeyDictionary[Domain, tuple[str, asyncio.Future[None]]] = (
@@ -176,6 +179,9 @@ def on_qmp_event(driver: QemuDriver, dom: Domain, name: str, data: dict[str, Any
     if name == "RESET":
         _on_reset(driver, dom)
         return True
+    if name == "GUEST_PANICKED":
+        _on_panic(driver, dom)
+        return True
     if name == "STOP":
         return dom in _paused_shutdown  # the stop of a fake reboot is not a pause
     if name == "VSERPORT_CHANGE":
@@ -204,6 +210,8 @@ def _notify(dom: Domain, what: str) -> None:
 def _on_shutdown(driver: QemuDriver, dom: Domain, data: dict[str, Any]) -> None:
     if dom.state == State.SHUTDOWN or not dom.active:
         return  # QEMU repeats it when it is then told to quit
+    if dom in _panicked:
+        return  # its quitting as a crashed guest is ended; libvirtd no longer listens
     guest = data.get("guest")
     _notify(dom, "shutdown")
     restart = dom.definition.on_poweroff == "restart"
@@ -235,9 +243,11 @@ async def _fake_reboot_now(driver: QemuDriver, dom: Domain, proc: QemuProcess) -
             if dom.process is not proc or not dom.active:
                 return
             await proc.monitor.execute("system_reset")
-            reason = RUNNING_CRASHED if dom.state == State.CRASHED else Running.BOOTED
+            crashed = dom.state == State.CRASHED
             await proc.monitor.execute("cont")
-            dom.set_state(State.RUNNING, reason)
+            dom.set_state(State.RUNNING, RUNNING_CRASHED if crashed else Running.BOOTED)
+            if crashed:  # from the crash, as from any pause, the guest resumes
+                driver._emit(dom, Event.RESUMED, Detail.RESUMED_UNPAUSED)
             driver._save_status(dom)
             ok = True
     except VirError as e:
@@ -258,11 +268,37 @@ def _on_reset(driver: QemuDriver, dom: Domain) -> None:
     driver._save_status(dom)
 
 
-def forget(dom: Domain) -> None:
-    """The guest stopped: no reboot or agent state survives into its next run."""
+def _on_panic(driver: QemuDriver, dom: Domain) -> None:
+    """The guest's kernel panicked (pvpanic); QEMU has paused it. on_crash decides."""
+    if not dom.active or dom.process is None:
+        return
+    dom.set_state(State.CRASHED, CRASHED_PANICKED)
+    driver._emit(dom, Event.CRASHED, Detail.CRASHED_PANICKED)
+    driver._save_status(dom)
+    action = dom.definition.on_crash
+    # No core dumps are written here: the coredump- actions do the rest of their work.
+    if action in ("destroy", "coredump-destroy") and dom.stop_reason is None:
+        _panicked.add(dom)
+        dom.stop_reason = Shutoff.CRASHED
+        driver._spawn(dom.process.kill(graceful=False))
+    elif action in ("restart", "coredump-restart"):
+        _paused_shutdown.add(dom)
+        driver._spawn(_fake_reboot_now(driver, dom, dom.process))
+    # preserve: the guest stays crashed, for a reset or a destroy.
+
+
+def stopped(dom: Domain, detail: int) -> int:
+    """The guest stopped: no reboot or agent state survives into its next run.
+
+    Returns the STOPPED event's detail, ``detail`` unless a panic ended the guest.
+    """
+    if dom in _panicked:
+        detail = Detail.STOPPED_CRASHED
+    _panicked.discard(dom)
     _fake_reboot.discard(dom)
     _paused_shutdown.discard(dom)
     waiting = _awaiting.pop(dom, None)
     if waiting is not None and not waiting[1].done():
         waiting[1].set_result(None)
     agent.drop(dom)
+    return detail

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from e2e.daemon import DaemonProcess
-from e2e.test_domain_lifecycle import EventWatch, out
-from guest import BANNER, ensure_guest
+from e2e.test_domain_lifecycle import EventWatch, PtyConsole, out
+from guest import BANNER, PROMPT, ensure_guest
 
 pytestmark = pytest.mark.slow
 
@@ -277,3 +277,34 @@ def test_actions_the_driver_refuses(module_daemon: DaemonProcess, action: str, e
     path.write_text(guest_xml("lc-refused", module_daemon.root / "x.log", action))
     res = module_daemon.virsh("define", str(path), check=False)
     assert res.returncode == 1 and error in res.stderr
+
+
+@pytest.mark.parametrize("action, state, events", [
+    ("destroy", "shut off (crashed)", ["Crashed Panicked", "Stopped Crashed"]),
+    ("restart", "running (crashed)", ["Crashed Panicked", "Resumed Unpaused"]),
+    ("preserve", "crashed (panicked)", ["Crashed Panicked"]),
+])
+def test_on_crash(module_daemon: DaemonProcess, action: str, state: str,
+                  events: list[str]) -> None:
+    """A kernel panic told to QEMU by pvpanic, then what on_crash says."""
+    import re
+
+    g = Guest(module_daemon, f"lc-crash-{action}", f"<on_crash>{action}</on_crash>",
+              "<panic model='isa'/>")
+    try:
+        g.start()
+        pty = re.search(r"<source path='(/dev/pts/\d+)'/>", out(g.daemon, "dumpxml", g.name))
+        assert pty is not None
+        console = PtyConsole(pty.group(1))
+        try:
+            console.expect(PROMPT.encode(), BOOT, poke=True)
+            console.send("echo c > /proc/sysrq-trigger")
+            g.wait_event(events[-1])
+        finally:
+            console.close()
+        if action == "restart":
+            g.wait_banners(2)
+        assert g.lifecycle()[2:] == events  # after Resumed Unpaused, Started Booted
+        assert g.state() == state
+    finally:
+        g.close()

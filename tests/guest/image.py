@@ -31,10 +31,11 @@ CMDLINE = "console=ttyS0 quiet panic=-1"
 BANNER = "aiovirtd-test-guest ready"
 PROMPT = "guest# "
 # What the guest loads: virtio disks, network, balloon and serial ports (the
-# agent's channel), and the ACPI power button as an input device for acpid.
-# Their dependencies are added at build.
+# agent's channel), the ACPI power button as an input device for acpid, and
+# pvpanic (ISA, found through ACPI) to tell QEMU of a kernel panic. Their
+# dependencies are added at build.
 MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon", "virtio_console",
-           "button", "evdev")
+           "button", "evdev", "pvpanic_mmio")
 POWER_BUTTON = b"#!/bin/sh\npoweroff -f\n"
 
 HERE = Path(__file__).resolve().parent
