@@ -81,7 +81,8 @@ async def domain_get_hostname(call: Call, args: Any) -> Any:
         if not dom.active:
             raise _inactive()
         raise VirError(ErrorCode.NO_HOSTNAME,
-                       f"no hostname found: no hostname found for domain {dom.name}", ErrorDomain.QEMU)
+                       f"no hostname found: no hostname found for domain {dom.name}",
+                       ErrorDomain.QEMU)
     reply = await agent.agent_for(dom).execute("guest-get-host-name")
     if not isinstance(reply, dict):
         raise _malformed()

@@ -16,6 +16,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from drivers.qemu.domain import State
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 if TYPE_CHECKING:
@@ -222,25 +223,19 @@ def agent_channel(dom: Domain) -> Any:
     return None
 
 
-def configured(dom: Domain) -> bool:
-    return agent_channel(dom) is not None
-
-
 def available(dom: Domain) -> bool:
     """The guest runs and its agent has its end of the channel open."""
     ch = agent_channel(dom)
-    if ch is None or dom.live_state is None or dom.state != 1:  # RUNNING
+    if ch is None or dom.live_state is None or dom.state != State.RUNNING:
         return False
     return dom.live_state.channel_states.get(ch.info.alias or "") == "connected"
 
 
 def agent_for(dom: Domain) -> Agent:
     """The domain's agent, ready for a command, or libvirt's error why not."""
-    if not dom.active or dom.process is None:
+    if not dom.active or dom.process is None or dom.state != State.RUNNING:
         raise _not_running()
     ch = agent_channel(dom)
-    if dom.state != 1:  # RUNNING
-        raise _not_running()
     if ch is None:
         raise VirError(
             ErrorCode.ARGUMENT_UNSUPPORTED,

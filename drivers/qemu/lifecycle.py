@@ -113,8 +113,6 @@ async def _power(
         except VirError:
             if agent_only:
                 raise
-        if not (acpi_asked or not flags):
-            return
         if not dom.active:  # the guest went while the agent was tried
             return
     await _acpi_power(driver, dom, restart, running_only)

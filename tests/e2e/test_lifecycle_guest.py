@@ -30,7 +30,8 @@ def guest_xml(name: str, log: Path, extra: str = "", devices: str = "", args: st
     return (
         f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory>"
         "<os><type arch='x86_64' machine='pc'>hvm</type>"
-        f"<kernel>{g.kernel}</kernel><initrd>{g.initrd}</initrd><cmdline>{g.cmdline} {args}</cmdline>"
+        f"<kernel>{g.kernel}</kernel><initrd>{g.initrd}</initrd>"
+        f"<cmdline>{g.cmdline} {args}</cmdline>"
         f"</os><features><acpi/></features>{extra}<devices>"
         f"<serial type='pty'><log file='{log}'/></serial><console type='pty'/>{devices}"
         "</devices></domain>"

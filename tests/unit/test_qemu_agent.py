@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,11 @@ def qga(replies: dict[str, Any]) -> Answer:
     return answer
 
 
+Make = Callable[[Answer], Awaitable[FakeAgent]]
+
+
 @pytest.fixture
-async def fake(tmp_path: Path) -> AsyncIterator[Callable[[Answer], Any]]:
+async def fake(tmp_path: Path) -> AsyncIterator[Make]:
     fakes: list[FakeAgent] = []
 
     async def make(answer: Answer) -> FakeAgent:
@@ -78,7 +81,7 @@ async def fake(tmp_path: Path) -> AsyncIterator[Callable[[Answer], Any]]:
         await f.stop()
 
 
-async def test_sync_then_command(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_sync_then_command(fake: Make) -> None:
     f = await fake(qga({"guest-get-host-name": {"return": {"host-name": "tiny"}}}))
     a = Agent(str(f.path))
     assert await a.execute("guest-get-host-name") == {"host-name": "tiny"}
@@ -88,7 +91,7 @@ async def test_sync_then_command(fake) -> None:  # type: ignore[no-untyped-def]
     a.close()
 
 
-async def test_leftovers_before_the_delimiter_are_dropped(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_leftovers_before_the_delimiter_are_dropped(fake: Make) -> None:
     def answer(cmd: dict[str, Any]) -> bytes | None:
         if cmd["execute"] == "guest-sync-delimited":
             stale = b'{"return": 12}\n{"return": {"late": 1}}\n'
@@ -101,7 +104,7 @@ async def test_leftovers_before_the_delimiter_are_dropped(fake) -> None:  # type
     a.close()
 
 
-async def test_silent_agent_times_out_alone(fake, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_silent_agent_times_out_alone(fake: Make, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent, "DEFAULT_TIMEOUT", 0.3)
     silent = await fake(lambda cmd: None)
     good = await fake(qga({"guest-ping": {"return": {}}}))
@@ -115,7 +118,7 @@ async def test_silent_agent_times_out_alone(fake, monkeypatch) -> None:  # type:
     assert e.value.message == "Guest agent is not responding: Guest agent not available for now"
 
 
-async def test_late_answer_after_timeout_is_not_taken_for_the_next(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_late_answer_after_timeout_is_not_taken_for_the_next(fake: Make) -> None:
     state = {"slow": True}
 
     def answer(cmd: dict[str, Any]) -> bytes | None:
@@ -134,7 +137,7 @@ async def test_late_answer_after_timeout_is_not_taken_for_the_next(fake) -> None
     assert f.seen.count("guest-sync-delimited") == 2  # in sync again before the next
 
 
-async def test_errors_as_libvirt_words_them(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_errors_as_libvirt_words_them(fake: Make) -> None:
     f = await fake(qga({
         "guest-nope": {"error": {"class": "CommandNotFound"}},
         "guest-fail": {"error": {"class": "GenericError", "desc": "it broke"}},
@@ -154,7 +157,7 @@ async def test_errors_as_libvirt_words_them(fake) -> None:  # type: ignore[no-un
     a.close()
 
 
-async def test_agent_going_away(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_agent_going_away(fake: Make) -> None:
     f = await fake(lambda cmd: sync_reply(cmd) if "sync" in cmd["execute"] else b"CLOSE")
     a = Agent(str(f.path))
     with pytest.raises(VirError) as e:
@@ -172,7 +175,7 @@ async def test_no_agent_listening(tmp_path: Path) -> None:
     assert e.value.code == ErrorCode.AGENT_UNRESPONSIVE
 
 
-async def test_shutdown_ends_with_the_event(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_shutdown_ends_with_the_event(fake: Make) -> None:
     f = await fake(qga({"guest-shutdown": None}))  # qemu-ga powers off without a word
     a = Agent(str(f.path))
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -181,7 +184,7 @@ async def test_shutdown_ends_with_the_event(fake) -> None:  # type: ignore[no-un
     assert f.seen[-1] == "guest-shutdown"
 
 
-async def test_no_wait(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_no_wait(fake: Make) -> None:
     f = await fake(qga({}))
     a = Agent(str(f.path))
     assert await a.send({"execute": "guest-fstrim"}, timeout=0) is None
