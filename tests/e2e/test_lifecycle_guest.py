@@ -134,6 +134,11 @@ def test_reset(guest: Guest) -> None:
     guest.wait_banners(2)
     assert guest.reboots() >= 1
     assert guest.state() == "running (booted)"
+    # A graceful destroy is SIGTERM alone: QEMU reports a host shutdown, then goes.
+    guest.daemon.virsh("destroy", "--graceful", guest.name)
+    guest.wait_event("Stopped Destroyed")
+    assert guest.lifecycle()[-2:] == ["Shutdown Finished after host request", "Stopped Destroyed"]
+    assert guest.state() == "shut off (destroyed)"
 
 
 def test_on_poweroff_restart(module_daemon: DaemonProcess) -> None:
