@@ -179,7 +179,9 @@ class QemuDriver:
         return dom
 
     def list_domains(self, flags: int = 0) -> list[Domain]:
-        doms = [dom for dom in self._by_uuid.values() if _matches(dom, flags)]
+        doms = list(self._by_uuid.values())
+        if flags:  # no filter at all is the common call (virsh list --all)
+            doms = [dom for dom in doms if _matches(dom, flags)]
         both = LIST_AUTOSTART | LIST_NO_AUTOSTART
         if flags & both not in (0, both):
             want = bool(flags & LIST_AUTOSTART)
