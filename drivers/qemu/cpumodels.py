@@ -11,7 +11,8 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from xml.etree import ElementTree
+
+from lxml import etree
 
 from drivers import host
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -41,8 +42,8 @@ def map_models(map_arch: str, directory: str = host.CPU_MAP_DIR) -> tuple[tuple[
     """
     base = Path(directory)
     try:
-        index = ElementTree.parse(base / "index.xml").getroot()
-    except (OSError, ElementTree.ParseError):
+        index = etree.parse(base / "index.xml").getroot()
+    except (OSError, etree.ParseError):
         return ()
     section = index.find(f"arch[@name='{map_arch}']")
     if section is None:
@@ -50,8 +51,8 @@ def map_models(map_arch: str, directory: str = host.CPU_MAP_DIR) -> tuple[tuple[
     found: list[tuple[str, str]] = []
     for include in section.findall("include"):
         try:
-            doc = ElementTree.parse(base / include.get("filename", "")).getroot()
-        except (OSError, ElementTree.ParseError):
+            doc = etree.parse(base / include.get("filename", "")).getroot()
+        except (OSError, etree.ParseError):
             continue
         for model in doc.findall("model"):
             vendor = model.find("vendor")
@@ -115,8 +116,8 @@ def x86_map(directory: str) -> X86Map | None:
     """The x86 section of the CPU map in ``directory``, read once; None if absent."""
     base = Path(directory)
     try:
-        index = ElementTree.parse(base / "index.xml").getroot()
-    except (OSError, ElementTree.ParseError):
+        index = etree.parse(base / "index.xml").getroot()
+    except (OSError, etree.ParseError):
         return None
     section = index.find("arch[@name='x86']")
     if section is None:
@@ -127,8 +128,8 @@ def x86_map(directory: str) -> X86Map | None:
     non_migratable: set[str] = set()
     for include in section.findall("include"):
         try:
-            doc = ElementTree.parse(base / include.get("filename", "")).getroot()
-        except (OSError, ElementTree.ParseError):
+            doc = etree.parse(base / include.get("filename", "")).getroot()
+        except (OSError, etree.ParseError):
             continue
         for feat in doc.findall("feature"):
             name = feat.get("name", "")
