@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import fcntl
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -55,7 +54,9 @@ def setup_logging(config: Config, verbose: bool) -> None:
             Path(arg).parent.mkdir(parents=True, exist_ok=True)
             handler: logging.Handler = logging.FileHandler(arg)
         elif kind == "syslog":
-            handler = logging.handlers.SysLogHandler("/dev/log")
+            from logging.handlers import SysLogHandler  # pulls in pickle: only when asked for
+
+            handler = SysLogHandler("/dev/log")
         elif kind in ("stderr", "journald"):
             handler = logging.StreamHandler(sys.stderr)
         else:
