@@ -54,7 +54,8 @@ def setup_logging(config: Config, verbose: bool) -> None:
             Path(arg).parent.mkdir(parents=True, exist_ok=True)
             handler: logging.Handler = logging.FileHandler(arg)
         elif kind == "syslog":
-            from logging.handlers import SysLogHandler  # pulls in pickle: only when asked for
+            # logging.handlers pulls in pickle: imported only when syslog is asked for
+            from logging.handlers import SysLogHandler
 
             handler = SysLogHandler("/dev/log")
         elif kind in ("stderr", "journald"):
