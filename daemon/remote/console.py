@@ -16,10 +16,10 @@ import tempfile
 from typing import Any
 
 from daemon.dispatch import Call
+from daemon.remote._common import check_flags, dom_of, running_process
 from daemon.streams import CHUNK
 from drivers.qemu import console, keymaps
 from drivers.qemu.domain import Domain
-from drivers.qemu.process import QemuProcess
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
 
@@ -29,25 +29,6 @@ CONSOLE_FORCE = 1 << 0
 CONSOLE_SAFE = 1 << 1
 CHANNEL_FORCE = 1 << 0
 GRAPHICS_SKIPAUTH = 1 << 0
-
-
-def _dom(call: Call, handle: Any) -> Domain:
-    return call.driver.lookup_by_uuid(handle.uuid, handle.name)
-
-
-def _check_flags(flags: int, allowed: int, api: str) -> None:
-    if flags & ~allowed:
-        raise VirError(ErrorCode.INVALID_ARG,
-                       f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
-                       ErrorDomain.QEMU)
-
-
-def _process(dom: Domain) -> QemuProcess:
-    if dom.process is None or not dom.active:
-        raise VirError(ErrorCode.OPERATION_INVALID,
-                       "Requested operation is not valid: domain is not running",
-                       ErrorDomain.QEMU)
-    return dom.process
 
 
 # -- consoles and channels ------------------------------------------------------------
@@ -75,8 +56,8 @@ def _serve_device(call: Call, path: str, fd: int, kicked: asyncio.Event) -> None
 
 
 async def domain_open_console(call: Call, args: Any) -> None:
-    _check_flags(args.flags, CONSOLE_FORCE | CONSOLE_SAFE, "qemuDomainOpenConsole")
-    dom = _dom(call, args.dom)
+    check_flags(args.flags, CONSOLE_FORCE | CONSOLE_SAFE, "qemuDomainOpenConsole")
+    dom = dom_of(call, args.dom)
     path = console.console_path(dom, args.dev_name)
     kicked = console.claim(path, bool(args.flags & CONSOLE_FORCE),
                            "Active console session exists for this domain")
@@ -89,8 +70,8 @@ async def domain_open_console(call: Call, args: Any) -> None:
 
 
 async def domain_open_channel(call: Call, args: Any) -> None:
-    _check_flags(args.flags, CHANNEL_FORCE, "qemuDomainOpenChannel")
-    dom = _dom(call, args.dom)
+    check_flags(args.flags, CHANNEL_FORCE, "qemuDomainOpenChannel")
+    dom = dom_of(call, args.dom)
     path = console.channel_path(dom, args.name)
     kicked = console.claim(path, bool(args.flags & CHANNEL_FORCE),
                            "Active channel stream exists for this domain")
@@ -123,9 +104,9 @@ def _screen_device(dom: Domain, screen: int) -> tuple[str | None, int]:
 
 
 async def domain_screenshot(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, 0, "qemuDomainScreenshot")
-    dom = _dom(call, args.dom)
-    proc = _process(dom)
+    check_flags(args.flags, 0, "qemuDomainScreenshot")
+    dom = dom_of(call, args.dom)
+    proc = running_process(dom)
     device, head = _screen_device(dom, args.screen)
     directory = call.driver.dirs.lib_dir
     fd, path = tempfile.mkstemp(prefix="qemu.screendump.", dir=directory)
@@ -158,7 +139,7 @@ async def domain_screenshot(call: Call, args: Any) -> Any:
 
 
 async def domain_send_key(call: Call, args: Any) -> None:
-    _check_flags(args.flags, 0, "qemuDomainSendKey")
+    check_flags(args.flags, 0, "qemuDomainSendKey")
     codes = []
     for code in args.keycodes:
         qnum = keymaps.to_qnum(args.codeset, code)
@@ -169,9 +150,9 @@ async def domain_send_key(call: Call, args: Any) -> None:
                            f"internal error: cannot translate keycode {code} of {name}"
                            " codeset to qnum keycode", ErrorDomain.QEMU)
         codes.append(qnum)
-    dom = _dom(call, args.dom)
+    dom = dom_of(call, args.dom)
     async with dom.lock:
-        proc = _process(dom)
+        proc = running_process(dom)
         cmd: dict[str, Any] = {"keys": [{"type": "number", "data": c} for c in codes]}
         if args.holdtime:
             cmd["hold-time"] = args.holdtime
@@ -182,9 +163,9 @@ async def domain_send_key(call: Call, args: Any) -> None:
 
 
 async def domain_open_graphics_fd(call: Call, args: Any) -> None:
-    _check_flags(args.flags, GRAPHICS_SKIPAUTH, "qemuDomainOpenGraphicsFD")
-    dom = _dom(call, args.dom)
-    proc = _process(dom)
+    check_flags(args.flags, GRAPHICS_SKIPAUTH, "qemuDomainOpenGraphicsFD")
+    dom = dom_of(call, args.dom)
+    proc = running_process(dom)
     graphics = dom.live.devices.graphics if dom.live else []
     if args.idx >= len(graphics):
         raise VirError(ErrorCode.INTERNAL_ERROR,

@@ -10,28 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
+from daemon.remote._common import check_flags, dom_of, handle_of
 from drivers.qemu.domain import Domain
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
 
 R = remote().module
-
-
-def _handle(dom: Domain) -> Any:
-    return R.remote_nonnull_domain(dom.name, dom.uuid, dom.id)
-
-
-def _dom(call: Call, handle: Any) -> Domain:
-    return call.driver.lookup_by_uuid(handle.uuid, handle.name)
-
-
-def _check_flags(flags: int, allowed: int, api: str) -> None:
-    if flags & ~allowed:
-        raise VirError(
-            ErrorCode.INVALID_ARG,
-            f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
-            ErrorDomain.QEMU,
-        )
 
 
 def _check_list_max(count: int, what: str) -> None:
@@ -43,21 +27,21 @@ def _check_list_max(count: int, what: str) -> None:
 
 
 async def domain_lookup_by_name(call: Call, args: Any) -> Any:
-    return R.remote_domain_lookup_by_name_ret(_handle(call.driver.lookup_by_name(args.name)))
+    return R.remote_domain_lookup_by_name_ret(handle_of(call.driver.lookup_by_name(args.name)))
 
 
 async def domain_lookup_by_uuid(call: Call, args: Any) -> Any:
-    return R.remote_domain_lookup_by_uuid_ret(_handle(call.driver.lookup_by_uuid(args.uuid)))
+    return R.remote_domain_lookup_by_uuid_ret(handle_of(call.driver.lookup_by_uuid(args.uuid)))
 
 
 async def domain_lookup_by_id(call: Call, args: Any) -> Any:
-    return R.remote_domain_lookup_by_id_ret(_handle(call.driver.lookup_by_id(args.id)))
+    return R.remote_domain_lookup_by_id_ret(handle_of(call.driver.lookup_by_id(args.id)))
 
 
 async def connect_list_all_domains(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, (1 << 16) - 1, "qemuConnectListAllDomains")
+    check_flags(args.flags, (1 << 16) - 1, "qemuConnectListAllDomains")
     doms = call.driver.list_domains(args.flags)
-    handles = [_handle(d) for d in doms] if args.need_results else []
+    handles = [handle_of(d) for d in doms] if args.need_results else []
     return R.remote_connect_list_all_domains_ret(handles, len(doms))
 
 
@@ -86,17 +70,17 @@ _DEFINE_VALIDATE = 1 << 0
 
 
 async def domain_define_xml(call: Call, args: Any) -> Any:
-    return R.remote_domain_define_xml_ret(_handle(await call.driver.define_xml(args.xml)))
+    return R.remote_domain_define_xml_ret(handle_of(await call.driver.define_xml(args.xml)))
 
 
 async def domain_define_xml_flags(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, _DEFINE_VALIDATE, "qemuDomainDefineXMLFlags")
+    check_flags(args.flags, _DEFINE_VALIDATE, "qemuDomainDefineXMLFlags")
     dom = await call.driver.define_xml(args.xml, args.flags)
-    return R.remote_domain_define_xml_flags_ret(_handle(dom))
+    return R.remote_domain_define_xml_flags_ret(handle_of(dom))
 
 
 async def domain_undefine(call: Call, args: Any) -> None:
-    await call.driver.undefine(_dom(call, args.dom))
+    await call.driver.undefine(dom_of(call, args.dom))
 
 
 # Managed save, snapshot and checkpoint metadata, NVRAM and TPM state: none of
@@ -105,13 +89,13 @@ _UNDEFINE_FLAGS = (1 << 7) - 1
 
 
 async def domain_undefine_flags(call: Call, args: Any) -> None:
-    _check_flags(args.flags, _UNDEFINE_FLAGS, "qemuDomainUndefineFlags")
-    await call.driver.undefine(_dom(call, args.dom), args.flags)
+    check_flags(args.flags, _UNDEFINE_FLAGS, "qemuDomainUndefineFlags")
+    await call.driver.undefine(dom_of(call, args.dom), args.flags)
 
 
 async def domain_get_xml_desc(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, 0xF, "qemuDomainGetXMLDesc")
-    xml = call.driver.get_xml_desc(_dom(call, args.dom), args.flags)
+    check_flags(args.flags, 0xF, "qemuDomainGetXMLDesc")
+    xml = call.driver.get_xml_desc(dom_of(call, args.dom), args.flags)
     return R.remote_domain_get_xml_desc_ret(xml)
 
 
@@ -135,28 +119,28 @@ def _autodestroy(call: Call, dom: Domain, flags: int) -> None:
 
 
 async def domain_create(call: Call, args: Any) -> None:
-    await call.driver.create(_dom(call, args.dom))
+    await call.driver.create(dom_of(call, args.dom))
 
 
 async def domain_create_with_flags(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, _START_FLAGS, "qemuDomainCreateWithFlags")
-    dom = _dom(call, args.dom)
+    check_flags(args.flags, _START_FLAGS, "qemuDomainCreateWithFlags")
+    dom = dom_of(call, args.dom)
     await call.driver.create(dom, args.flags)
     _autodestroy(call, dom, args.flags)
-    return R.remote_domain_create_with_flags_ret(_handle(dom))
+    return R.remote_domain_create_with_flags_ret(handle_of(dom))
 
 
 async def domain_create_xml(call: Call, args: Any) -> Any:
-    _check_flags(
+    check_flags(
         args.flags, _START_PAUSED | _START_AUTODESTROY | _START_VALIDATE, "qemuDomainCreateXML"
     )
     dom = await call.driver.create_xml(args.xml_desc, args.flags)
     _autodestroy(call, dom, args.flags)
-    return R.remote_domain_create_xml_ret(_handle(dom))
+    return R.remote_domain_create_xml_ret(handle_of(dom))
 
 
 async def domain_destroy(call: Call, args: Any) -> None:
-    await call.driver.destroy(_dom(call, args.dom))
+    await call.driver.destroy(dom_of(call, args.dom))
 
 
 _DESTROY_GRACEFUL = 1 << 0
@@ -164,76 +148,76 @@ _DESTROY_REMOVE_LOGS = 1 << 1
 
 
 async def domain_destroy_flags(call: Call, args: Any) -> None:
-    _check_flags(args.flags, _DESTROY_GRACEFUL | _DESTROY_REMOVE_LOGS, "qemuDomainDestroyFlags")
-    await call.driver.destroy(_dom(call, args.dom), args.flags)
+    check_flags(args.flags, _DESTROY_GRACEFUL | _DESTROY_REMOVE_LOGS, "qemuDomainDestroyFlags")
+    await call.driver.destroy(dom_of(call, args.dom), args.flags)
 
 
 async def domain_suspend(call: Call, args: Any) -> None:
-    await call.driver.suspend(_dom(call, args.dom))
+    await call.driver.suspend(dom_of(call, args.dom))
 
 
 async def domain_resume(call: Call, args: Any) -> None:
-    await call.driver.resume(_dom(call, args.dom))
+    await call.driver.resume(dom_of(call, args.dom))
 
 
 # -- properties ----------------------------------------------------------------
 
 
 async def domain_get_info(call: Call, args: Any) -> Any:
-    info = call.driver.get_info(_dom(call, args.dom))
+    info = call.driver.get_info(dom_of(call, args.dom))
     return R.remote_domain_get_info_ret(
         info.state, info.max_mem, info.memory, info.nr_virt_cpu, info.cpu_time
     )
 
 
 async def domain_get_state(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, 0, "qemuDomainGetState")
-    state, reason = call.driver.get_state(_dom(call, args.dom))
+    check_flags(args.flags, 0, "qemuDomainGetState")
+    state, reason = call.driver.get_state(dom_of(call, args.dom))
     return R.remote_domain_get_state_ret(state, reason)
 
 
 async def domain_is_active(call: Call, args: Any) -> Any:
-    return R.remote_domain_is_active_ret(int(_dom(call, args.dom).active))
+    return R.remote_domain_is_active_ret(int(dom_of(call, args.dom).active))
 
 
 async def domain_is_persistent(call: Call, args: Any) -> Any:
-    return R.remote_domain_is_persistent_ret(int(_dom(call, args.dom).persistent))
+    return R.remote_domain_is_persistent_ret(int(dom_of(call, args.dom).persistent))
 
 
 async def domain_is_updated(call: Call, args: Any) -> Any:
-    _dom(call, args.dom)
+    dom_of(call, args.dom)
     return R.remote_domain_is_updated_ret(0)
 
 
 async def domain_get_os_type(call: Call, args: Any) -> Any:
-    return R.remote_domain_get_os_type_ret(_dom(call, args.dom).definition.os.type)
+    return R.remote_domain_get_os_type_ret(dom_of(call, args.dom).definition.os.type)
 
 
 async def domain_get_max_memory(call: Call, args: Any) -> Any:
-    return R.remote_domain_get_max_memory_ret(_dom(call, args.dom).definition.memory)
+    return R.remote_domain_get_max_memory_ret(dom_of(call, args.dom).definition.memory)
 
 
 async def domain_get_autostart(call: Call, args: Any) -> Any:
-    return R.remote_domain_get_autostart_ret(int(call.driver.get_autostart(_dom(call, args.dom))))
+    return R.remote_domain_get_autostart_ret(int(call.driver.get_autostart(dom_of(call, args.dom))))
 
 
 async def domain_set_autostart(call: Call, args: Any) -> None:
-    call.driver.set_autostart(_dom(call, args.dom), bool(args.autostart))
+    call.driver.set_autostart(dom_of(call, args.dom), bool(args.autostart))
 
 
 async def domain_has_managed_save_image(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, 0, "qemuDomainHasManagedSaveImage")
-    _dom(call, args.dom)
+    check_flags(args.flags, 0, "qemuDomainHasManagedSaveImage")
+    dom_of(call, args.dom)
     return R.remote_domain_has_managed_save_image_ret(0)
 
 
 async def domain_get_security_label(call: Call, args: Any) -> Any:
     """Guests run without a security driver ("none"): the label is empty."""
-    _dom(call, args.dom)
+    dom_of(call, args.dom)
     return R.remote_domain_get_security_label_ret(b"\0", 0)
 
 
 async def domain_get_messages(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, 0x3, "qemuDomainGetMessages")
-    _dom(call, args.dom)
+    check_flags(args.flags, 0x3, "qemuDomainGetMessages")
+    dom_of(call, args.dom)
     return R.remote_domain_get_messages_ret([])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
+from daemon.remote._common import check_flags, dom_of
 from drivers.qemu import agent, lifecycle
 from drivers.qemu.domain import Domain
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -26,19 +27,6 @@ SRC_LEASE, SRC_AGENT, SRC_ARP = 0, 1, 2
 IP_ADDR_IPV4, IP_ADDR_IPV6 = 0, 1
 
 
-def _dom(call: Call, handle: Any) -> Domain:
-    return call.driver.lookup_by_uuid(handle.uuid, handle.name)
-
-
-def _check_flags(flags: int, allowed: int, api: str) -> None:
-    if flags & ~allowed:
-        raise VirError(
-            ErrorCode.INVALID_ARG,
-            f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
-            ErrorDomain.QEMU,
-        )
-
-
 def _malformed() -> VirError:
     return VirError(ErrorCode.INTERNAL_ERROR, "internal error: malformed return value",
                     ErrorDomain.QEMU)
@@ -48,26 +36,26 @@ def _malformed() -> VirError:
 
 
 async def domain_shutdown(call: Call, args: Any) -> None:
-    await lifecycle.shutdown(call.driver, _dom(call, args.dom))
+    await lifecycle.shutdown(call.driver, dom_of(call, args.dom))
 
 
 async def domain_shutdown_flags(call: Call, args: Any) -> None:
-    await lifecycle.shutdown(call.driver, _dom(call, args.dom), args.flags)
+    await lifecycle.shutdown(call.driver, dom_of(call, args.dom), args.flags)
 
 
 async def domain_reboot(call: Call, args: Any) -> None:
-    await lifecycle.reboot(call.driver, _dom(call, args.dom), args.flags)
+    await lifecycle.reboot(call.driver, dom_of(call, args.dom), args.flags)
 
 
 async def domain_reset(call: Call, args: Any) -> None:
-    await lifecycle.reset(call.driver, _dom(call, args.dom), args.flags)
+    await lifecycle.reset(call.driver, dom_of(call, args.dom), args.flags)
 
 
 # -- through the guest agent -------------------------------------------------------
 
 
 async def domain_get_hostname(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, HOSTNAME_LEASE | HOSTNAME_AGENT, "qemuDomainGetHostname")
+    check_flags(args.flags, HOSTNAME_LEASE | HOSTNAME_AGENT, "qemuDomainGetHostname")
     if args.flags & HOSTNAME_LEASE and args.flags & HOSTNAME_AGENT:
         raise VirError(
             ErrorCode.INVALID_ARG,
@@ -75,7 +63,7 @@ async def domain_get_hostname(call: Call, args: Any) -> Any:
             " 'VIR_DOMAIN_GET_HOSTNAME_AGENT' are mutually exclusive",
             ErrorDomain.QEMU,
         )
-    dom = _dom(call, args.dom)
+    dom = dom_of(call, args.dom)
     if args.flags & HOSTNAME_LEASE:
         # Leases come from libvirt networks, which no interface here uses.
         if not dom.active:
@@ -102,8 +90,8 @@ def _inactive() -> VirError:
 
 
 async def domain_get_time(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, 0, "qemuDomainGetTime")
-    value = await agent.agent_for(_dom(call, args.dom)).execute("guest-get-time")
+    check_flags(args.flags, 0, "qemuDomainGetTime")
+    value = await agent.agent_for(dom_of(call, args.dom)).execute("guest-get-time")
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise _malformed()
     return R.remote_domain_get_time_ret(value // 1_000_000_000, value % 1_000_000_000)
@@ -113,8 +101,8 @@ _MAX_SECONDS = (2**63 - 1) // 1_000_000_000
 
 
 async def domain_set_time(call: Call, args: Any) -> None:
-    _check_flags(args.flags, TIME_SYNC, "qemuDomainSetTime")
-    dom = _dom(call, args.dom)
+    check_flags(args.flags, TIME_SYNC, "qemuDomainSetTime")
+    dom = dom_of(call, args.dom)
     if not dom.active:  # libvirtd asks the caps of a QEMU that is not there
         raise VirError(
             ErrorCode.OPERATION_UNSUPPORTED,
@@ -141,8 +129,8 @@ async def domain_set_time(call: Call, args: Any) -> None:
 
 
 async def domain_interface_addresses(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, 0, "qemuDomainInterfaceAddresses")
-    dom = _dom(call, args.dom)
+    check_flags(args.flags, 0, "qemuDomainInterfaceAddresses")
+    dom = dom_of(call, args.dom)
     if not dom.active:
         raise _inactive()
     if args.source == SRC_AGENT:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from daemon.dispatch import Call
+from daemon.remote._common import check_flags, dom_of, running_process
 from drivers.qemu import agent
 from drivers.qemu.domain import Domain
 from drivers.qemu.process import append_log, log_timestamp
@@ -33,25 +34,6 @@ Q = qemu().module
 MONITOR_COMMAND_HMP = 1 << 0
 EVENT_REGEX = 1 << 0
 EVENT_NOCASE = 1 << 1
-
-
-def _dom(call: Call, handle: Any) -> Domain:
-    return call.driver.lookup_by_uuid(handle.uuid, handle.name)
-
-
-def _check_flags(flags: int, allowed: int, api: str) -> None:
-    if flags & ~allowed:
-        raise VirError(ErrorCode.INVALID_ARG,
-                       f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
-                       ErrorDomain.QEMU)
-
-
-def _running(dom: Domain) -> Any:
-    if dom.process is None or not dom.active:
-        raise VirError(ErrorCode.OPERATION_INVALID,
-                       "Requested operation is not valid: domain is not running",
-                       ErrorDomain.QEMU)
-    return dom.process
 
 
 # -- raw monitor commands ---------------------------------------------------------
@@ -76,9 +58,9 @@ def _taint(call: Call, dom: Domain) -> None:
 
 
 async def qemu_domain_monitor_command(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, MONITOR_COMMAND_HMP, "qemuDomainQemuMonitorCommand")
-    dom = _dom(call, args.dom)
-    proc = _running(dom)
+    check_flags(args.flags, MONITOR_COMMAND_HMP, "qemuDomainQemuMonitorCommand")
+    dom = dom_of(call, args.dom)
+    proc = running_process(dom)
     _taint(call, dom)
     if args.flags & MONITOR_COMMAND_HMP:
         result = await proc.monitor.execute("human-monitor-command",
@@ -172,11 +154,11 @@ def _matcher(event: str | None, flags: int) -> Callable[[str], bool] | None:
 
 
 async def qemu_connect_domain_monitor_event_register(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, EVENT_REGEX | EVENT_NOCASE,
+    check_flags(args.flags, EVENT_REGEX | EVENT_NOCASE,
                  "virDomainQemuMonitorEventStateRegisterID")
     uuid = None
     if args.dom is not None:
-        uuid = _dom(call, args.dom).uuid
+        uuid = dom_of(call, args.dom).uuid
     match = _matcher(args.event, args.flags)
     relay = _relay(call)
     filters = relay.clients.get(call.client)
@@ -201,8 +183,8 @@ async def qemu_connect_domain_monitor_event_deregister(call: Call, args: Any) ->
 
 
 async def qemu_domain_agent_command(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, 0, "qemuDomainQemuAgentCommand")
-    dom = _dom(call, args.dom)
-    _running(dom)
+    check_flags(args.flags, 0, "qemuDomainQemuAgentCommand")
+    dom = dom_of(call, args.dom)
+    running_process(dom)
     result = await agent.arbitrary_command(dom, args.cmd, args.timeout)
     return Q.qemu_domain_agent_command_ret(result)

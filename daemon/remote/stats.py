@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
-from daemon.remote.domain import _check_flags, _dom, _handle
+from daemon.remote._common import check_flags, dom_of, handle_of
 from drivers.qemu import stats
 from protocol import typed
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -34,7 +34,7 @@ def _rpc_limit(value: int, limit: int, text: str) -> None:
 
 async def connect_get_all_domain_stats(call: Call, args: Any) -> Any:
     flags = args.flags
-    _check_flags(
+    check_flags(
         flags,
         _LIST_FILTERS | _STATS_NOWAIT | _STATS_BACKING | _STATS_ENFORCE,
         "qemuConnectGetAllDomainStats",
@@ -59,7 +59,7 @@ async def connect_get_all_domain_stats(call: Call, args: Any) -> Any:
     records = await stats.all_stats(doms, groups)
     return R.remote_connect_get_all_domain_stats_ret(
         [
-            R.remote_domain_stats_record(_handle(dom), typed.encode(params))
+            R.remote_domain_stats_record(handle_of(dom), typed.encode(params))
             for dom, params in zip(doms, records)
         ]
     )
@@ -69,8 +69,8 @@ async def domain_memory_stats(call: Call, args: Any) -> Any:
     _rpc_limit(
         args.maxStats, R.REMOTE_DOMAIN_MEMORY_STATS_MAX, "maxStats > REMOTE_DOMAIN_MEMORY_STATS_MAX"
     )
-    dom = _dom(call, args.dom)
-    _check_flags(args.flags, 0, "qemuDomainMemoryStats")
+    dom = dom_of(call, args.dom)
+    check_flags(args.flags, 0, "qemuDomainMemoryStats")
     found = await stats.memory_stats(dom)
     return R.remote_domain_memory_stats_ret(
         [R.remote_domain_memory_stat(tag, value) for tag, value in found[: args.maxStats]]
@@ -78,7 +78,7 @@ async def domain_memory_stats(call: Call, args: Any) -> Any:
 
 
 async def domain_block_stats(call: Call, args: Any) -> Any:
-    s = await stats.block_stats(_dom(call, args.dom), args.path)
+    s = await stats.block_stats(dom_of(call, args.dom), args.path)
     return R.remote_domain_block_stats_ret(
         s["rd_operations"], s["rd_bytes"], s["wr_operations"], s["wr_bytes"], -1
     )
@@ -88,8 +88,8 @@ async def domain_block_stats_flags(call: Call, args: Any) -> Any:
     _rpc_limit(
         args.nparams, R.REMOTE_DOMAIN_BLOCK_STATS_PARAMETERS_MAX, "nparams too large"
     )
-    dom = _dom(call, args.dom)
-    _check_flags(args.flags, _TYPED_STRING_OKAY, "qemuDomainBlockStatsFlags")
+    dom = dom_of(call, args.dom)
+    check_flags(args.flags, _TYPED_STRING_OKAY, "qemuDomainBlockStatsFlags")
     s = await stats.block_stats(dom, args.path)
     params = typed.encode((name, typed.LLONG, s[name]) for name, _key in stats.BLOCK_STATS_FIELDS)
     kept, count = typed.truncate(params, args.nparams)
@@ -98,13 +98,13 @@ async def domain_block_stats_flags(call: Call, args: Any) -> Any:
 
 async def domain_interface_stats(call: Call, args: Any) -> Any:
     return R.remote_domain_interface_stats_ret(
-        *stats.interface_stats(_dom(call, args.dom), args.device)
+        *stats.interface_stats(dom_of(call, args.dom), args.device)
     )
 
 
 async def domain_get_block_info(call: Call, args: Any) -> Any:
-    dom = _dom(call, args.dom)
-    _check_flags(args.flags, 0, "qemuDomainGetBlockInfo")
+    dom = dom_of(call, args.dom)
+    check_flags(args.flags, 0, "qemuDomainGetBlockInfo")
     capacity, allocation, physical = await stats.block_info(dom, args.path)
     return R.remote_domain_get_block_info_ret(allocation, capacity, physical)
 
@@ -115,8 +115,8 @@ async def domain_get_disk_errors(call: Call, args: Any) -> Any:
         R.REMOTE_DOMAIN_DISK_ERRORS_MAX,
         "maxerrors > REMOTE_DOMAIN_DISK_ERRORS_MAX",
     )
-    dom = _dom(call, args.dom)
-    _check_flags(args.flags, 0, "qemuDomainGetDiskErrors")
+    dom = dom_of(call, args.dom)
+    check_flags(args.flags, 0, "qemuDomainGetDiskErrors")
     stats.running_process(dom)
     if args.maxerrors == 0:  # the caller asks how many there could be
         return R.remote_domain_get_disk_errors_ret([], len(dom.definition.devices.disks))
@@ -131,13 +131,13 @@ async def domain_get_disk_errors(call: Call, args: Any) -> Any:
 
 
 async def domain_get_job_info(call: Call, args: Any) -> Any:
-    stats.running_process(_dom(call, args.dom))
+    stats.running_process(dom_of(call, args.dom))
     return R.remote_domain_get_job_info_ret(0, *([0] * 11))
 
 
 async def domain_get_job_stats(call: Call, args: Any) -> Any:
-    dom = _dom(call, args.dom)
-    _check_flags(
+    dom = dom_of(call, args.dom)
+    check_flags(
         args.flags,
         _JOB_STATS_COMPLETED | _JOB_STATS_KEEP_COMPLETED,
         "qemuDomainGetJobStats",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
-from daemon.remote.domain import _check_flags, _dom
+from daemon.remote._common import check_flags, dom_of
 from drivers.qemu import tuning
 from protocol import typed
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -26,23 +26,23 @@ _TYPED_STRING_OKAY = 1 << 2  # VIR_TYPED_PARAM_STRING_OKAY: the client takes str
 
 
 async def domain_set_memory(call: Call, args: Any) -> None:
-    dom = _dom(call, args.dom)
+    dom = dom_of(call, args.dom)
     await tuning.set_memory(call.driver, dom, args.memory, tuning.AFFECT_LIVE)
 
 
 async def domain_set_memory_flags(call: Call, args: Any) -> None:
-    _check_flags(args.flags, _AFFECT | tuning.MEM_MAXIMUM, "qemuDomainSetMemoryFlags")
-    await tuning.set_memory(call.driver, _dom(call, args.dom), args.memory, args.flags)
+    check_flags(args.flags, _AFFECT | tuning.MEM_MAXIMUM, "qemuDomainSetMemoryFlags")
+    await tuning.set_memory(call.driver, dom_of(call, args.dom), args.memory, args.flags)
 
 
 async def domain_set_max_memory(call: Call, args: Any) -> None:
-    dom = _dom(call, args.dom)
+    dom = dom_of(call, args.dom)
     await tuning.set_memory(call.driver, dom, args.memory, tuning.MEM_MAXIMUM)
 
 
 async def domain_set_memory_stats_period(call: Call, args: Any) -> None:
-    _check_flags(args.flags, _AFFECT, "qemuDomainSetMemoryStatsPeriod")
-    await tuning.set_memory_stats_period(call.driver, _dom(call, args.dom), args.period, args.flags)
+    check_flags(args.flags, _AFFECT, "qemuDomainSetMemoryStatsPeriod")
+    await tuning.set_memory_stats_period(call.driver, dom_of(call, args.dom), args.period, args.flags)
 
 
 # -- vCPU counts ----------------------------------------------------------------------
@@ -51,25 +51,25 @@ _VCPU_FLAGS = _AFFECT | tuning.VCPU_MAXIMUM | tuning.VCPU_GUEST
 
 
 async def domain_set_vcpus(call: Call, args: Any) -> None:
-    dom = _dom(call, args.dom)
+    dom = dom_of(call, args.dom)
     await tuning.set_vcpus(call.driver, dom, args.nvcpus, tuning.AFFECT_LIVE)
 
 
 async def domain_set_vcpus_flags(call: Call, args: Any) -> None:
-    _check_flags(args.flags, _VCPU_FLAGS | tuning.VCPU_HOTPLUGGABLE, "qemuDomainSetVcpusFlags")
-    await tuning.set_vcpus(call.driver, _dom(call, args.dom), args.nvcpus, args.flags)
+    check_flags(args.flags, _VCPU_FLAGS | tuning.VCPU_HOTPLUGGABLE, "qemuDomainSetVcpusFlags")
+    await tuning.set_vcpus(call.driver, dom_of(call, args.dom), args.nvcpus, args.flags)
 
 
 async def domain_get_vcpus_flags(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, _VCPU_FLAGS, "qemuDomainGetVcpusFlags")
+    check_flags(args.flags, _VCPU_FLAGS, "qemuDomainGetVcpusFlags")
     return R.remote_domain_get_vcpus_flags_ret(
-        tuning.get_vcpus_flags(_dom(call, args.dom), args.flags)
+        tuning.get_vcpus_flags(dom_of(call, args.dom), args.flags)
     )
 
 
 async def domain_get_max_vcpus(call: Call, args: Any) -> Any:
     flags = tuning.AFFECT_LIVE | tuning.VCPU_MAXIMUM
-    return R.remote_domain_get_max_vcpus_ret(tuning.get_vcpus_flags(_dom(call, args.dom), flags))
+    return R.remote_domain_get_max_vcpus_ret(tuning.get_vcpus_flags(dom_of(call, args.dom), flags))
 
 
 # -- vCPU threads and pinning ------------------------------------------------------------
@@ -84,43 +84,43 @@ def _check_maps(count: int, maplen: int, what: str) -> None:
 
 async def domain_get_vcpus(call: Call, args: Any) -> Any:
     _check_maps(args.maxinfo, args.maplen, "maxinfo")
-    info, maps = await tuning.get_vcpus(_dom(call, args.dom), args.maxinfo, args.maplen)
+    info, maps = await tuning.get_vcpus(dom_of(call, args.dom), args.maxinfo, args.maplen)
     return R.remote_domain_get_vcpus_ret([R.remote_vcpu_info(*i) for i in info], maps)
 
 
 async def domain_pin_vcpu(call: Call, args: Any) -> None:
-    dom = _dom(call, args.dom)
+    dom = dom_of(call, args.dom)
     await tuning.pin_vcpu(call.driver, dom, args.vcpu, args.cpumap, tuning.AFFECT_LIVE)
 
 
 async def domain_pin_vcpu_flags(call: Call, args: Any) -> None:
-    _check_flags(args.flags, _AFFECT, "qemuDomainPinVcpuFlags")
-    await tuning.pin_vcpu(call.driver, _dom(call, args.dom), args.vcpu, args.cpumap, args.flags)
+    check_flags(args.flags, _AFFECT, "qemuDomainPinVcpuFlags")
+    await tuning.pin_vcpu(call.driver, dom_of(call, args.dom), args.vcpu, args.cpumap, args.flags)
 
 
 async def domain_get_vcpu_pin_info(call: Call, args: Any) -> Any:
     _check_maps(args.ncpumaps, args.maplen, "ncpumaps")
-    _check_flags(args.flags, _AFFECT, "qemuDomainGetVcpuPinInfo")
+    check_flags(args.flags, _AFFECT, "qemuDomainGetVcpuPinInfo")
     maps, num = tuning.get_vcpu_pin_info(
-        _dom(call, args.dom), args.ncpumaps, args.maplen, args.flags
+        dom_of(call, args.dom), args.ncpumaps, args.maplen, args.flags
     )
     return R.remote_domain_get_vcpu_pin_info_ret(maps, num)
 
 
 async def domain_pin_emulator(call: Call, args: Any) -> None:
-    _check_flags(args.flags, _AFFECT, "qemuDomainPinEmulator")
-    await tuning.pin_emulator(call.driver, _dom(call, args.dom), args.cpumap, args.flags)
+    check_flags(args.flags, _AFFECT, "qemuDomainPinEmulator")
+    await tuning.pin_emulator(call.driver, dom_of(call, args.dom), args.cpumap, args.flags)
 
 
 async def domain_get_emulator_pin_info(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, _AFFECT, "qemuDomainGetEmulatorPinInfo")
-    maps = tuning.get_emulator_pin_info(_dom(call, args.dom), args.maplen, args.flags)
+    check_flags(args.flags, _AFFECT, "qemuDomainGetEmulatorPinInfo")
+    maps = tuning.get_emulator_pin_info(dom_of(call, args.dom), args.maplen, args.flags)
     return R.remote_domain_get_emulator_pin_info_ret(maps, 1)
 
 
 async def node_get_cpu_map(call: Call, args: Any) -> Any:
     """The host's CPU map, which clients need to size vCPU maps (virDomain.vcpus())."""
-    _check_flags(args.flags, 0, "virHostCPUGetMap")
+    check_flags(args.flags, 0, "virHostCPUGetMap")
     count = tuning.host_cpu_count()
     online = tuning.host_cpus()
     cpumap = tuning.set_to_cpumap(online, (count + 7) // 8) if args.need_map else b""
@@ -138,8 +138,8 @@ async def domain_get_cpu_stats(call: Call, args: Any) -> Any:
         raise VirError(ErrorCode.RPC, "nparams too large", ErrorDomain.RPC)
     if args.ncpus > R.REMOTE_DOMAIN_GET_CPU_STATS_NCPUS_MAX:
         raise VirError(ErrorCode.RPC, "ncpus too large", ErrorDomain.RPC)
-    _check_flags(args.flags, _TYPED_STRING_OKAY, "qemuDomainGetCPUStats")
-    dom = _dom(call, args.dom)
+    check_flags(args.flags, _TYPED_STRING_OKAY, "qemuDomainGetCPUStats")
+    dom = dom_of(call, args.dom)
     if args.start_cpu == -1:
         totals = tuning.cpu_stats_total(call.driver, dom)
         if args.nparams == 0:
@@ -173,7 +173,7 @@ _SCHED_TYPES = {
 
 
 async def domain_get_scheduler_type(call: Call, args: Any) -> Any:
-    kind, nparams = tuning.scheduler_type(call.driver, _dom(call, args.dom))
+    kind, nparams = tuning.scheduler_type(call.driver, dom_of(call, args.dom))
     return R.remote_domain_get_scheduler_type_ret(kind, nparams)
 
 
@@ -186,19 +186,19 @@ def _sched_params(call: Call, dom: Any, nparams: int, flags: int) -> list[Any]:
 
 
 async def domain_get_scheduler_parameters(call: Call, args: Any) -> Any:
-    params = _sched_params(call, _dom(call, args.dom), args.nparams, 0)
+    params = _sched_params(call, dom_of(call, args.dom), args.nparams, 0)
     return R.remote_domain_get_scheduler_parameters_ret(params)
 
 
 async def domain_get_scheduler_parameters_flags(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, _AFFECT | _TYPED_STRING_OKAY, "qemuDomainGetSchedulerParametersFlags")
+    check_flags(args.flags, _AFFECT | _TYPED_STRING_OKAY, "qemuDomainGetSchedulerParametersFlags")
     flags = args.flags & _AFFECT
-    params = _sched_params(call, _dom(call, args.dom), args.nparams, flags)
+    params = _sched_params(call, dom_of(call, args.dom), args.nparams, flags)
     return R.remote_domain_get_scheduler_parameters_flags_ret(params)
 
 
 async def _set_sched(call: Call, handle: Any, params: list[Any], flags: int) -> None:
-    dom = _dom(call, handle)
+    dom = dom_of(call, handle)
     values = typed.validate(params, _SCHED_TYPES)
     tuning.scheduler_type(call.driver, dom)
     await tuning.set_scheduler_params(call.driver, dom, values, flags)
@@ -209,7 +209,7 @@ async def domain_set_scheduler_parameters(call: Call, args: Any) -> None:
 
 
 async def domain_set_scheduler_parameters_flags(call: Call, args: Any) -> None:
-    _check_flags(args.flags, _AFFECT, "qemuDomainSetSchedulerParametersFlags")
+    check_flags(args.flags, _AFFECT, "qemuDomainSetSchedulerParametersFlags")
     await _set_sched(call, args.dom, args.params, args.flags)
 
 
@@ -217,8 +217,8 @@ async def domain_set_scheduler_parameters_flags(call: Call, args: Any) -> None:
 
 
 async def domain_get_memory_parameters(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, _AFFECT | _TYPED_STRING_OKAY, "qemuDomainGetMemoryParameters")
-    d = tuning.one_def(_dom(call, args.dom), args.flags & _AFFECT)
+    check_flags(args.flags, _AFFECT | _TYPED_STRING_OKAY, "qemuDomainGetMemoryParameters")
+    d = tuning.one_def(dom_of(call, args.dom), args.flags & _AFFECT)
     values = tuning.memtune_values(d)
     params = typed.encode((n, typed.ULLONG, values[n]) for n in tuning.MEMTUNE)
     kept, n = typed.truncate(params, args.nparams)
@@ -226,17 +226,17 @@ async def domain_get_memory_parameters(call: Call, args: Any) -> Any:
 
 
 async def domain_set_memory_parameters(call: Call, args: Any) -> None:
-    _check_flags(args.flags, _AFFECT, "qemuDomainSetMemoryParameters")
+    check_flags(args.flags, _AFFECT, "qemuDomainSetMemoryParameters")
     values = typed.validate(args.params, {n: typed.ULLONG for n in tuning.MEMTUNE})
-    await tuning.set_memory_params(call.driver, _dom(call, args.dom), values, args.flags)
+    await tuning.set_memory_params(call.driver, dom_of(call, args.dom), values, args.flags)
 
 
 _BLKIO_TYPES = {"weight": typed.UINT, **{n: typed.STRING for n in tuning.BLKIO_DEVICE}}
 
 
 async def domain_get_blkio_parameters(call: Call, args: Any) -> Any:
-    _check_flags(args.flags, _AFFECT | _TYPED_STRING_OKAY, "qemuDomainGetBlkioParameters")
-    values = tuning.blkio_values(call.driver, _dom(call, args.dom), args.flags & _AFFECT)
+    check_flags(args.flags, _AFFECT | _TYPED_STRING_OKAY, "qemuDomainGetBlkioParameters")
+    values = tuning.blkio_values(call.driver, dom_of(call, args.dom), args.flags & _AFFECT)
     if not args.flags & _TYPED_STRING_OKAY:  # an old client: no string values for it
         values = [(n, v) for n, v in values if _BLKIO_TYPES[n] != typed.STRING]
     params = typed.encode((n, _BLKIO_TYPES[n], v) for n, v in values)
@@ -245,6 +245,6 @@ async def domain_get_blkio_parameters(call: Call, args: Any) -> Any:
 
 
 async def domain_set_blkio_parameters(call: Call, args: Any) -> None:
-    _check_flags(args.flags, _AFFECT, "qemuDomainSetBlkioParameters")
+    check_flags(args.flags, _AFFECT, "qemuDomainSetBlkioParameters")
     values = typed.validate(args.params, _BLKIO_TYPES)
-    await tuning.set_blkio_params(call.driver, _dom(call, args.dom), values, args.flags)
+    await tuning.set_blkio_params(call.driver, dom_of(call, args.dom), values, args.flags)

@@ -1,0 +1,44 @@
+"""Small pieces every domain handler module needs: handles both ways, flag checks.
+
+The leading underscore keeps this module's functions out of the dispatch table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.dispatch import Call
+from drivers.qemu.domain import Domain
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+from protocol.programs import remote
+
+R = remote().module
+
+
+def handle_of(dom: Domain) -> Any:
+    """The wire handle of a domain: its name, uuid and current id (-1 when off)."""
+    return R.remote_nonnull_domain(dom.name, dom.uuid, dom.id)
+
+
+def dom_of(call: Call, handle: Any) -> Domain:
+    """The domain a wire handle names; a stale handle gets libvirt's NO_DOMAIN."""
+    return call.driver.lookup_by_uuid(handle.uuid, handle.name)
+
+
+def check_flags(flags: int, allowed: int, api: str) -> None:
+    """libvirt's answer to flags a call does not know, named after the driver function."""
+    if flags & ~allowed:
+        raise VirError(
+            ErrorCode.INVALID_ARG,
+            f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
+            ErrorDomain.QEMU,
+        )
+
+
+def running_process(dom: Domain) -> Any:
+    """The QEMU process of a running domain, or libvirt's "not running" error."""
+    if dom.process is None or not dom.active:
+        raise VirError(ErrorCode.OPERATION_INVALID,
+                       "Requested operation is not valid: domain is not running",
+                       ErrorDomain.QEMU)
+    return dom.process
