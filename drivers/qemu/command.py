@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -342,9 +342,9 @@ def _clock(d: DomainDef, a: list[str]) -> None:
     if d.clock.offset == "variable":
         # the guest's clock is the host's plus an offset, fixed now at start
         basis = d.clock.attrs.get("basis", "utc")
-        now = datetime.now() if basis == "localtime" else datetime.now(UTC)
-        start = now + timedelta(seconds=int(d.clock.attrs.get("adjustment", "0")))
-        rtc = f"base={start.strftime('%Y-%m-%dT%H:%M:%S')}"
+        start = time.time() + int(d.clock.attrs.get("adjustment", "0"))
+        at = time.localtime(start) if basis == "localtime" else time.gmtime(start)
+        rtc = f"base={time.strftime('%Y-%m-%dT%H:%M:%S', at)}"
     else:  # offset='timezone' runs on local time too, with TZ set in QEMU's environment
         rtc = f"base={'utc' if d.clock.offset == 'utc' else 'localtime'}"
     extra: list[str] = []

@@ -19,7 +19,6 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 from drivers.qemu.monitor import EventCallback, Monitor
@@ -36,8 +35,9 @@ LOG_TAIL = 1024
 
 def log_timestamp() -> str:
     """The time stamp libvirt puts before its lines in a guest's log."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}+0000"
+    now = time.time()
+    millis = int(now * 1000) % 1000
+    return time.strftime("%Y-%m-%d %H:%M:%S.", time.gmtime(now)) + f"{millis:03d}+0000"
 
 
 def format_command(env: dict[str, str], argv: list[str]) -> str:
