@@ -1,0 +1,1 @@
+"""The storage driver: pools of volumes, each pool type a backend class."""

@@ -1,0 +1,71 @@
+"""What every pool type implements; the driver knows pools only through this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from drivers.storage.perms import Perms
+from drivers.storage.pool_xml import PoolDef, PoolSizes
+from drivers.storage.vol_xml import Volume
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+
+@dataclass
+class Scan:
+    """What a refresh finds: sizes, the target's permissions, the volumes by name."""
+
+    sizes: PoolSizes
+    perms: Perms
+    volumes: dict[str, Volume] = field(default_factory=dict)
+
+
+class Backend:
+    """One pool type. Subclasses override what their type supports; the rest is
+    libvirt's "not supported" answer."""
+
+    type = ""
+
+    def __init__(self, d: PoolDef) -> None:
+        self.d = d
+
+    def _unsupported(self, what: str) -> VirError:
+        return VirError(ErrorCode.NO_SUPPORT,
+                        f"this function is not supported by the connection driver: "
+                        f"storage pool '{self.type}' does not support {what}",
+                        ErrorDomain.STORAGE)
+
+    async def build(self, flags: int) -> None:
+        raise self._unsupported("pool build")
+
+    async def start(self) -> None:
+        """Make the pool usable (mount, activate); nothing for plain directories."""
+
+    async def stop(self) -> None:
+        """Undo start."""
+
+    async def delete(self, flags: int) -> None:
+        raise self._unsupported("pool delete")
+
+    async def refresh(self) -> Scan:
+        raise NotImplementedError
+
+    async def sizes(self) -> PoolSizes:
+        """Capacity, allocation and free space alone, cheaper than a refresh."""
+        return (await self.refresh()).sizes
+
+    async def create_vol(self, vol: Volume, flags: int) -> None:
+        raise self._unsupported("volume creation")
+
+    async def create_vol_from(self, vol: Volume, source: Volume, flags: int) -> None:
+        raise self._unsupported("volume cloning")
+
+    async def delete_vol(self, vol: Volume, flags: int) -> None:
+        raise self._unsupported("volume deletion")
+
+    async def refresh_vol(self, vol: Volume) -> Volume:
+        """The volume as it is on disk now."""
+        raise NotImplementedError
+
+    def vol_path(self, name: str) -> str:
+        """Where a new volume of this name lives."""
+        raise NotImplementedError

@@ -1,0 +1,227 @@
+"""``dir`` pools: a directory of image files, made with qemu-img or plain files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import stat
+
+from drivers.storage.backend import Backend, Scan
+from drivers.storage.perms import Perms
+from drivers.storage.pool_xml import PoolSizes
+from drivers.storage.vol_xml import Volume
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+BUILD_NO_OVERWRITE = 1 << 2
+BUILD_OVERWRITE = 1 << 3
+VOL_CREATE_PREALLOC_METADATA = 1 << 0
+
+#: libvirt's modes for what it creates when the XML names none.
+DEFAULT_POOL_MODE = 0o711
+DEFAULT_VOL_MODE = 0o600
+
+#: Image headers worth asking qemu-img about; anything else is raw.
+_MAGICS = (b"QFI\xfb", b"QED\x00", b"KDMV", b"conectix", b"<<< ", b"OOOM", b"WithoutFreeSpace")
+
+#: Formats qemu-img makes for us (libvirt hands these to it too).
+_QEMU_IMG_FORMATS = frozenset({"qcow2", "qed", "vmdk", "vpc", "vdi", "qcow", "cow", "vhd"})
+
+
+def _system_error(message: str, err: OSError) -> VirError:
+    return VirError(ErrorCode.SYSTEM_ERROR, f"{message}: {os.strerror(err.errno or 0)}",
+                    ErrorDomain.STORAGE)
+
+
+def _stamp(ns: int) -> str:
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+
+
+async def qemu_img(*args: str) -> str:
+    """Run qemu-img; its own message becomes the error, as libvirt reports it."""
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", *args, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise VirError(ErrorCode.INTERNAL_ERROR,
+                       f"internal error: Child process (qemu-img {' '.join(args)}) "
+                       f"unexpected exit status {proc.returncode}: {err.decode().strip()}",
+                       ErrorDomain.NONE)
+    return out.decode()
+
+
+class DirBackend(Backend):
+    type = "dir"
+
+    @property
+    def target(self) -> str:
+        return self.d.target_path
+
+    async def build(self, flags: int) -> None:
+        if flags & BUILD_OVERWRITE and flags & BUILD_NO_OVERWRITE:
+            raise VirError(ErrorCode.OPERATION_INVALID,
+                           "Requested operation is not valid: Overwrite and no overwrite "
+                           "flags are mutually exclusive", ErrorDomain.STORAGE)
+        perms = self.d.target_perms
+        mode = perms.mode if perms.mode is not None else DEFAULT_POOL_MODE
+        try:
+            os.makedirs(os.path.dirname(self.target) or "/", exist_ok=True)
+            try:
+                os.mkdir(self.target, mode)
+            except FileExistsError:
+                if not os.path.isdir(self.target):
+                    raise
+                if perms.mode is None:
+                    mode = stat.S_IMODE(os.stat(self.target).st_mode)
+            os.chmod(self.target, mode)
+            if perms.owner is not None or perms.group is not None:
+                os.chown(self.target, perms.owner if perms.owner is not None else -1,
+                         perms.group if perms.group is not None else -1)
+        except OSError as e:
+            raise _system_error(f"cannot create path '{self.target}'", e) from None
+
+    async def start(self) -> None:
+        if not os.path.isdir(self.target):
+            err = OSError(2 if not os.path.exists(self.target) else 20, "")
+            raise _system_error(f"cannot open directory '{self.target}'", err)
+
+    async def delete(self, flags: int) -> None:
+        try:
+            os.rmdir(self.target)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise _system_error(f"failed to remove pool '{self.target}'", e) from None
+
+    async def sizes(self) -> PoolSizes:
+        try:
+            fs = os.statvfs(self.target)
+        except OSError as e:
+            raise _system_error(f"cannot statvfs path '{self.target}'", e) from None
+        capacity = fs.f_frsize * fs.f_blocks
+        available = fs.f_frsize * fs.f_bfree
+        return PoolSizes(capacity, capacity - available, available)
+
+    async def refresh(self) -> Scan:
+        try:
+            st = os.stat(self.target)
+            entries = sorted(os.scandir(self.target), key=lambda e: e.name)
+        except OSError as e:
+            raise _system_error(f"cannot open directory '{self.target}'", e) from None
+        perms = Perms(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+        scan = Scan(await self.sizes(), perms)
+        for entry in entries:
+            with contextlib.suppress(OSError, VirError):
+                if entry.is_file() or entry.is_dir():
+                    vol = await self.refresh_vol(Volume(entry.name, path=entry.path))
+                    scan.volumes[vol.name] = vol
+        return scan
+
+    def vol_path(self, name: str) -> str:
+        return os.path.join(self.target, name)
+
+    async def refresh_vol(self, vol: Volume) -> Volume:
+        path = vol.path or self.vol_path(vol.name)
+        st = os.stat(path)
+        found = Volume(vol.name, path=path)
+        found.perms = Perms(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+        found.timestamps = (_stamp(st.st_atime_ns), _stamp(st.st_mtime_ns), _stamp(st.st_ctime_ns))
+        found.allocation = st.st_blocks * 512
+        if stat.S_ISDIR(st.st_mode):
+            found.type = found.format = "dir"
+            found.capacity = found.physical = st.st_size
+            return found
+        found.physical = found.capacity = st.st_size
+        with open(path, "rb") as f:
+            head = f.read(32)
+        if head.startswith(_MAGICS):
+            info = json.loads(await qemu_img("info", "--output=json", "-U", path))
+            found.format = info.get("format", "raw")
+            found.capacity = int(info.get("virtual-size", st.st_size))
+            if "cluster-size" in info:
+                found.cluster_size = int(info["cluster-size"])
+        return found
+
+    async def create_vol(self, vol: Volume, flags: int) -> None:
+        path = self.vol_path(vol.name)
+        if os.path.lexists(path):
+            raise VirError(ErrorCode.STORAGE_VOL_EXIST,
+                           f"storage volume '{vol.name}' exists already", ErrorDomain.STORAGE)
+        if vol.format == "raw":
+            if flags & VOL_CREATE_PREALLOC_METADATA:
+                raise VirError(ErrorCode.OPERATION_INVALID,
+                               "Requested operation is not valid: metadata preallocation "
+                               "only makes sense for qcow2 and qed volumes", ErrorDomain.STORAGE)
+            await asyncio.to_thread(self._create_raw, vol, path)
+        elif vol.format in _QEMU_IMG_FORMATS:
+            await self._create_image(vol, path, flags)
+        else:
+            raise VirError(ErrorCode.OPERATION_UNSUPPORTED,
+                           f"Operation not supported: format of volume '{vol.name}' "
+                           f"cannot be created: {vol.format}", ErrorDomain.STORAGE)
+        try:
+            self._apply_perms(vol, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise _system_error(f"cannot set permissions of '{path}'", e) from None
+
+    def _create_raw(self, vol: Volume, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DEFAULT_VOL_MODE)
+        except OSError as e:
+            raise _system_error(f"cannot create path '{path}'", e) from None
+        try:
+            try:
+                alloc = min(vol.allocation or 0, vol.capacity)
+                if alloc:
+                    os.posix_fallocate(fd, 0, alloc)
+                os.ftruncate(fd, vol.capacity)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise _system_error(f"cannot fill file '{path}'", e) from None
+
+    async def _create_image(self, vol: Volume, path: str, flags: int) -> None:
+        options = []
+        if vol.format == "qcow2":
+            options.append("compat=0.10")
+        if flags & VOL_CREATE_PREALLOC_METADATA:
+            if vol.format not in ("qcow2", "qed"):
+                raise VirError(ErrorCode.OPERATION_INVALID,
+                               "Requested operation is not valid: metadata preallocation "
+                               "only makes sense for qcow2 and qed volumes", ErrorDomain.STORAGE)
+            options.append("preallocation=metadata")
+        args = ["create", "-f", vol.format]
+        if options:
+            args += ["-o", ",".join(options)]
+        size_kib = (vol.capacity + 1023) // 1024
+        try:
+            await qemu_img(*args, path, f"{size_kib}K")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+
+    def _apply_perms(self, vol: Volume, path: str) -> None:
+        perms = vol.perms
+        os.chmod(path, perms.mode if perms.mode is not None else DEFAULT_VOL_MODE)
+        if perms.owner is not None or perms.group is not None:
+            os.chown(path, perms.owner if perms.owner is not None else -1,
+                     perms.group if perms.group is not None else -1)
+
+    async def delete_vol(self, vol: Volume, flags: int) -> None:
+        try:
+            if vol.type == "dir":
+                os.rmdir(vol.path)
+            else:
+                os.unlink(vol.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise _system_error(f"cannot unlink file '{vol.path}'", e) from None
+

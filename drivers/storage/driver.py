@@ -1,0 +1,403 @@
+"""The storage driver: the pools, their configs on disk, and what clients ask of them.
+
+Persistent definitions are ``etc/libvirt/storage/NAME.xml`` with autostart links
+in ``autostart/``; a running pool leaves its live XML in ``run/libvirt/storage``
+so that a restarted daemon knows it is still running. On the very first start
+a ``default`` dir pool is made at ``var/lib/libvirt/images``, as virt-install
+expects one to exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid as uuidlib
+from pathlib import Path
+
+from daemon.paths import Paths
+from drivers.events import EventBus
+from drivers.storage.pool import Pool
+from drivers.storage.pool_xml import POOL_TYPES, PoolDef, parse_pool
+from drivers.storage.vol_xml import Volume, parse_vol
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+log = logging.getLogger(__name__)
+
+# virStoragePoolEventLifecycleType
+EVENT_DEFINED, EVENT_UNDEFINED, EVENT_STARTED, EVENT_STOPPED = 0, 1, 2, 3
+EVENT_CREATED, EVENT_DELETED = 4, 5
+
+# virConnectListAllStoragePoolsFlags
+LIST_INACTIVE, LIST_ACTIVE = 1 << 0, 1 << 1
+LIST_PERSISTENT, LIST_TRANSIENT = 1 << 2, 1 << 3
+LIST_AUTOSTART, LIST_NO_AUTOSTART = 1 << 4, 1 << 5
+LIST_TYPES_SHIFT = 6
+
+# virStoragePoolCreateFlags and the build flags they stand for
+CREATE_WITH_BUILD, CREATE_WITH_BUILD_OVERWRITE, CREATE_WITH_BUILD_NO_OVERWRITE = 1, 2, 4
+BUILD_NO_OVERWRITE, BUILD_OVERWRITE = 1 << 2, 1 << 3
+
+DEFAULT_POOL = "default"
+
+
+def _invalid(message: str) -> VirError:
+    return VirError(ErrorCode.OPERATION_INVALID, f"Requested operation is not valid: {message}",
+                    ErrorDomain.STORAGE)
+
+
+def _no_pool(message: str) -> VirError:
+    return VirError(ErrorCode.NO_STORAGE_POOL, f"Storage pool not found: {message}",
+                    ErrorDomain.STORAGE)
+
+
+def _no_vol(message: str) -> VirError:
+    return VirError(ErrorCode.NO_STORAGE_VOL, f"Storage volume not found: {message}",
+                    ErrorDomain.STORAGE)
+
+
+def _failed(message: str) -> VirError:
+    return VirError(ErrorCode.OPERATION_FAILED, f"operation failed: {message}",
+                    ErrorDomain.STORAGE)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.new")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class StorageDriver:
+    def __init__(self, paths: Paths, bus: EventBus) -> None:
+        self.paths = paths
+        self.bus = bus
+        dirs = paths.driver("storage")
+        self.config_dir = dirs.config_dir
+        self.autostart_dir = dirs.config_dir / "autostart"
+        self.state_dir = dirs.state_dir
+        self._pools: dict[str, Pool] = {}
+
+    # -- start and stop ------------------------------------------------------------
+
+    async def startup(self) -> None:
+        first = not self.config_dir.exists()
+        for d in (self.config_dir, self.autostart_dir, self.state_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.config_dir.glob("*.xml")):
+            self._load(path, persistent=True)
+        for path in sorted(self.state_dir.glob("*.xml")):
+            pool = self._pools.get(path.stem) or self._load(path, persistent=False)
+            if pool is None:
+                continue
+            try:
+                pool.use(parse_pool(path.read_text()))
+                pool.active = True
+                await self._refresh(pool)
+            except (OSError, VirError) as e:
+                log.warning("storage pool %s is no longer usable: %s", pool.name, e)
+                await self._deactivate(pool)
+        if first:
+            await self._make_default()
+        for pool in list(self._pools.values()):
+            if pool.autostart and not pool.active:
+                try:
+                    await self.create(pool)
+                except VirError as e:
+                    log.warning("cannot autostart storage pool %s: %s", pool.name, e)
+
+    def _load(self, path: Path, persistent: bool) -> Pool | None:
+        try:
+            d = parse_pool(path.read_text())
+        except (OSError, VirError) as e:
+            log.warning("ignoring storage pool config %s: %s", path, e)
+            return None
+        pool = Pool(d, persistent)
+        pool.autostart = persistent and (self.autostart_dir / path.name).exists()
+        self._pools[d.name] = pool
+        return pool
+
+    async def _make_default(self) -> None:
+        """The ``default`` pool virt-install looks for, built and set to autostart."""
+        if DEFAULT_POOL in self._pools:
+            return
+        target = str(self.paths.lib_dir / "images")
+        d = PoolDef("dir", DEFAULT_POOL, uuidlib.uuid4().bytes, target)
+        pool = self._add(d, persistent=True)
+        with contextlib.suppress(VirError):
+            await pool.backend.build(0)
+        self.set_autostart(pool, True)
+
+    async def shutdown(self) -> None:
+        """Pools keep running: their state files stay for the next start."""
+
+    # -- lookups ------------------------------------------------------------------
+
+    def lookup_by_name(self, name: str) -> Pool:
+        pool = self._pools.get(name)
+        if pool is None:
+            raise _no_pool(f"no storage pool with matching name '{name}'")
+        return pool
+
+    def lookup_by_uuid(self, uuid: bytes, name: str | None = None) -> Pool:
+        for pool in self._pools.values():
+            if pool.uuid == uuid:
+                return pool
+        text = str(uuidlib.UUID(bytes=uuid))
+        suffix = f" ({name})" if name is not None else ""
+        raise _no_pool(f"no storage pool with matching uuid '{text}'{suffix}")
+
+    def list_pools(self, flags: int = 0) -> list[Pool]:
+        pools = list(self._pools.values())
+        if flags & (LIST_ACTIVE | LIST_INACTIVE) not in (0, LIST_ACTIVE | LIST_INACTIVE):
+            pools = [p for p in pools if p.active == bool(flags & LIST_ACTIVE)]
+        if flags & (LIST_PERSISTENT | LIST_TRANSIENT) not in (0, LIST_PERSISTENT | LIST_TRANSIENT):
+            pools = [p for p in pools if p.persistent == bool(flags & LIST_PERSISTENT)]
+        if flags & (LIST_AUTOSTART | LIST_NO_AUTOSTART) not in (
+                0, LIST_AUTOSTART | LIST_NO_AUTOSTART):
+            pools = [p for p in pools if p.autostart == bool(flags & LIST_AUTOSTART)]
+        types = flags >> LIST_TYPES_SHIFT
+        if types:
+            wanted = {t for i, t in enumerate(POOL_TYPES) if types & (1 << i)}
+            pools = [p for p in pools if p.live.type in wanted]
+        return pools
+
+    # -- definitions ---------------------------------------------------------------
+
+    def _check_duplicate(self, d: PoolDef, check_active: bool) -> Pool | None:
+        """The pool ``d`` redefines, if any; libvirt's errors for clashes."""
+        same = self._pools.get(d.name)
+        if same is not None and same.uuid != d.uuid:
+            raise _failed(f"pool '{same.name}' already exists with uuid "
+                          f"{uuidlib.UUID(bytes=same.uuid)}")
+        for pool in self._pools.values():
+            if pool.uuid == d.uuid and pool.name != d.name:
+                raise _failed(f"pool '{pool.name}' is already defined with uuid "
+                              f"{uuidlib.UUID(bytes=pool.uuid)}")
+        if same is not None and check_active and same.active:
+            raise _failed(f"pool is already active as '{same.name}'")
+        for pool in self._pools.values():
+            if pool is not same and pool.live.type == d.type and \
+                    pool.live.target_path == d.target_path:
+                raise _failed(f"Storage source conflict with pool: '{pool.name}'")
+        return same
+
+    def _add(self, d: PoolDef, persistent: bool) -> Pool:
+        pool = Pool(d, persistent)
+        self._pools[d.name] = pool
+        if persistent:
+            self._save(pool)
+        return pool
+
+    def _save(self, pool: Pool) -> None:
+        assert pool.config is not None
+        _write_atomic(self.config_dir / f"{pool.name}.xml", pool.xml(inactive=True))
+
+    def define_xml(self, xml: str) -> Pool:
+        d = parse_pool(xml)
+        same = self._check_duplicate(d, check_active=False)
+        if same is None:
+            pool = self._add(d, persistent=True)
+        else:
+            pool = same
+            pool.config = d
+            if not pool.active:
+                pool.use(d)
+            self._save(pool)
+        self.bus.emit("storage-pool-lifecycle", pool, event=EVENT_DEFINED, detail=0)
+        return pool
+
+    async def create_xml(self, xml: str, flags: int = 0) -> Pool:
+        d = parse_pool(xml)
+        if self._check_duplicate(d, check_active=True) is not None:
+            raise _failed(f"pool '{d.name}' already exists")  # persistent and inactive
+        pool = Pool(d, persistent=False)
+        try:
+            await self._build_for_create(pool, flags)
+            await pool.backend.start()
+            self._pools[d.name] = pool
+            await self._activate(pool)
+        except BaseException:
+            self._pools.pop(d.name, None)
+            raise
+        self.bus.emit("storage-pool-lifecycle", pool, event=EVENT_STARTED, detail=0)
+        return pool
+
+    def undefine(self, pool: Pool) -> None:
+        if pool.active:
+            raise _invalid(f"storage pool '{pool.name}' is still active")
+        if not pool.persistent:
+            raise _invalid(f"storage pool '{pool.name}' is not persistent")
+        self.set_autostart(pool, False)
+        with contextlib.suppress(FileNotFoundError):
+            (self.config_dir / f"{pool.name}.xml").unlink()
+        del self._pools[pool.name]
+        self.bus.emit("storage-pool-lifecycle", pool, event=EVENT_UNDEFINED, detail=0)
+
+    def set_autostart(self, pool: Pool, autostart: bool) -> None:
+        if not pool.persistent:
+            raise _invalid("cannot set autostart for transient pool")
+        link = self.autostart_dir / f"{pool.name}.xml"
+        if autostart:
+            if not link.is_symlink():
+                link.symlink_to(self.config_dir / f"{pool.name}.xml")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+        pool.autostart = autostart
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def _build_for_create(self, pool: Pool, flags: int) -> None:
+        if flags & CREATE_WITH_BUILD_OVERWRITE and flags & CREATE_WITH_BUILD_NO_OVERWRITE:
+            raise _invalid("Overwrite and no overwrite flags are mutually exclusive")
+        build = 0
+        if flags & CREATE_WITH_BUILD_OVERWRITE:
+            build = BUILD_OVERWRITE
+        elif flags & CREATE_WITH_BUILD_NO_OVERWRITE:
+            build = BUILD_NO_OVERWRITE
+        if build or flags & CREATE_WITH_BUILD:
+            await pool.backend.build(build)
+
+    async def build(self, pool: Pool, flags: int = 0) -> None:
+        if pool.active:
+            raise _invalid(f"storage pool '{pool.name}' is already active")
+        await pool.backend.build(flags)
+
+    async def create(self, pool: Pool, flags: int = 0) -> None:
+        if pool.active:
+            raise _invalid(f"storage pool '{pool.name}' is already active")
+        if pool.config is not None:
+            pool.use(pool.config)
+        await self._build_for_create(pool, flags)
+        await pool.backend.start()
+        await self._activate(pool)
+        self.bus.emit("storage-pool-lifecycle", pool, event=EVENT_STARTED, detail=0)
+
+    async def _activate(self, pool: Pool) -> None:
+        pool.active = True
+        try:
+            await self._refresh(pool)
+        except BaseException:
+            pool.active = False
+            with contextlib.suppress(VirError):
+                await pool.backend.stop()
+            raise
+        _write_atomic(self.state_dir / f"{pool.name}.xml", pool.xml())
+
+    async def destroy(self, pool: Pool) -> None:
+        if not pool.active:
+            raise _invalid(f"storage pool '{pool.name}' is not active")
+        await pool.backend.stop()
+        await self._deactivate(pool)
+        self.bus.emit("storage-pool-lifecycle", pool, event=EVENT_STOPPED, detail=0)
+
+    async def _deactivate(self, pool: Pool) -> None:
+        pool.active = False
+        pool.scan.volumes.clear()
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / f"{pool.name}.xml").unlink()
+        if not pool.persistent:
+            self._pools.pop(pool.name, None)
+        elif pool.config is not None:
+            pool.use(pool.config)
+
+    async def delete(self, pool: Pool, flags: int = 0) -> None:
+        if pool.active:
+            raise _invalid(f"storage pool '{pool.name}' is still active")
+        await pool.backend.delete(flags)
+        self.bus.emit("storage-pool-lifecycle", pool, event=EVENT_DELETED, detail=0)
+
+    async def refresh(self, pool: Pool) -> None:
+        self._need_active(pool)
+        try:
+            await self._refresh(pool)
+        except VirError:
+            await pool.backend.stop()
+            await self._deactivate(pool)
+            raise
+
+    async def _refresh(self, pool: Pool) -> None:
+        pool.scan = await pool.backend.refresh()
+
+    @staticmethod
+    def _need_active(pool: Pool) -> None:
+        if not pool.active:
+            raise _invalid(f"storage pool '{pool.name}' is not active")
+
+    # -- volumes -----------------------------------------------------------------------
+
+    def volume(self, pool: Pool, name: str) -> Volume:
+        self._need_active(pool)
+        vol = pool.volumes.get(name)
+        if vol is None:
+            raise _no_vol(f"no storage vol with matching name '{name}'")
+        return vol
+
+    def lookup_vol_by_key(self, key: str) -> tuple[Pool, Volume]:
+        for pool in self._pools.values():
+            if pool.active:
+                for vol in pool.volumes.values():
+                    if vol.key == key:
+                        return pool, vol
+        raise _no_vol(f"no storage vol with matching key {key}")
+
+    def lookup_vol_by_path(self, path: str) -> tuple[Pool, Volume]:
+        wanted = os.path.normpath(path) if path.startswith("/") else path
+        for pool in self._pools.values():
+            if pool.active:
+                for vol in pool.volumes.values():
+                    if vol.path == wanted:
+                        return pool, vol
+        raise _no_vol(f"no storage vol with matching path '{path}'")
+
+    def _new_volume(self, pool: Pool, xml: str, need_capacity: bool = True) -> Volume:
+        self._need_active(pool)
+        vol = parse_vol(xml, need_capacity)
+        if "/" in vol.name:
+            raise _invalid(f"volume name '{vol.name}' cannot contain '/'")
+        if vol.name in pool.volumes:
+            raise VirError(ErrorCode.STORAGE_VOL_EXIST,
+                           f"storage volume '{vol.name}' exists already", ErrorDomain.STORAGE)
+        return vol
+
+    async def create_vol(self, pool: Pool, xml: str, flags: int = 0) -> Volume:
+        vol = self._new_volume(pool, xml)
+        await pool.backend.create_vol(vol, flags)
+        return await self._settle_vol(pool, vol)
+
+    async def create_vol_from(self, pool: Pool, xml: str, source: Volume,
+                              flags: int = 0) -> Volume:
+        vol = self._new_volume(pool, xml, need_capacity=False)
+        if vol.capacity < source.capacity:
+            vol.capacity = source.capacity
+        await pool.backend.create_vol_from(vol, source, flags)
+        return await self._settle_vol(pool, vol)
+
+    async def _settle_vol(self, pool: Pool, vol: Volume) -> Volume:
+        """Record a new volume as found on disk, and the pool's new free space."""
+        found = await pool.backend.refresh_vol(Volume(vol.name, path=pool.backend.vol_path(vol.name)))
+        pool.volumes[found.name] = found
+        with contextlib.suppress(VirError):
+            pool.scan.sizes = await pool.backend.sizes()
+        return found
+
+    async def delete_vol(self, pool: Pool, vol: Volume, flags: int = 0) -> None:
+        await pool.backend.delete_vol(vol, flags)
+        pool.volumes.pop(vol.name, None)
+        with contextlib.suppress(VirError):
+            pool.scan.sizes = await pool.backend.sizes()
+
+    async def refresh_vol(self, pool: Pool, vol: Volume) -> Volume:
+        """The volume re-read from disk (info and XML show real numbers)."""
+        try:
+            found = await pool.backend.refresh_vol(vol)
+        except OSError as e:
+            raise VirError(ErrorCode.SYSTEM_ERROR,
+                           f"cannot stat file '{vol.path}': {os.strerror(e.errno or 0)}",
+                           ErrorDomain.STORAGE) from None
+        pool.volumes[vol.name] = found
+        return found
+

@@ -1,0 +1,56 @@
+"""One pool at run time: its definitions, its backend, what the last refresh found."""
+
+from __future__ import annotations
+
+from drivers.storage.backend import Backend, Scan
+from drivers.storage.dir import DirBackend
+from drivers.storage.perms import Perms
+from drivers.storage.pool_xml import PoolDef, PoolSizes, format_pool
+from drivers.storage.vol_xml import Volume
+
+#: Pool types served today, by their XML name.
+BACKENDS: dict[str, type[Backend]] = {"dir": DirBackend}
+
+STATE_INACTIVE = 0
+STATE_RUNNING = 2
+
+
+class Pool:
+    """``live`` is what runs (or would run next); ``config`` the persistent
+    definition, which a redefinition of an active pool changes alone."""
+
+    def __init__(self, d: PoolDef, persistent: bool) -> None:
+        self.live = d
+        self.config: PoolDef | None = d if persistent else None
+        self.active = False
+        self.autostart = False
+        self.scan = Scan(PoolSizes(), Perms())
+        self.backend = BACKENDS[d.type](d)
+
+    @property
+    def name(self) -> str:
+        return self.live.name
+
+    @property
+    def uuid(self) -> bytes:
+        return self.live.uuid
+
+    @property
+    def persistent(self) -> bool:
+        return self.config is not None
+
+    @property
+    def volumes(self) -> dict[str, Volume]:
+        return self.scan.volumes
+
+    def use(self, d: PoolDef) -> None:
+        """Make ``d`` the live definition (when the pool is not running)."""
+        self.live = d
+        self.backend = BACKENDS[d.type](d)
+
+    def xml(self, inactive: bool = False) -> str:
+        if inactive and self.config is not None:
+            return format_pool(self.config, PoolSizes())
+        if not self.active:
+            return format_pool(self.live, PoolSizes())
+        return format_pool(self.live, self.scan.sizes, self.scan.perms)

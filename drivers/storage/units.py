@@ -1,0 +1,31 @@
+"""Sizes in storage XML: a number and a ``unit`` attribute, scaled as libvirt does."""
+
+from __future__ import annotations
+
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+_POWERS = "kmgtpe"
+
+
+def scale(value: str, unit: str | None) -> int:
+    """Bytes for ``value`` in ``unit`` (default bytes); K, KiB are 1024, KB is 1000."""
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise VirError(ErrorCode.XML_ERROR, f"XML error: malformed size '{value}'",
+                       ErrorDomain.STORAGE) from None
+    if number < 0:
+        raise VirError(ErrorCode.XML_ERROR, f"XML error: malformed size '{value}'",
+                       ErrorDomain.STORAGE)
+    u = (unit or "b").strip().lower()
+    if u in ("b", "byte", "bytes"):
+        factor = 1
+    elif u and u[0] in _POWERS and u[1:] in ("", "ib", "b"):
+        base = 1000 if u[1:] == "b" else 1024
+        factor = base ** (_POWERS.index(u[0]) + 1)
+    else:
+        raise VirError(ErrorCode.INVALID_ARG, f"invalid argument: unknown suffix '{unit}'")
+    result = number * factor
+    if result >= 1 << 64:
+        raise VirError(ErrorCode.OVERFLOW, f"value too large: {value}{unit or ''}")
+    return result
