@@ -78,6 +78,10 @@ class Server:
         driver = QemuDriver(self.paths, self.bus)
         await driver.startup()
         self._drivers["qemu"] = driver
+        from drivers.storage.driver import StorageDriver
+        storage = StorageDriver(self.paths, self.bus)
+        await storage.startup()
+        self._drivers["storage"] = storage
 
     def _listen(self, sockets: dict[str, socket.socket]) -> None:
         c = self.config
