@@ -1,0 +1,166 @@
+"""Storage pools and volumes with stock virsh and libvirt-python against aiovirtd.
+
+Every pool lives under the test daemon's root; XML is checked with
+virt-xml-validate against libvirt's own schemas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.daemon import DaemonProcess
+
+pytestmark = pytest.mark.slow
+
+
+def _validate(tmp_path: Path, xml: str, schema: str) -> None:
+    path = tmp_path / f"{schema}.xml"
+    path.write_text(xml)
+    res = subprocess.run(["virt-xml-validate", str(path), schema], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_default_pool_exists_and_autostarts(module_daemon: DaemonProcess) -> None:
+    out = module_daemon.virsh("pool-list", "--all").stdout
+    assert out.split("\n")[2].split() == ["default", "active", "yes"]
+    xml = module_daemon.virsh("pool-dumpxml", "default").stdout
+    assert f"<path>{module_daemon.root}/var/lib/libvirt/images</path>" in xml
+    assert (module_daemon.root / "etc/libvirt/storage/autostart/default.xml").is_symlink()
+
+
+def test_dir_pool_life_cycle(module_daemon: DaemonProcess, tmp_path: Path) -> None:
+    d = module_daemon
+    target = d.root / "pool1"
+    d.virsh("pool-define-as", "pool1", "dir", "--target", str(target))
+    try:
+        inactive = d.virsh("pool-dumpxml", "pool1").stdout
+        _validate(tmp_path, inactive, "storagepool")
+        assert "<capacity unit='bytes'>0</capacity>" in inactive
+        assert "Failed to start pool" in d.virsh("pool-start", "pool1", check=False).stderr
+        d.virsh("pool-build", "pool1")
+        assert target.is_dir() and (target.stat().st_mode & 0o777) == 0o711
+        d.virsh("pool-start", "pool1")
+        info = d.virsh("pool-info", "pool1").stdout
+        assert "State:          running" in info and "Persistent:     yes" in info
+        xml = d.virsh("pool-dumpxml", "pool1").stdout
+        _validate(tmp_path, xml, "storagepool")
+        assert "<mode>0711</mode>" in xml
+        assert "already active" in d.virsh("pool-build", "pool1", check=False).stderr
+        assert "still active" in d.virsh("pool-undefine", "pool1", check=False).stderr
+        d.virsh("pool-autostart", "pool1")
+        assert (d.root / "etc/libvirt/storage/autostart/pool1.xml").exists()
+        d.virsh("pool-autostart", "pool1", "--disable")
+        d.virsh("pool-destroy", "pool1")
+        assert "inactive" in d.virsh("pool-info", "pool1").stdout
+        d.virsh("pool-delete", "pool1")
+        assert not target.exists()
+    finally:
+        d.virsh("pool-destroy", "pool1", check=False)
+        d.virsh("pool-undefine", "pool1", check=False)
+    assert "pool1" not in d.virsh("pool-list", "--all").stdout
+    assert not (d.root / "etc/libvirt/storage/pool1.xml").exists()
+
+
+@pytest.fixture
+def pool(module_daemon: DaemonProcess) -> Iterator[str]:
+    target = module_daemon.root / "vols"
+    module_daemon.virsh("pool-create-as", "vols", "dir", "--target", str(target), "--build")
+    yield "vols"
+    module_daemon.virsh("pool-destroy", "vols", check=False)
+    for f in target.iterdir():
+        f.unlink()
+    target.rmdir()
+
+
+def test_volumes_raw_and_qcow2(module_daemon: DaemonProcess, pool: str, tmp_path: Path) -> None:
+    d = module_daemon
+    d.virsh("vol-create-as", pool, "r.img", "10M")
+    d.virsh("vol-create-as", pool, "q.qcow2", "20M", "--format", "qcow2")
+    raw = d.root / "vols/r.img"
+    qcow = d.root / "vols/q.qcow2"
+    assert raw.stat().st_size == 10 << 20 and raw.stat().st_blocks * 512 >= 10 << 20
+    img = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(qcow)],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert (img["format"], img["virtual-size"]) == ("qcow2", 20 << 20)
+
+    info = d.virsh("vol-info", "--pool", pool, "q.qcow2").stdout
+    assert "Capacity:       20.00 MiB" in info
+    assert f"Allocation:     {img['actual-size'] // 1024:.2f} KiB" in info
+    assert d.virsh("vol-path", "--pool", pool, "r.img").stdout.strip() == str(raw)
+    assert d.virsh("vol-key", "--pool", pool, "r.img").stdout.strip() == str(raw)
+    assert d.virsh("vol-name", str(raw)).stdout.strip() == "r.img"
+    assert d.virsh("vol-pool", str(qcow)).stdout.strip() == pool
+    for name in ("r.img", "q.qcow2"):
+        _validate(tmp_path, d.virsh("vol-dumpxml", "--pool", pool, name).stdout, "storagevol")
+    assert "<format type='qcow2'/>" in d.virsh("vol-dumpxml", "--pool", pool, "q.qcow2").stdout
+    rows = d.virsh("vol-list", "--details", pool).stdout.split("\n")[2:4]
+    assert rows[0].split()[:3] == ["q.qcow2", str(qcow), "file"]
+    assert rows[1].split() == ["r.img", str(raw), "file", "10.00", "MiB", "10.00", "MiB"]
+
+    conn = d.conn()
+    vol = conn.storageVolLookupByPath(str(qcow))
+    assert vol.info() == [0, 20 << 20, img["actual-size"]]
+    assert conn.storageVolLookupByKey(str(raw)).name() == "r.img"
+    assert len(conn.storagePoolLookupByName(pool).listAllVolumes()) == 2
+
+    err = d.virsh("vol-create-as", pool, "r.img", "1M", check=False).stderr
+    assert "storage volume 'r.img' exists already" in err
+    d.virsh("vol-delete", "--pool", pool, "r.img")
+    d.virsh("vol-delete", "--pool", pool, "q.qcow2")
+    assert not raw.exists() and not qcow.exists()
+    assert d.virsh("vol-list", pool).stdout.split("\n")[2:] == ["", ""]
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b"])
+def test_names_escaping_the_pool_are_refused(module_daemon: DaemonProcess, pool: str,
+                                             name: str) -> None:
+    before = set(os.listdir(module_daemon.root))
+    res = module_daemon.virsh("vol-create-as", pool, name, "1M", check=False)
+    assert res.returncode == 1
+    assert (f"error: Requested operation is not valid: volume name '{name}' cannot contain '/'"
+            in res.stderr)
+    assert set(os.listdir(module_daemon.root)) == before
+    assert not list((module_daemon.root / "vols").iterdir())
+
+
+def test_lookup_errors(module_daemon: DaemonProcess, pool: str) -> None:
+    import libvirt
+
+    conn = module_daemon.conn()
+    cases = [
+        (lambda: conn.storagePoolLookupByName("nope"), libvirt.VIR_ERR_NO_STORAGE_POOL,
+         "Storage pool not found: no storage pool with matching name 'nope'"),
+        (lambda: conn.storageVolLookupByPath("/nope"), libvirt.VIR_ERR_NO_STORAGE_VOL,
+         "Storage volume not found: no storage vol with matching path '/nope'"),
+        (lambda: conn.storagePoolLookupByName(pool).storageVolLookupByName("nope"),
+         libvirt.VIR_ERR_NO_STORAGE_VOL,
+         "Storage volume not found: no storage vol with matching name 'nope'"),
+    ]
+    for call, code, message in cases:
+        with pytest.raises(libvirt.libvirtError) as e:
+            call()
+        assert (e.value.get_error_code(), str(e.value)) == (code, message)
+
+
+def test_pools_survive_a_restart(start_daemon: Callable[..., DaemonProcess]) -> None:
+    d = start_daemon()
+    target = d.root / "keep"
+    d.virsh("pool-define-as", "keep", "dir", "--target", str(target))
+    d.virsh("pool-build", "keep")
+    d.virsh("pool-start", "keep")
+    d.virsh("pool-autostart", "keep")
+    d.virsh("vol-create-as", "keep", "v.img", "1M")
+    d.restart()
+    out = d.virsh("pool-list", "--all").stdout
+    assert "keep" in out and "default" in out
+    assert "v.img" in d.virsh("vol-list", "keep").stdout
+    d.virsh("pool-destroy", "keep")
+    d.restart()
+    assert "keep      active" in d.virsh("pool-list", "--all").stdout  # autostarted
