@@ -60,6 +60,14 @@ DOMAIN_EVENTS = (
 LEGACY_EVENT_IDS = range(0, 26)
 CALLBACK_EVENT_IDS = range(0, 27)
 
+#: Storage pool events by bus kind: VIR_STORAGE_POOL_EVENT_ID_*, the message
+#: ``remote_storage_pool_event_<name>_msg`` and its fields after the pool.
+POOL_EVENTS: dict[str, tuple[int, str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {
+    "storage-pool-lifecycle": (0, "LIFECYCLE", lambda d: (d["event"], d["detail"])),
+    "storage-pool-refresh": (1, "REFRESH", lambda d: ()),
+}
+POOL_EVENT_IDS = range(0, 2)
+
 
 @dataclass
 class Registrations:
@@ -67,6 +75,7 @@ class Registrations:
 
     legacy: set[int] = field(default_factory=set)
     callbacks: dict[int, tuple[int, bytes | None]] = field(default_factory=dict)
+    pool_callbacks: dict[int, tuple[int, bytes | None]] = field(default_factory=dict)
 
     def tracked(self, event_id: int, uuid: bytes | None) -> bool:
         if uuid is None and event_id in self.legacy:
@@ -138,6 +147,9 @@ class EventRelay:
         self._clients.pop(client, None)
 
     def _on_event(self, kind: str, obj: Any, **data: Any) -> None:
+        if kind in POOL_EVENTS:
+            self._on_pool_event(kind, obj, data)
+            return
         event = self._kinds.get(kind)
         if event is None or not self._clients:
             return
@@ -153,6 +165,18 @@ class EventRelay:
                 if wanted == event_id and (uuid is None or uuid == obj.uuid):
                     encoded = encoded or _Encoded(self, event, obj, data)
                     self._send(client, *encoded.callback(callback_id))
+
+    def _on_pool_event(self, kind: str, pool: Any, data: dict[str, Any]) -> None:
+        event_id, name, fields = POOL_EVENTS[kind]
+        module = self.program.module
+        proc = self.procedures[f"STORAGE_POOL_EVENT_{name}"]
+        msg = getattr(module, f"remote_storage_pool_event_{name.lower()}_msg")
+        handle = module.remote_nonnull_storage_pool(pool.name, pool.uuid)
+        for client, regs in list(self._clients.items()):
+            for callback_id, (wanted, uuid) in regs.pool_callbacks.items():
+                if not client.closed and wanted == event_id and uuid in (None, pool.uuid):
+                    body = proc.args.encode(msg(callback_id, handle, *fields(data)))
+                    self._send(client, proc.number, body)
 
     def _send(self, client: Client, proc: int, body: bytes) -> None:
         client.send_message(self.program.number, self.program.version, proc, body)

@@ -265,6 +265,7 @@ class StorageDriver:
         if pool.active:
             raise _invalid(f"storage pool '{pool.name}' is already active")
         await pool.backend.build(flags)
+        self.bus.emit("storage-pool-lifecycle", pool, event=EVENT_CREATED, detail=0)
 
     async def create(self, pool: Pool, flags: int = 0) -> None:
         if pool.active:
@@ -318,6 +319,7 @@ class StorageDriver:
             await pool.backend.stop()
             await self._deactivate(pool)
             raise
+        self.bus.emit("storage-pool-refresh", pool)
 
     async def _refresh(self, pool: Pool) -> None:
         pool.scan = await pool.backend.refresh()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -164,3 +166,43 @@ def test_pools_survive_a_restart(start_daemon: Callable[..., DaemonProcess]) -> 
     d.virsh("pool-destroy", "keep")
     d.restart()
     assert "keep      active" in d.virsh("pool-list", "--all").stdout  # autostarted
+
+
+def test_pool_events(module_daemon: DaemonProcess) -> None:
+    d = module_daemon
+    watch = subprocess.Popen(["virsh", "-c", d.uri, "pool-event", "--loop", "--event",
+                              "lifecycle", "--timeout", "20"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        assert watch.stdout is not None
+        _wait_registered(d, watch.stdout)
+        target = d.root / "ev"
+        d.virsh("pool-define-as", "ev", "dir", "--target", str(target))
+        for cmd in ("pool-build", "pool-start", "pool-destroy", "pool-delete", "pool-undefine"):
+            d.virsh(cmd, "ev")
+        lines: list[str] = []
+        while len(lines) < 6:
+            line = watch.stdout.readline()
+            assert line, lines
+            if "storage pool ev:" in line:  # late probe events may come first
+                lines.append(line.strip())
+    finally:
+        watch.kill()
+        watch.wait()
+    assert lines == [f"event 'lifecycle' for storage pool ev: {e}" for e in
+                     ("Defined", "Created", "Started", "Stopped", "Deleted", "Undefined")]
+
+
+def _wait_registered(d: DaemonProcess, out: IO[str]) -> None:
+    """Define and undefine a probe pool until the watcher reports it: then it listens."""
+    os.set_blocking(out.fileno(), False)
+    try:
+        for _ in range(60):
+            d.virsh("pool-define-as", "probe", "dir", "--target", str(d.root / "probe"))
+            d.virsh("pool-undefine", "probe")
+            time.sleep(0.5)
+            if "probe: Undefined" in (out.read() or ""):
+                return
+        raise AssertionError("virsh pool-event never registered")
+    finally:
+        os.set_blocking(out.fileno(), True)
