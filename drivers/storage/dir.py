@@ -52,6 +52,13 @@ async def qemu_img(*args: str) -> str:
     return out.decode()
 
 
+def _check_prealloc(vol: Volume, flags: int) -> None:
+    if flags & VOL_CREATE_PREALLOC_METADATA and vol.format == "raw":
+        raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
+                       "unsupported configuration: metadata preallocation is not supported "
+                       "for raw volumes", ErrorDomain.STORAGE)
+
+
 class DirBackend(Backend):
     type = "dir"
 
@@ -149,11 +156,8 @@ class DirBackend(Backend):
         if os.path.lexists(path):
             raise VirError(ErrorCode.STORAGE_VOL_EXIST,
                            f"storage volume '{vol.name}' exists already", ErrorDomain.STORAGE)
+        _check_prealloc(vol, flags)
         if vol.format == "raw":
-            if flags & VOL_CREATE_PREALLOC_METADATA:
-                raise VirError(ErrorCode.OPERATION_INVALID,
-                               "Requested operation is not valid: metadata preallocation "
-                               "only makes sense for qcow2 and qed volumes", ErrorDomain.STORAGE)
             await asyncio.to_thread(self._create_raw, vol, path)
         elif vol.format in _QEMU_IMG_FORMATS:
             await self._create_image(vol, path, flags)
@@ -167,6 +171,46 @@ class DirBackend(Backend):
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise _system_error(f"cannot set permissions of '{path}'", e) from None
+
+    async def create_vol_from(self, vol: Volume, source: Volume, flags: int) -> None:
+        """A copy of ``source`` in ``vol``'s format, grown to its capacity; sparse."""
+        _check_prealloc(vol, flags)
+        path = self.vol_path(vol.name)
+        if os.path.lexists(path):
+            raise VirError(ErrorCode.STORAGE_VOL_EXIST,
+                           f"storage volume '{vol.name}' exists already", ErrorDomain.STORAGE)
+        if vol.format == "raw":
+            # Into a file allocated as asked; zeros are written (-S 0) unless the
+            # volume is to be sparse, as libvirt copies.
+            await asyncio.to_thread(self._create_raw, vol, path)
+            sparse = [] if (vol.allocation or 0) >= vol.capacity else ["-S", "4k"]
+            args = ["convert", "-n", *(sparse or ["-S", "0"]), "-f", source.format,
+                    "-O", "raw"]
+        else:
+            args = ["convert", "-f", source.format, "-O", vol.format]
+            options = self._image_options(vol, flags)
+            if options:
+                args += ["-o", ",".join(options)]
+        try:
+            await qemu_img(*args, source.path, path)
+            if vol.format != "raw" and vol.capacity > source.capacity:
+                await qemu_img("resize", "-f", vol.format, path, str(vol.capacity))
+            self._apply_perms(vol, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+
+    @staticmethod
+    def _image_options(vol: Volume, flags: int) -> list[str]:
+        options = []
+        if vol.format == "qcow2":
+            options.append("compat=0.10")
+        if flags & VOL_CREATE_PREALLOC_METADATA:
+            # libvirt asks for data too when the whole capacity is to be allocated.
+            full = (vol.allocation or 0) // 1024 >= (vol.capacity + 1023) // 1024
+            options.append("preallocation=falloc" if full else "preallocation=metadata")
+        return options
 
     def _create_raw(self, vol: Volume, path: str) -> None:
         try:
@@ -187,15 +231,7 @@ class DirBackend(Backend):
             raise _system_error(f"cannot fill file '{path}'", e) from None
 
     async def _create_image(self, vol: Volume, path: str, flags: int) -> None:
-        options = []
-        if vol.format == "qcow2":
-            options.append("compat=0.10")
-        if flags & VOL_CREATE_PREALLOC_METADATA:
-            if vol.format not in ("qcow2", "qed"):
-                raise VirError(ErrorCode.OPERATION_INVALID,
-                               "Requested operation is not valid: metadata preallocation "
-                               "only makes sense for qcow2 and qed volumes", ErrorDomain.STORAGE)
-            options.append("preallocation=metadata")
+        options = self._image_options(vol, flags)
         args = ["create", "-f", vol.format]
         if options:
             args += ["-o", ",".join(options)]

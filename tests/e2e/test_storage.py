@@ -206,3 +206,27 @@ def _wait_registered(d: DaemonProcess, out: IO[str]) -> None:
         raise AssertionError("virsh pool-event never registered")
     finally:
         os.set_blocking(out.fileno(), True)
+
+
+def test_clone_and_preallocation(module_daemon: DaemonProcess, pool: str) -> None:
+    d = module_daemon
+    root = d.root / "vols"
+    d.virsh("vol-create-as", pool, "q.qcow2", "20M", "--format", "qcow2")
+    d.virsh("vol-create-as", pool, "r.img", "10M")
+    d.virsh("vol-clone", "--pool", pool, "q.qcow2", "c.qcow2")
+    assert "Capacity:       20.00 MiB" in d.virsh("vol-info", "--pool", pool, "c.qcow2").stdout
+    res = d.virsh("vol-clone", "--pool", pool, "q.qcow2", "../c", check=False)
+    assert "volume name '../c' cannot contain '/'" in res.stderr
+    xml = "<volume><name>big.img</name><capacity unit='M'>30</capacity></volume>"
+    spec = d.root / "big.xml"
+    spec.write_text(xml)
+    d.virsh("vol-create-from", pool, str(spec), "--inputpool", pool, "r.img")
+    big = root / "big.img"
+    assert big.stat().st_size == 30 << 20 and big.stat().st_blocks * 512 >= 30 << 20
+    res = d.virsh("vol-create-as", pool, "pm.img", "1M", "--prealloc-metadata", check=False)
+    assert ("unsupported configuration: metadata preallocation is not supported for raw "
+            "volumes") in res.stderr
+    assert not (root / "pm.img").exists()
+    d.virsh("vol-create-as", pool, "pm.qcow2", "1M", "--format", "qcow2", "--prealloc-metadata")
+    assert (root / "pm.qcow2").stat().st_blocks * 512 >= 1 << 20  # falloc: data too
+    assert sorted(os.listdir(root)) == ["big.img", "c.qcow2", "pm.qcow2", "q.qcow2", "r.img"]
