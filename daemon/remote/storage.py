@@ -101,6 +101,11 @@ async def storage_pool_lookup_by_uuid(call: Call, args: Any) -> Any:
     return R.remote_storage_pool_lookup_by_uuid_ret(_pool_handle(pool))
 
 
+async def storage_pool_lookup_by_target_path(call: Call, args: Any) -> Any:
+    pool = _driver(call).lookup_by_target_path(args.path)
+    return R.remote_storage_pool_lookup_by_target_path_ret(_pool_handle(pool))
+
+
 async def storage_pool_lookup_by_volume(call: Call, args: Any) -> Any:
     pool, _ = _vol(call, args.vol)
     return R.remote_storage_pool_lookup_by_volume_ret(_pool_handle(pool))

@@ -52,6 +52,12 @@ async def qemu_img(*args: str) -> str:
     return out.decode()
 
 
+def _target_exists(path: str) -> VirError:
+    return VirError(ErrorCode.OPERATION_INVALID,
+                    f"Requested operation is not valid: volume target path '{path}' "
+                    "already exists", ErrorDomain.STORAGE)
+
+
 def _check_prealloc(vol: Volume, flags: int) -> None:
     if flags & VOL_CREATE_PREALLOC_METADATA and vol.format == "raw":
         raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
@@ -154,8 +160,7 @@ class DirBackend(Backend):
     async def create_vol(self, vol: Volume, flags: int) -> None:
         path = self.vol_path(vol.name)
         if os.path.lexists(path):
-            raise VirError(ErrorCode.STORAGE_VOL_EXIST,
-                           f"storage volume '{vol.name}' exists already", ErrorDomain.STORAGE)
+            raise _target_exists(path)
         _check_prealloc(vol, flags)
         if vol.format == "raw":
             await asyncio.to_thread(self._create_raw, vol, path)
@@ -177,8 +182,7 @@ class DirBackend(Backend):
         _check_prealloc(vol, flags)
         path = self.vol_path(vol.name)
         if os.path.lexists(path):
-            raise VirError(ErrorCode.STORAGE_VOL_EXIST,
-                           f"storage volume '{vol.name}' exists already", ErrorDomain.STORAGE)
+            raise _target_exists(path)
         if vol.format == "raw":
             # Into a file allocated as asked; zeros are written (-S 0) unless the
             # volume is to be sparse, as libvirt copies.
@@ -215,20 +219,24 @@ class DirBackend(Backend):
     def _create_raw(self, vol: Volume, path: str) -> None:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DEFAULT_VOL_MODE)
+        except FileExistsError:
+            raise _target_exists(path) from None
         except OSError as e:
             raise _system_error(f"cannot create path '{path}'", e) from None
+        step = "extend"
         try:
             try:
+                os.ftruncate(fd, vol.capacity)
                 alloc = min(vol.allocation or 0, vol.capacity)
                 if alloc:
+                    step = "fill"
                     os.posix_fallocate(fd, 0, alloc)
-                os.ftruncate(fd, vol.capacity)
             finally:
                 os.close(fd)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(path)
-            raise _system_error(f"cannot fill file '{path}'", e) from None
+            raise _system_error(f"cannot {step} file '{path}'", e) from None
 
     async def _create_image(self, vol: Volume, path: str, flags: int) -> None:
         options = self._image_options(vol, flags)

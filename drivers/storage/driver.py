@@ -18,7 +18,7 @@ from pathlib import Path
 from daemon.paths import Paths
 from drivers.events import EventBus
 from drivers.storage.pool import Pool
-from drivers.storage.pool_xml import POOL_TYPES, PoolDef, parse_pool
+from drivers.storage.pool_xml import POOL_TYPES, PoolDef, clean_path, parse_pool
 from drivers.storage.vol_xml import Volume, parse_vol
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
@@ -148,6 +148,13 @@ class StorageDriver:
         text = str(uuidlib.UUID(bytes=uuid))
         suffix = f" ({name})" if name is not None else ""
         raise _no_pool(f"no storage pool with matching uuid '{text}'{suffix}")
+
+    def lookup_by_target_path(self, path: str) -> Pool:
+        wanted = clean_path(path)
+        for pool in self._pools.values():
+            if pool.active and pool.live.target_path == wanted:
+                return pool
+        raise _no_pool(f"no storage pool with matching target path '{path}'")
 
     def list_pools(self, flags: int = 0) -> list[Pool]:
         pools = list(self._pools.values())

@@ -70,11 +70,11 @@ def parse_pool(xml: str) -> PoolDef:
     path = root.findtext("target/path")
     if path is None or not path.strip():
         raise _xml_error("missing storage pool target path")
-    return PoolDef(kind, name, pool_uuid, _clean_path(path.strip()),
+    return PoolDef(kind, name, pool_uuid, clean_path(path.strip()),
                    parse_perms(root.find("target/permissions")))
 
 
-def _clean_path(path: str) -> str:
+def clean_path(path: str) -> str:
     """libvirt drops repeated and trailing slashes from target paths."""
     parts = [p for p in path.split("/") if p]
     return ("/" if path.startswith("/") else "") + "/".join(parts)

@@ -7,16 +7,15 @@ from protocol.errors import ErrorCode, ErrorDomain, VirError
 _POWERS = "kmgtpe"
 
 
-def scale(value: str, unit: str | None) -> int:
-    """Bytes for ``value`` in ``unit`` (default bytes); K, KiB are 1024, KB is 1000."""
-    try:
-        number = int(value.strip())
-    except ValueError:
-        raise VirError(ErrorCode.XML_ERROR, f"XML error: malformed size '{value}'",
-                       ErrorDomain.STORAGE) from None
-    if number < 0:
-        raise VirError(ErrorCode.XML_ERROR, f"XML error: malformed size '{value}'",
+def scale(value: str, unit: str | None, element: str = "capacity") -> int:
+    """Bytes for ``value`` in ``unit`` (default bytes); K, KiB are 1024, KB is 1000.
+
+    ``element`` names the XML element in the error for a malformed number."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise VirError(ErrorCode.XML_ERROR, f"XML error: malformed {element} element",
                        ErrorDomain.STORAGE)
+    number = int(text)
     u = (unit or "b").strip().lower()
     if u in ("b", "byte", "bytes"):
         factor = 1
@@ -27,5 +26,6 @@ def scale(value: str, unit: str | None) -> int:
         raise VirError(ErrorCode.INVALID_ARG, f"invalid argument: unknown suffix '{unit}'")
     result = number * factor
     if result >= 1 << 64:
-        raise VirError(ErrorCode.OVERFLOW, f"value too large: {value}{unit or ''}")
+        raise VirError(ErrorCode.OVERFLOW,
+                       f"numerical overflow: value too large: {text}{unit or ''}")
     return result

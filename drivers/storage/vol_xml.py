@@ -61,7 +61,7 @@ def parse_vol(xml: str, need_capacity: bool = True) -> Volume:
         raise _xml_error("missing capacity element")
     alloc = root.find("allocation")
     if alloc is not None:
-        vol.allocation = scale(alloc.text or "", alloc.get("unit"))
+        vol.allocation = scale(alloc.text or "", alloc.get("unit"), "allocation")
     elif cap is not None:
         vol.allocation = vol.capacity
     fmt = root.find("target/format")

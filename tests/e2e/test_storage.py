@@ -120,6 +120,13 @@ def test_volumes_raw_and_qcow2(module_daemon: DaemonProcess, pool: str, tmp_path
     assert d.virsh("vol-list", pool).stdout.split("\n")[2:] == ["", ""]
 
 
+def test_a_volume_too_large_leaves_no_file(module_daemon: DaemonProcess, pool: str) -> None:
+    res = module_daemon.virsh("vol-create-as", pool, "huge", "1000000000000000", check=False)
+    # ext4 refuses the size ("cannot extend file"), others the allocation ("cannot fill file")
+    assert res.returncode == 1 and "error: cannot " in res.stderr
+    assert not list((module_daemon.root / "vols").iterdir())
+
+
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b"])
 def test_names_escaping_the_pool_are_refused(module_daemon: DaemonProcess, pool: str,
                                              name: str) -> None:
@@ -145,6 +152,20 @@ def test_lookup_errors(module_daemon: DaemonProcess, pool: str) -> None:
          libvirt.VIR_ERR_NO_STORAGE_VOL,
          "Storage volume not found: no storage vol with matching name 'nope'"),
     ]
+    cases += [
+        (lambda: conn.storagePoolLookupByTargetPath("/nope"), libvirt.VIR_ERR_NO_STORAGE_POOL,
+         "Storage pool not found: no storage pool with matching target path '/nope'"),
+        (lambda: conn.storagePoolLookupByName(pool).createXML(
+            "<volume><name>z</name><capacity unit='E'>20</capacity></volume>"),
+         libvirt.VIR_ERR_OVERFLOW, "numerical overflow: value too large: 20E"),
+        (lambda: conn.storagePoolLookupByName(pool).createXML(
+            "<volume><name>..</name><capacity>1</capacity></volume>"),
+         libvirt.VIR_ERR_OPERATION_INVALID,
+         f"Requested operation is not valid: volume target path "
+         f"'{module_daemon.root}/vols/..' already exists"),
+    ]
+    assert conn.storagePoolLookupByTargetPath(
+        f"{module_daemon.root}//vols/").name() == pool
     for call, code, message in cases:
         with pytest.raises(libvirt.libvirtError) as e:
             call()

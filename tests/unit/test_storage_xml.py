@@ -89,18 +89,23 @@ def test_scale(value: str, unit: str | None, expected: int) -> None:
     assert scale(value, unit) == expected
 
 
-def test_scale_overflow_and_junk() -> None:
+@pytest.mark.parametrize(("value", "unit", "code", "message"), [
+    ("20", "E", ErrorCode.OVERFLOW, "numerical overflow: value too large: 20E"),
+    ("abc", None, ErrorCode.XML_ERROR, "XML error: malformed capacity element"),
+    ("-1", None, ErrorCode.XML_ERROR, "XML error: malformed capacity element"),
+    ("1", "parsec", ErrorCode.INVALID_ARG, "invalid argument: unknown suffix 'parsec'"),
+])
+def test_scale_errors_are_libvirtd_s(value: str, unit: str | None, code: ErrorCode,
+                                     message: str) -> None:
     with pytest.raises(VirError) as e:
-        scale("16", "E")
-    assert e.value.code == ErrorCode.OVERFLOW
-    with pytest.raises(VirError):
-        scale("x", None)
-    with pytest.raises(VirError):
-        scale("1", "parsecs")
+        scale(value, unit)
+    assert (e.value.code, e.value.message) == (code, message)
 
 
 @pytest.mark.parametrize(("xml", "code", "message"), [
     ("<volume><name>z</name></volume>", ErrorCode.XML_ERROR, "XML error: missing capacity element"),
+    ("<volume><capacity>1</capacity></volume>", ErrorCode.XML_ERROR,
+     "XML error: missing volume name element"),
     ("<volume><name>z</name><capacity>1</capacity><target><format type='bogus'/></target>"
      "</volume>", ErrorCode.CONFIG_UNSUPPORTED,
      "unsupported configuration: unknown volume format type bogus"),
