@@ -259,6 +259,24 @@ async def storage_vol_delete(call: Call, args: Any) -> None:
     await _driver(call).delete_vol(pool, vol, args.flags)
 
 
+async def storage_vol_resize(call: Call, args: Any) -> None:
+    _check_flags(args.flags, 0x7, "storageVolResize")
+    pool, vol = _vol(call, args.vol)
+    await _driver(call).resize_vol(pool, vol, args.capacity, args.flags)
+
+
+async def storage_vol_wipe(call: Call, args: Any) -> None:
+    _check_flags(args.flags, 0, "storageVolWipe")
+    pool, vol = _vol(call, args.vol)
+    await _driver(call).wipe_vol(pool, vol, 0)
+
+
+async def storage_vol_wipe_pattern(call: Call, args: Any) -> None:
+    _check_flags(args.flags, 0, "storageVolWipePattern")
+    pool, vol = _vol(call, args.vol)
+    await _driver(call).wipe_vol(pool, vol, args.algorithm)
+
+
 async def _fresh(call: Call, handle: Any) -> Volume:
     pool, vol = _vol(call, handle)
     return await _driver(call).refresh_vol(pool, vol)

@@ -62,6 +62,13 @@ class Backend:
     async def delete_vol(self, vol: Volume, flags: int) -> None:
         raise self._unsupported("volume deletion")
 
+    async def resize_vol(self, vol: Volume, capacity: int, allocate: bool, shrink: bool) -> None:
+        raise self._unsupported("volume resize")
+
+    async def wipe_vol(self, vol: Volume, algorithm: int) -> None:
+        """Overwrite the volume's data (virStorageVolWipeAlgorithm, zero = 0)."""
+        raise self._unsupported("volume wiping")
+
     async def refresh_vol(self, vol: Volume) -> Volume:
         """The volume as it is on disk now."""
         raise NotImplementedError

@@ -38,6 +38,10 @@ LIST_TYPES_SHIFT = 6
 CREATE_WITH_BUILD, CREATE_WITH_BUILD_OVERWRITE, CREATE_WITH_BUILD_NO_OVERWRITE = 1, 2, 4
 BUILD_NO_OVERWRITE, BUILD_OVERWRITE = 1 << 2, 1 << 3
 
+# virStorageVolResizeFlags, virStorageVolWipeAlgorithm
+RESIZE_ALLOCATE, RESIZE_DELTA, RESIZE_SHRINK = 1, 2, 4
+WIPE_TRIM, WIPE_LAST = 9, 10
+
 DEFAULT_POOL = "default"
 
 
@@ -398,6 +402,38 @@ class StorageDriver:
         pool.volumes.pop(vol.name, None)
         with contextlib.suppress(VirError):
             pool.scan.sizes = await pool.backend.sizes()
+
+    async def resize_vol(self, pool: Pool, vol: Volume, capacity: int, flags: int = 0) -> None:
+        """libvirt's checks and arithmetic around the backend's resize."""
+        shrink = bool(flags & RESIZE_SHRINK)
+        if flags & RESIZE_DELTA:
+            capacity = (vol.capacity - min(capacity, vol.capacity) if shrink
+                        else vol.capacity + capacity)
+        if capacity < (vol.allocation or 0):
+            raise VirError(ErrorCode.INVALID_ARG,
+                           "invalid argument: can't shrink capacity below existing allocation",
+                           ErrorDomain.STORAGE)
+        if capacity < vol.capacity and not shrink:
+            raise VirError(ErrorCode.INVALID_ARG,
+                           "invalid argument: Can't shrink capacity below current capacity "
+                           "unless shrink flag explicitly specified", ErrorDomain.STORAGE)
+        allocate = bool(flags & RESIZE_ALLOCATE)
+        if allocate and capacity - (vol.allocation or 0) > pool.scan.sizes.available:
+            raise _failed("Not enough space left in storage pool")
+        await pool.backend.resize_vol(vol, capacity, allocate, shrink)
+        await self._settle_vol(pool, vol)
+
+    async def wipe_vol(self, pool: Pool, vol: Volume, algorithm: int) -> None:
+        if algorithm == WIPE_TRIM:
+            raise VirError(ErrorCode.ARGUMENT_UNSUPPORTED,
+                           "argument unsupported: 'trim' algorithm not supported",
+                           ErrorDomain.STORAGE)
+        if not 0 <= algorithm < WIPE_LAST:
+            raise VirError(ErrorCode.INVALID_ARG,
+                           f"invalid argument: wiping algorithm {algorithm} not supported",
+                           ErrorDomain.STORAGE)
+        await pool.backend.wipe_vol(vol, algorithm)
+        await self._settle_vol(pool, vol)
 
     async def refresh_vol(self, pool: Pool, vol: Volume) -> Volume:
         """The volume re-read from disk (info and XML show real numbers)."""

@@ -251,3 +251,35 @@ def test_clone_and_preallocation(module_daemon: DaemonProcess, pool: str) -> Non
     d.virsh("vol-create-as", pool, "pm.qcow2", "1M", "--format", "qcow2", "--prealloc-metadata")
     assert (root / "pm.qcow2").stat().st_blocks * 512 >= 1 << 20  # falloc: data too
     assert sorted(os.listdir(root)) == ["big.img", "c.qcow2", "pm.qcow2", "q.qcow2", "r.img"]
+
+
+def test_resize_and_wipe(module_daemon: DaemonProcess, pool: str) -> None:
+    import libvirt
+
+    d = module_daemon
+    d.virsh("vol-create-as", pool, "r.img", "10M")
+    d.virsh("vol-create-as", pool, "q.qcow2", "20M", "--format", "qcow2")
+    res = d.virsh("vol-resize", "--pool", pool, "r.img", "5M", check=False)
+    assert "can't shrink capacity below existing allocation" in res.stderr
+    d.virsh("vol-resize", "--pool", pool, "r.img", "20M")
+    d.virsh("vol-resize", "--pool", pool, "r.img", "--delta", "5M")
+    assert (d.root / "vols/r.img").stat().st_size == 25 << 20
+    res = d.virsh("vol-resize", "--pool", pool, "r.img", "21M", check=False)
+    assert "unless shrink flag explicitly specified" in res.stderr
+    d.virsh("vol-resize", "--pool", pool, "q.qcow2", "30M")
+    assert "Capacity:       30.00 MiB" in d.virsh("vol-info", "--pool", pool, "q.qcow2").stdout
+    res = d.virsh("vol-resize", "--pool", pool, "q.qcow2", "40M", "--allocate", check=False)
+    assert "preallocate is only supported for raw type volume" in res.stderr
+
+    raw = d.root / "vols/r.img"
+    with open(raw, "r+b") as f:
+        f.write(b"secret")
+    d.virsh("vol-wipe", "--pool", pool, "r.img")
+    with open(raw, "rb") as f:
+        assert f.read(6) == bytes(6)
+    res = d.virsh("vol-wipe", "--pool", pool, "r.img", "--algorithm", "trim", check=False)
+    assert "'trim' algorithm not supported" in res.stderr
+    vol = d.conn().storageVolLookupByPath(str(raw))
+    with pytest.raises(libvirt.libvirtError) as e:
+        vol.wipePattern(99, 0)
+    assert e.value.get_error_code() == libvirt.VIR_ERR_INVALID_ARG
