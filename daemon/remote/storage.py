@@ -11,8 +11,9 @@ from typing import Any
 
 from daemon.dispatch import Call
 from daemon.events import POOL_EVENT_IDS
+from drivers.storage.capabilities import pool_capabilities
 from drivers.storage.driver import StorageDriver
-from drivers.storage.pool import STATE_INACTIVE, STATE_RUNNING, Pool
+from drivers.storage.pool import BACKENDS, STATE_INACTIVE, STATE_RUNNING, Pool
 from drivers.storage.vol_xml import VOL_TYPES, Volume, format_vol
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
@@ -109,6 +110,11 @@ async def storage_pool_lookup_by_target_path(call: Call, args: Any) -> Any:
 async def storage_pool_lookup_by_volume(call: Call, args: Any) -> Any:
     pool, _ = _vol(call, args.vol)
     return R.remote_storage_pool_lookup_by_volume_ret(_pool_handle(pool))
+
+
+async def connect_get_storage_pool_capabilities(call: Call, args: Any) -> Any:
+    _check_flags(args.flags, 0, "storageConnectGetStoragePoolCapabilities")
+    return R.remote_connect_get_storage_pool_capabilities_ret(pool_capabilities(BACKENDS))
 
 
 # -- pools: definitions and life cycle -------------------------------------------------

@@ -37,6 +37,12 @@ def test_default_pool_exists_and_autostarts(module_daemon: DaemonProcess) -> Non
     assert (module_daemon.root / "etc/libvirt/storage/autostart/default.xml").is_symlink()
 
 
+def test_pool_capabilities(module_daemon: DaemonProcess) -> None:
+    out = module_daemon.virsh("pool-capabilities").stdout
+    assert "<pool type='dir' supported='yes'>" in out
+    assert "<value>qcow2</value>" in out
+
+
 def test_dir_pool_life_cycle(module_daemon: DaemonProcess, tmp_path: Path) -> None:
     d = module_daemon
     target = d.root / "pool1"
