@@ -13,6 +13,7 @@ from daemon.dispatch import Call
 from daemon.events import POOL_EVENT_IDS
 from drivers.storage.capabilities import pool_capabilities
 from drivers.storage.driver import StorageDriver
+from drivers.storage import transfer
 from drivers.storage.pool import BACKENDS, STATE_INACTIVE, STATE_RUNNING, Pool
 from drivers.storage.vol_xml import VOL_TYPES, Volume, format_vol
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -281,6 +282,34 @@ async def storage_vol_wipe_pattern(call: Call, args: Any) -> None:
     _check_flags(args.flags, 0, "storageVolWipePattern")
     pool, vol = _vol(call, args.vol)
     await _driver(call).wipe_vol(pool, vol, args.algorithm)
+
+
+_SPARSE_STREAM = 1 << 0
+
+
+async def storage_vol_download(call: Call, args: Any) -> None:
+    _check_flags(args.flags, _SPARSE_STREAM, "storageVolDownload")
+    _, vol = _vol(call, args.vol)
+    stream = call.stream
+    assert stream is not None
+    stream.sparse = bool(args.flags & _SPARSE_STREAM)
+    stream.serve(transfer.download(vol.path, args.offset, args.length, stream.sparse,
+                                   stream.send, stream.send_hole))
+
+
+async def storage_vol_upload(call: Call, args: Any) -> None:
+    _check_flags(args.flags, _SPARSE_STREAM, "storageVolUpload")
+    pool, vol = _vol(call, args.vol)
+    stream = call.stream
+    assert stream is not None
+    stream.sparse = bool(args.flags & _SPARSE_STREAM)
+    driver = _driver(call)
+
+    async def receive() -> None:
+        await transfer.upload(vol.path, args.offset, args.length, stream.recv)
+        await driver.refresh_vol(pool, vol)
+
+    stream.serve(receive())
 
 
 async def _fresh(call: Call, handle: Any) -> Volume:

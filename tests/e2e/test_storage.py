@@ -289,3 +289,27 @@ def test_resize_and_wipe(module_daemon: DaemonProcess, pool: str) -> None:
     with pytest.raises(libvirt.libvirtError) as e:
         vol.wipePattern(99, 0)
     assert e.value.get_error_code() == libvirt.VIR_ERR_INVALID_ARG
+
+
+def test_upload_and_download_sparse(module_daemon: DaemonProcess, pool: str) -> None:
+    d = module_daemon
+    src = d.root / "src.img"
+    with open(src, "wb") as f:
+        f.truncate(32 << 20)
+        f.seek(8 << 20)
+        f.write(os.urandom(3 << 20))
+    d.virsh("vol-create-as", pool, "up.img", "32M", "--allocation", "0")
+    d.virsh("vol-upload", "--pool", pool, "up.img", str(src), "--sparse")
+    vol = d.root / "vols/up.img"
+    assert vol.read_bytes() == src.read_bytes()
+    assert vol.stat().st_blocks * 512 < 8 << 20  # holes stayed holes
+    for extra in (["--sparse"], []):
+        out = d.root / "down.img"
+        d.virsh("vol-download", "--pool", pool, "up.img", str(out), *extra)
+        assert out.read_bytes() == src.read_bytes()
+        assert (out.stat().st_blocks * 512 < 8 << 20) == bool(extra)
+        out.unlink()
+    part = d.root / "part.img"
+    d.virsh("vol-download", "--pool", pool, "up.img", str(part), "--offset", str(8 << 20),
+            "--length", "4096")
+    assert part.read_bytes() == src.read_bytes()[8 << 20:(8 << 20) + 4096]
