@@ -371,23 +371,31 @@ class StorageDriver:
         vol = parse_vol(xml, need_capacity)
         if "/" in vol.name:
             raise _invalid(f"volume name '{vol.name}' cannot contain '/'")
-        if vol.name in pool.volumes:
+        if vol.name in pool.volumes or vol.name in pool.building:
             raise VirError(ErrorCode.STORAGE_VOL_EXIST,
                            f"storage volume '{vol.name}' exists already", ErrorDomain.STORAGE)
         return vol
 
     async def create_vol(self, pool: Pool, xml: str, flags: int = 0) -> Volume:
         vol = self._new_volume(pool, xml)
-        await pool.backend.create_vol(vol, flags)
-        return await self._settle_vol(pool, vol)
+        pool.building.add(vol.name)
+        try:
+            await pool.backend.create_vol(vol, flags)
+            return await self._settle_vol(pool, vol)
+        finally:
+            pool.building.discard(vol.name)
 
     async def create_vol_from(self, pool: Pool, xml: str, source: Volume,
                               flags: int = 0) -> Volume:
         vol = self._new_volume(pool, xml, need_capacity=False)
         if vol.capacity < source.capacity:
             vol.capacity = source.capacity
-        await pool.backend.create_vol_from(vol, source, flags)
-        return await self._settle_vol(pool, vol)
+        pool.building.add(vol.name)
+        try:
+            await pool.backend.create_vol_from(vol, source, flags)
+            return await self._settle_vol(pool, vol)
+        finally:
+            pool.building.discard(vol.name)
 
     async def _settle_vol(self, pool: Pool, vol: Volume) -> Volume:
         """Record a new volume as found on disk, and the pool's new free space."""

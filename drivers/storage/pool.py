@@ -25,6 +25,7 @@ class Pool:
         self.active = False
         self.autostart = False
         self.scan = Scan(PoolSizes(), Perms())
+        self.building: set[str] = set()  # names of volumes being created
         self.backend = BACKENDS[d.type](d)
 
     @property
