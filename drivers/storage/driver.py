@@ -239,9 +239,7 @@ class StorageDriver:
     def undefine(self, pool: Pool) -> None:
         if pool.active:
             raise _invalid(f"storage pool '{pool.name}' is still active")
-        if not pool.persistent:
-            raise _invalid(f"storage pool '{pool.name}' is not persistent")
-        self.set_autostart(pool, False)
+        self.set_autostart(pool, False)  # a transient pool is always active: persistent here
         with contextlib.suppress(FileNotFoundError):
             (self.config_dir / f"{pool.name}.xml").unlink()
         del self._pools[pool.name]
@@ -249,7 +247,8 @@ class StorageDriver:
 
     def set_autostart(self, pool: Pool, autostart: bool) -> None:
         if not pool.persistent:
-            raise _invalid("cannot set autostart for transient pool")
+            raise VirError(ErrorCode.INTERNAL_ERROR, "internal error: pool has no config file",
+                           ErrorDomain.STORAGE)
         link = self.autostart_dir / f"{pool.name}.xml"
         if autostart:
             if not link.is_symlink():

@@ -235,6 +235,20 @@ def _wait_registered(d: DaemonProcess, out: IO[str]) -> None:
         os.set_blocking(out.fileno(), True)
 
 
+def test_transient_pool(module_daemon: DaemonProcess) -> None:
+    d = module_daemon
+    target = d.root / "tmp-pool"
+    d.virsh("pool-create-as", "tp", "dir", "--target", str(target), "--build")
+    assert "Persistent:     no" in d.virsh("pool-info", "tp").stdout
+    res = d.virsh("pool-autostart", "tp", check=False)
+    assert "error: internal error: pool has no config file" in res.stderr
+    res = d.virsh("pool-create-as", "tp2", "dir", "--target", str(target), check=False)
+    assert "error: operation failed: Storage source conflict with pool: 'tp'" in res.stderr
+    d.virsh("pool-destroy", "tp")
+    assert "tp" not in d.virsh("pool-list", "--all", "--name").stdout.split()
+    target.rmdir()
+
+
 def test_clone_and_preallocation(module_daemon: DaemonProcess, pool: str) -> None:
     d = module_daemon
     root = d.root / "vols"
