@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import stat
 from drivers.storage.backend import Backend, Scan
 from drivers.storage.perms import Perms
 from drivers.storage.pool_xml import PoolSizes
-from drivers.storage.vol_xml import Volume
+from drivers.storage.vol_xml import Backing, Volume
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 BUILD_NO_OVERWRITE = 1 << 2
@@ -45,13 +46,14 @@ def _stamp(ns: int) -> str:
 
 async def qemu_img(*args: str) -> str:
     """Run qemu-img; its own message becomes the error, as libvirt reports it."""
+    binary = shutil.which("qemu-img") or "qemu-img"
     proc = await asyncio.create_subprocess_exec(
-        "qemu-img", *args, stdin=asyncio.subprocess.DEVNULL,
+        binary, *args, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     if proc.returncode != 0:
         raise VirError(ErrorCode.INTERNAL_ERROR,
-                       f"internal error: Child process (qemu-img {' '.join(args)}) "
+                       f"internal error: Child process ({binary} {' '.join(args)}) "
                        f"unexpected exit status {proc.returncode}: {err.decode().strip()}",
                        ErrorDomain.NONE)
     return out.decode()
@@ -61,6 +63,29 @@ def _target_exists(path: str) -> VirError:
     return VirError(ErrorCode.OPERATION_INVALID,
                     f"Requested operation is not valid: volume target path '{path}' "
                     "already exists", ErrorDomain.STORAGE)
+
+
+def _backing(path: str, fmt: str) -> Backing:
+    """A backing file as the volume XML shows it, with its own stat when reachable."""
+    back = Backing(path, fmt)
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        back.perms = Perms(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+        back.timestamps = (_stamp(st.st_atime_ns), _stamp(st.st_mtime_ns),
+                           _stamp(st.st_ctime_ns))
+    return back
+
+
+def _check_backing(vol: Volume) -> None:
+    assert vol.backing is not None
+    if vol.format == "raw":
+        raise VirError(ErrorCode.NO_SUPPORT,
+                       "this function is not supported by the connection driver: backing "
+                       "storage not supported for raw volumes", ErrorDomain.STORAGE)
+    if not os.path.exists(vol.backing.path):
+        raise VirError(ErrorCode.SYSTEM_ERROR,
+                       f"inaccessible backing store volume {vol.backing.path}: "
+                       f"{os.strerror(errno.ENOENT)}", ErrorDomain.STORAGE)
 
 
 def _check_prealloc(vol: Volume, flags: int) -> None:
@@ -160,6 +185,9 @@ class DirBackend(Backend):
             found.capacity = int(info.get("virtual-size", st.st_size))
             if "cluster-size" in info:
                 found.cluster_size = int(info["cluster-size"])
+            backing = info.get("full-backing-filename") or info.get("backing-filename")
+            if backing:
+                found.backing = _backing(backing, info.get("backing-filename-format", "raw"))
         return found
 
     async def create_vol(self, vol: Volume, flags: int) -> None:
@@ -167,6 +195,8 @@ class DirBackend(Backend):
         if os.path.lexists(path):
             raise _target_exists(path)
         _check_prealloc(vol, flags)
+        if vol.backing is not None:
+            _check_backing(vol)
         if vol.format == "raw":
             await asyncio.to_thread(self._create_raw, vol, path)
         elif vol.format in _QEMU_IMG_FORMATS:
@@ -246,6 +276,9 @@ class DirBackend(Backend):
     async def _create_image(self, vol: Volume, path: str, flags: int) -> None:
         options = self._image_options(vol, flags)
         args = ["create", "-f", vol.format]
+        if vol.backing is not None:
+            args += ["-b", vol.backing.path]
+            options.insert(0, f"backing_fmt={vol.backing.format}")
         if options:
             args += ["-o", ",".join(options)]
         size_kib = (vol.capacity + 1023) // 1024

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from lxml import etree
 
@@ -19,6 +20,16 @@ VOL_TYPES = {"file": 0, "block": 1, "dir": 2, "network": 3, "netdir": 4, "ploop"
 
 
 @dataclass
+class Backing:
+    """A volume's ``<backingStore>``; perms and timestamps are the backing file's."""
+
+    path: str
+    format: str = "raw"
+    perms: Perms = field(default_factory=Perms)
+    timestamps: tuple[str, str, str] | None = None
+
+
+@dataclass
 class Volume:
     """A volume as requested (parsed) or as found on disk (scanned)."""
 
@@ -32,6 +43,7 @@ class Volume:
     physical: int | None = None
     timestamps: tuple[str, str, str] | None = None  # atime, mtime, ctime
     cluster_size: int | None = None
+    backing: Backing | None = None
 
     @property
     def key(self) -> str:
@@ -66,14 +78,22 @@ def parse_vol(xml: str, need_capacity: bool = True) -> Volume:
         vol.allocation = vol.capacity
     fmt = root.find("target/format")
     if fmt is not None:
-        kind = fmt.get("type")
-        if kind not in FILE_FORMATS:
-            raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
-                           f"unsupported configuration: unknown volume format type {kind}",
-                           ErrorDomain.STORAGE)
-        vol.format = kind
+        vol.format = _format(fmt)
     vol.perms = parse_perms(root.find("target/permissions"))
+    path = root.findtext("backingStore/path")
+    if path:
+        kind = root.find("backingStore/format")
+        vol.backing = Backing(path.strip(), _format(kind) if kind is not None else "raw")
     return vol
+
+
+def _format(node: Any) -> str:
+    kind = node.get("type")
+    if kind not in FILE_FORMATS:
+        raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
+                       f"unsupported configuration: unknown volume format type {kind}",
+                       ErrorDomain.STORAGE)
+    return str(kind)
 
 
 def format_vol(vol: Volume) -> str:
@@ -92,15 +112,25 @@ def format_vol(vol: Volume) -> str:
         f"    <format type='{vol.format}'/>",
         *vol.perms.format("    "),
     ]
-    if vol.timestamps is not None:
-        atime, mtime, ctime = vol.timestamps
-        lines += ["    <timestamps>", f"      <atime>{atime}</atime>",
-                  f"      <mtime>{mtime}</mtime>", f"      <ctime>{ctime}</ctime>",
-                  "      <btime>0</btime>", "    </timestamps>"]
+    lines += _timestamps(vol.timestamps)
     if vol.cluster_size is not None:
         lines.append(f"    <clusterSize unit='B'>{vol.cluster_size}</clusterSize>")
-    lines += ["  </target>", "</volume>"]
+    lines.append("  </target>")
+    if vol.backing is not None:
+        back = vol.backing
+        lines += ["  <backingStore>", f"    <path>{_escape(back.path)}</path>",
+                  f"    <format type='{back.format}'/>", *back.perms.format("    "),
+                  *_timestamps(back.timestamps), "  </backingStore>"]
+    lines.append("</volume>")
     return "\n".join(lines) + "\n"
+
+
+def _timestamps(stamps: tuple[str, str, str] | None) -> list[str]:
+    if stamps is None:
+        return []
+    atime, mtime, ctime = stamps
+    return ["    <timestamps>", f"      <atime>{atime}</atime>", f"      <mtime>{mtime}</mtime>",
+            f"      <ctime>{ctime}</ctime>", "      <btime>0</btime>", "    </timestamps>"]
 
 
 def _escape(text: str) -> str:

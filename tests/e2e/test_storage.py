@@ -327,3 +327,23 @@ def test_upload_and_download_sparse(module_daemon: DaemonProcess, pool: str) -> 
     d.virsh("vol-download", "--pool", pool, "up.img", str(part), "--offset", str(8 << 20),
             "--length", "4096")
     assert part.read_bytes() == src.read_bytes()[8 << 20:(8 << 20) + 4096]
+
+
+def test_backing_stores(module_daemon: DaemonProcess, pool: str, tmp_path: Path) -> None:
+    d = module_daemon
+    base = d.root / "vols/base.qcow2"
+    d.virsh("vol-create-as", pool, "base.qcow2", "20M", "--format", "qcow2")
+    d.virsh("vol-create-as", pool, "top.qcow2", "20M", "--format", "qcow2", "--backing-vol",
+            "base.qcow2", "--backing-vol-format", "qcow2")
+    img = json.loads(subprocess.run(
+        ["qemu-img", "info", "--output=json", str(d.root / "vols/top.qcow2")],
+        capture_output=True, text=True, check=True).stdout)
+    assert (img["backing-filename"], img["backing-filename-format"]) == (str(base), "qcow2")
+    d.virsh("pool-refresh", pool)
+    xml = d.virsh("vol-dumpxml", "--pool", pool, "top.qcow2").stdout
+    assert f"<backingStore>\n    <path>{base}</path>\n    <format type='qcow2'/>" in xml
+    _validate(tmp_path, xml, "storagevol")
+    res = d.virsh("vol-create-as", pool, "r.img", "1M", "--backing-vol", "base.qcow2",
+                  check=False)
+    assert "backing storage not supported for raw volumes" in res.stderr
+    assert not (d.root / "vols/r.img").exists()

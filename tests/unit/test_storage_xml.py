@@ -144,3 +144,13 @@ def test_volume_xml_as_libvirtd_prints_it() -> None:
   </target>
 </volume>
 """
+
+
+def test_backing_store_parse_and_format() -> None:
+    vol = parse_vol("<volume><name>b</name><capacity>1</capacity><target><format type='qcow2'/>"
+                    "</target><backingStore><path>/p/q</path></backingStore></volume>")
+    assert vol.backing is not None and (vol.backing.path, vol.backing.format) == ("/p/q", "raw")
+    vol.path = "/p/b"
+    assert format_vol(vol).endswith(
+        "  </target>\n  <backingStore>\n    <path>/p/q</path>\n    <format type='raw'/>\n"
+        "  </backingStore>\n</volume>\n")
