@@ -123,7 +123,7 @@ async def connect_get_storage_pool_capabilities(call: Call, args: Any) -> Any:
 
 async def storage_pool_define_xml(call: Call, args: Any) -> Any:
     _check_flags(args.flags, 1 << 0, "storagePoolDefineXML")  # VALIDATE
-    pool = _driver(call).define_xml(args.xml)
+    pool = _driver(call).define_xml(args.xml, args.flags)
     return R.remote_storage_pool_define_xml_ret(_pool_handle(pool))
 
 

@@ -19,6 +19,7 @@ from daemon.paths import Paths
 from drivers.events import EventBus
 from drivers.storage.pool import Pool
 from drivers.storage.pool_xml import POOL_TYPES, PoolDef, clean_path, parse_pool
+from drivers.storage.schema import validate
 from drivers.storage.vol_xml import Volume, parse_vol
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
@@ -37,6 +38,9 @@ LIST_TYPES_SHIFT = 6
 # virStoragePoolCreateFlags and the build flags they stand for
 CREATE_WITH_BUILD, CREATE_WITH_BUILD_OVERWRITE, CREATE_WITH_BUILD_NO_OVERWRITE = 1, 2, 4
 BUILD_NO_OVERWRITE, BUILD_OVERWRITE = 1 << 2, 1 << 3
+
+DEFINE_VALIDATE = 1 << 0  # virStoragePoolDefineFlags
+VOL_CREATE_VALIDATE = 1 << 2  # virStorageVolCreateFlags
 
 # virStorageVolResizeFlags, virStorageVolWipeAlgorithm
 RESIZE_ALLOCATE, RESIZE_DELTA, RESIZE_SHRINK = 1, 2, 4
@@ -206,7 +210,9 @@ class StorageDriver:
         assert pool.config is not None
         _write_atomic(self.config_dir / f"{pool.name}.xml", pool.xml(inactive=True))
 
-    def define_xml(self, xml: str) -> Pool:
+    def define_xml(self, xml: str, flags: int = 0) -> Pool:
+        if flags & DEFINE_VALIDATE:
+            validate(xml, "storagepool")
         d = parse_pool(xml)
         same = self._check_duplicate(d, check_active=False)
         if same is None:
@@ -365,8 +371,11 @@ class StorageDriver:
                         return pool, vol
         raise _no_vol(f"no storage vol with matching path '{path}'")
 
-    def _new_volume(self, pool: Pool, xml: str, need_capacity: bool = True) -> Volume:
+    def _new_volume(self, pool: Pool, xml: str, flags: int,
+                    need_capacity: bool = True) -> Volume:
         self._need_active(pool)
+        if flags & VOL_CREATE_VALIDATE:
+            validate(xml, "storagevol")
         vol = parse_vol(xml, need_capacity)
         if "/" in vol.name:
             raise _invalid(f"volume name '{vol.name}' cannot contain '/'")
@@ -376,7 +385,7 @@ class StorageDriver:
         return vol
 
     async def create_vol(self, pool: Pool, xml: str, flags: int = 0) -> Volume:
-        vol = self._new_volume(pool, xml)
+        vol = self._new_volume(pool, xml, flags)
         pool.building.add(vol.name)
         try:
             await pool.backend.create_vol(vol, flags)
@@ -386,7 +395,7 @@ class StorageDriver:
 
     async def create_vol_from(self, pool: Pool, xml: str, source: Volume,
                               flags: int = 0) -> Volume:
-        vol = self._new_volume(pool, xml, need_capacity=False)
+        vol = self._new_volume(pool, xml, flags, need_capacity=False)
         if vol.capacity < source.capacity:
             vol.capacity = source.capacity
         pool.building.add(vol.name)

@@ -347,3 +347,22 @@ def test_backing_stores(module_daemon: DaemonProcess, pool: str, tmp_path: Path)
                   check=False)
     assert "backing storage not supported for raw volumes" in res.stderr
     assert not (d.root / "vols/r.img").exists()
+
+
+def test_validate_flags(module_daemon: DaemonProcess, pool: str) -> None:
+    d = module_daemon
+    bad_vol = d.root / "bad-vol.xml"
+    bad_vol.write_text("<volume><name>v</name><capacity>1</capacity><bogus/></volume>")
+    res = d.virsh("vol-create", pool, str(bad_vol), "--validate", check=False)
+    assert ("error: XML document failed to validate against schema: Unable to validate doc "
+            "against /usr/share/libvirt/schemas/storagevol.rng\n"
+            "Expecting an element target, got nothing\n") in res.stderr
+    bad_pool = d.root / "bad-pool.xml"
+    bad_pool.write_text("<pool type='dir'><name>v</name><bogus/>"
+                        "<target><path>/var/tmp/v</path></target></pool>")
+    res = d.virsh("pool-define", str(bad_pool), "--validate", check=False)
+    assert "storagepool.rng\nExpecting an element target, got nothing\n" in res.stderr
+    assert " v " not in d.virsh("pool-list", "--all").stdout
+    good = d.root / "good-vol.xml"
+    good.write_text("<volume><name>v</name><capacity>1</capacity><target/></volume>")
+    d.virsh("vol-create", pool, str(good), "--validate")
