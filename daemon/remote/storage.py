@@ -113,6 +113,12 @@ async def storage_pool_lookup_by_volume(call: Call, args: Any) -> Any:
     return R.remote_storage_pool_lookup_by_volume_ret(_pool_handle(pool))
 
 
+async def connect_find_storage_pool_sources(call: Call, args: Any) -> Any:
+    _check_flags(args.flags, 0, "storageConnectFindStoragePoolSources")
+    xml = await _driver(call).find_sources(args.type, args.srcSpec)
+    return R.remote_connect_find_storage_pool_sources_ret(xml)
+
+
 async def connect_get_storage_pool_capabilities(call: Call, args: Any) -> Any:
     _check_flags(args.flags, 0, "storageConnectGetStoragePoolCapabilities")
     return R.remote_connect_get_storage_pool_capabilities_ret(pool_capabilities(BACKENDS))

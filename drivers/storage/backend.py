@@ -34,6 +34,13 @@ class Backend:
                         f"storage pool '{self.type}' does not support {what}",
                         ErrorDomain.STORAGE)
 
+    @classmethod
+    async def find_sources(cls, spec: str | None) -> str:
+        """``<sources>`` XML of the pools of this type the host could have."""
+        raise VirError(ErrorCode.NO_SUPPORT,
+                       f"this function is not supported by the connection driver: pool type "
+                       f"'{cls.type}' does not support source discovery", ErrorDomain.STORAGE)
+
     async def build(self, flags: int) -> None:
         raise self._unsupported("pool build")
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from daemon.paths import Paths
 from drivers.events import EventBus
-from drivers.storage.pool import Pool
-from drivers.storage.pool_xml import POOL_TYPES, PoolDef, clean_path, parse_pool
+from drivers.storage.pool import BACKENDS, Pool
+from drivers.storage.pool_xml import (POOL_TYPES, PoolDef, clean_path, missing_backend,
+                                       parse_pool)
 from drivers.storage.schema import validate
 from drivers.storage.vol_xml import Volume, parse_vol
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -178,6 +179,16 @@ class StorageDriver:
             wanted = {t for i, t in enumerate(POOL_TYPES) if types & (1 << i)}
             pools = [p for p in pools if p.live.type in wanted]
         return pools
+
+    async def find_sources(self, kind: str, spec: str | None) -> str:
+        if kind not in POOL_TYPES:
+            raise VirError(ErrorCode.INTERNAL_ERROR,
+                           f"internal error: unknown storage pool type {kind}",
+                           ErrorDomain.STORAGE)
+        backend = BACKENDS.get(kind)
+        if backend is None:
+            raise missing_backend(kind)
+        return await backend.find_sources(spec)
 
     # -- definitions ---------------------------------------------------------------
 

@@ -10,9 +10,19 @@ from lxml import etree
 from drivers.storage.perms import Perms, parse_perms
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
-#: Pool types libvirt knows, in its order (the bit of each in list-all flags is 6 + index).
+#: Pool types in the order of their list-all flag bits (the bit of each is 6 + index).
 POOL_TYPES = ("dir", "fs", "netfs", "logical", "disk", "iscsi", "scsi", "mpath", "rbd",
               "sheepdog", "gluster", "zfs", "vstorage", "iscsi-direct")
+
+#: The same in virStoragePoolType order.
+POOL_TYPE_ENUM = ("dir", "fs", "netfs", "logical", "disk", "iscsi", "iscsi-direct", "scsi",
+                  "mpath", "rbd", "sheepdog", "gluster", "zfs", "vstorage")
+
+
+def missing_backend(kind: str) -> VirError:
+    """libvirtd's answer for a pool type it knows but has no backend for."""
+    return VirError(ErrorCode.INTERNAL_ERROR, f"internal error: missing backend for pool type "
+                    f"{POOL_TYPE_ENUM.index(kind)} ({kind})", ErrorDomain.STORAGE)
 
 #: Types whose definition needs no ``<source>``, only a target path.
 _TARGET_ONLY = frozenset({"dir"})
@@ -51,9 +61,7 @@ def parse_pool(xml: str) -> PoolDef:
         raise _xml_error(
             f"Invalid value for attribute 'type' in element 'pool': '{kind}'.", ErrorDomain.XML)
     if kind not in _TARGET_ONLY:
-        raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
-                       f"unsupported configuration: storage pool type '{kind}' is not supported yet",
-                       ErrorDomain.STORAGE)
+        raise missing_backend(kind)
     name = (root.findtext("name") or "").strip()
     if not name:
         raise _xml_error("missing pool source name element")

@@ -43,6 +43,14 @@ def test_pool_capabilities(module_daemon: DaemonProcess) -> None:
     assert "<value>qcow2</value>" in out
 
 
+def test_find_pool_sources(module_daemon: DaemonProcess) -> None:
+    res = module_daemon.virsh("find-storage-pool-sources", "dir", check=False)
+    assert ("error: this function is not supported by the connection driver: pool type 'dir' "
+            "does not support source discovery") in res.stderr
+    res = module_daemon.virsh("find-storage-pool-sources", "bogus", check=False)
+    assert "error: internal error: unknown storage pool type bogus" in res.stderr
+
+
 def test_dir_pool_life_cycle(module_daemon: DaemonProcess, tmp_path: Path) -> None:
     d = module_daemon
     target = d.root / "pool1"

@@ -154,3 +154,10 @@ def test_backing_store_parse_and_format() -> None:
     assert format_vol(vol).endswith(
         "  </target>\n  <backingStore>\n    <path>/p/q</path>\n    <format type='raw'/>\n"
         "  </backingStore>\n</volume>\n")
+
+
+def test_known_type_without_backend() -> None:
+    with pytest.raises(VirError) as e:
+        parse_pool("<pool type='iscsi-direct'><name>a</name></pool>")
+    assert (e.value.code, e.value.message) == (
+        ErrorCode.INTERNAL_ERROR, "internal error: missing backend for pool type 6 (iscsi-direct)")
