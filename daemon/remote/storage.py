@@ -11,9 +11,9 @@ from typing import Any
 
 from daemon.dispatch import Call
 from daemon.events import POOL_EVENT_IDS
+from drivers.storage import transfer
 from drivers.storage.capabilities import pool_capabilities
 from drivers.storage.driver import StorageDriver
-from drivers.storage import transfer
 from drivers.storage.pool import BACKENDS, STATE_INACTIVE, STATE_RUNNING, Pool
 from drivers.storage.vol_xml import VOL_TYPES, Volume, format_vol
 from protocol.errors import ErrorCode, ErrorDomain, VirError

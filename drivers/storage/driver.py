@@ -18,8 +18,13 @@ from pathlib import Path
 from daemon.paths import Paths
 from drivers.events import EventBus
 from drivers.storage.pool import BACKENDS, Pool
-from drivers.storage.pool_xml import (POOL_TYPES, PoolDef, clean_path, missing_backend,
-                                       parse_pool)
+from drivers.storage.pool_xml import (
+    POOL_TYPES,
+    PoolDef,
+    clean_path,
+    missing_backend,
+    parse_pool,
+)
 from drivers.storage.schema import validate
 from drivers.storage.vol_xml import Volume, parse_vol
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -407,8 +412,7 @@ class StorageDriver:
     async def create_vol_from(self, pool: Pool, xml: str, source: Volume,
                               flags: int = 0) -> Volume:
         vol = self._new_volume(pool, xml, flags, need_capacity=False)
-        if vol.capacity < source.capacity:
-            vol.capacity = source.capacity
+        vol.capacity = max(vol.capacity, source.capacity)
         pool.building.add(vol.name)
         try:
             await pool.backend.create_vol_from(vol, source, flags)

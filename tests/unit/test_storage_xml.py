@@ -106,8 +106,8 @@ def test_scale_errors_are_libvirtd_s(value: str, unit: str | None, code: ErrorCo
     ("<volume><name>z</name></volume>", ErrorCode.XML_ERROR, "XML error: missing capacity element"),
     ("<volume><capacity>1</capacity></volume>", ErrorCode.XML_ERROR,
      "XML error: missing volume name element"),
-    ("<volume><name>z</name><capacity>1</capacity><target><format type='bogus'/></target>"
-     "</volume>", ErrorCode.CONFIG_UNSUPPORTED,
+    (("<volume><name>z</name><capacity>1</capacity><target><format type='bogus'/></target>"
+      "</volume>"), ErrorCode.CONFIG_UNSUPPORTED,
      "unsupported configuration: unknown volume format type bogus"),
 ])
 def test_volume_errors_are_libvirtd_s(xml: str, code: ErrorCode, message: str) -> None:
