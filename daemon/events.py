@@ -66,7 +66,7 @@ POOL_EVENTS: dict[str, tuple[int, str, Callable[[dict[str, Any]], tuple[Any, ...
     "storage-pool-lifecycle": (0, "LIFECYCLE", lambda d: (d["event"], d["detail"])),
     "storage-pool-refresh": (1, "REFRESH", lambda d: ()),
 }
-POOL_EVENT_IDS = range(0, 2)
+POOL_EVENT_IDS = range(2)
 
 
 @dataclass
