@@ -65,6 +65,12 @@ def _target_exists(path: str) -> VirError:
                     "already exists", ErrorDomain.STORAGE)
 
 
+def _has_image_header(path: str) -> bool:
+    """Whether the file starts like an image format qemu-img should read (else raw)."""
+    with open(path, "rb") as f:
+        return f.read(32).startswith(_MAGICS)
+
+
 def _backing(path: str, fmt: str) -> Backing:
     """A backing file as the volume XML shows it, with its own stat when reachable."""
     back = Backing(path, fmt)
@@ -177,9 +183,7 @@ class DirBackend(Backend):
             found.capacity = found.physical = st.st_size
             return found
         found.physical = found.capacity = st.st_size
-        with open(path, "rb") as f:
-            head = f.read(32)
-        if head.startswith(_MAGICS):
+        if _has_image_header(path):
             info = json.loads(await qemu_img("info", "--output=json", "-U", path))
             found.format = info.get("format", "raw")
             found.capacity = int(info.get("virtual-size", st.st_size))
