@@ -104,6 +104,16 @@ def define_domains(uri: str) -> None:
         conn.close()
 
 
+def first_client(uri: str) -> None:
+    """What a first `virsh` session asks: capabilities and the domain list."""
+    conn = _quiet_libvirt().open(uri)
+    try:
+        conn.getCapabilities()
+        conn.listAllDomains()
+    finally:
+        conn.close()
+
+
 def _try(label: str, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
@@ -122,6 +132,13 @@ def measure(daemons: list[Daemon], seconds: float, clients: int) -> dict[str, di
     time.sleep(1.0)
     for d in daemons:
         res[d.name]["RSS idle after start (MiB)"] = d.rss_kib() / 1024
+    # libvirtd probes QEMU only when a client first needs it; this row compares
+    # the two once both have done their start-up work.
+    for d in daemons:
+        _try(f"{d.name} first client", lambda: first_client(d.uri))
+    time.sleep(1.0)
+    for d in daemons:
+        res[d.name]["RSS idle after a first client (MiB)"] = d.rss_kib() / 1024
     for d in daemons:
         _try(f"{d.name} define", lambda: define_domains(d.uri))
     time.sleep(0.5)
