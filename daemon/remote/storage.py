@@ -261,8 +261,8 @@ async def storage_vol_create_xml(call: Call, args: Any) -> Any:
 async def storage_vol_create_xml_from(call: Call, args: Any) -> Any:
     _check_flags(args.flags, _VOL_CREATE_FLAGS, "storageVolCreateXMLFrom")
     pool = _pool(call, args.pool)
-    _, source = _vol(call, args.clonevol)
-    vol = await _driver(call).create_vol_from(pool, args.xml, source, args.flags)
+    source_pool, source = _vol(call, args.clonevol)
+    vol = await _driver(call).create_vol_from(pool, args.xml, source_pool, source, args.flags)
     return R.remote_storage_vol_create_xml_from_ret(_vol_handle(pool, vol))
 
 

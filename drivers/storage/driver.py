@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import uuid as uuidlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from daemon.paths import Paths
@@ -323,6 +324,7 @@ class StorageDriver:
     async def destroy(self, pool: Pool) -> None:
         if not pool.active:
             raise _invalid(f"storage pool '{pool.name}' is not active")
+        self._no_jobs(pool)
         await pool.backend.stop()
         await self._deactivate(pool)
         self.bus.emit("storage-pool-lifecycle", pool, event=EVENT_STOPPED, detail=0)
@@ -355,6 +357,37 @@ class StorageDriver:
 
     async def _refresh(self, pool: Pool) -> None:
         pool.scan = await pool.backend.refresh()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _job(pool: Pool, building: str | None = None,
+             using: tuple[Pool, str] | None = None) -> Iterator[None]:
+        """A long volume operation: the pool has a job, a new volume is being
+        built, an existing one is in use, until it ends."""
+        pool.jobs += 1
+        if building is not None:
+            pool.building.add(building)
+        if using is not None:
+            owner, name = using
+            owner.in_use[name] = owner.in_use.get(name, 0) + 1
+        try:
+            yield
+        finally:
+            pool.jobs -= 1
+            if building is not None:
+                pool.building.discard(building)
+            if using is not None:
+                owner, name = using
+                owner.in_use[name] -= 1
+                if not owner.in_use[name]:
+                    del owner.in_use[name]
+
+    @staticmethod
+    def _no_jobs(pool: Pool) -> None:
+        if pool.jobs:
+            raise VirError(ErrorCode.INTERNAL_ERROR,
+                           f"internal error: pool '{pool.name}' has asynchronous jobs running.",
+                           ErrorDomain.STORAGE)
 
     @staticmethod
     def _need_active(pool: Pool) -> None:
@@ -396,29 +429,32 @@ class StorageDriver:
         if "/" in vol.name:
             raise _invalid(f"volume name '{vol.name}' cannot contain '/'")
         if vol.name in pool.volumes or vol.name in pool.building:
-            raise VirError(ErrorCode.STORAGE_VOL_EXIST,
-                           f"storage volume '{vol.name}' exists already", ErrorDomain.STORAGE)
+            if need_capacity:
+                raise VirError(ErrorCode.STORAGE_VOL_EXIST,
+                               f"storage volume '{vol.name}' exists already",
+                               ErrorDomain.STORAGE)
+            raise VirError(ErrorCode.INTERNAL_ERROR,  # libvirtd words it so for clones
+                           f"internal error: storage volume name '{vol.name}' already in use.",
+                           ErrorDomain.STORAGE)
         return vol
 
     async def create_vol(self, pool: Pool, xml: str, flags: int = 0) -> Volume:
         vol = self._new_volume(pool, xml, flags)
-        pool.building.add(vol.name)
-        try:
+        if vol.allocation is None:
+            vol.allocation = vol.capacity
+        with self._job(pool, building=vol.name):
             await pool.backend.create_vol(vol, flags)
             return await self._settle_vol(pool, vol)
-        finally:
-            pool.building.discard(vol.name)
 
-    async def create_vol_from(self, pool: Pool, xml: str, source: Volume,
+    async def create_vol_from(self, pool: Pool, xml: str, source_pool: Pool, source: Volume,
                               flags: int = 0) -> Volume:
         vol = self._new_volume(pool, xml, flags, need_capacity=False)
         vol.capacity = max(vol.capacity, source.capacity)
-        pool.building.add(vol.name)
-        try:
+        if vol.allocation is None:
+            vol.allocation = vol.capacity
+        with self._job(pool, building=vol.name, using=(source_pool, source.name)):
             await pool.backend.create_vol_from(vol, source, flags)
             return await self._settle_vol(pool, vol)
-        finally:
-            pool.building.discard(vol.name)
 
     async def _settle_vol(self, pool: Pool, vol: Volume) -> Volume:
         """Record a new volume as found on disk, and the pool's new free space."""
@@ -429,6 +465,8 @@ class StorageDriver:
         return found
 
     async def delete_vol(self, pool: Pool, vol: Volume, flags: int = 0) -> None:
+        if pool.in_use.get(vol.name):
+            raise _invalid(f"volume '{vol.name}' is still in use.")
         await pool.backend.delete_vol(vol, flags)
         pool.volumes.pop(vol.name, None)
         with contextlib.suppress(VirError):
@@ -463,7 +501,8 @@ class StorageDriver:
             raise VirError(ErrorCode.INVALID_ARG,
                            f"invalid argument: wiping algorithm {algorithm} not supported",
                            ErrorDomain.STORAGE)
-        await pool.backend.wipe_vol(vol, algorithm)
+        with self._job(pool, using=(pool, vol.name)):
+            await pool.backend.wipe_vol(vol, algorithm)
         await self._settle_vol(pool, vol)
 
     async def refresh_vol(self, pool: Pool, vol: Volume) -> Volume:

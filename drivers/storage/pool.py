@@ -26,6 +26,8 @@ class Pool:
         self.autostart = False
         self.scan = Scan(PoolSizes(), Perms())
         self.building: set[str] = set()  # names of volumes being created
+        self.in_use: dict[str, int] = {}  # volumes being read or written by a job
+        self.jobs = 0  # long operations under way (libvirt's asyncjobs)
         self.backend = BACKENDS[d.type](d)
 
     @property

@@ -55,7 +55,8 @@ def _xml_error(message: str, domain: ErrorDomain = ErrorDomain.STORAGE) -> VirEr
 
 
 def parse_vol(xml: str, need_capacity: bool = True) -> Volume:
-    """A requested volume; allocation defaults to capacity as in libvirt."""
+    """A requested volume; allocation stays None when not given (the driver then
+    allocates the whole capacity, as libvirt does)."""
     try:
         root = etree.fromstring(xml.encode(), etree.XMLParser(resolve_entities=False))
     except etree.XMLSyntaxError as e:
@@ -74,8 +75,6 @@ def parse_vol(xml: str, need_capacity: bool = True) -> Volume:
     alloc = root.find("allocation")
     if alloc is not None:
         vol.allocation = scale(alloc.text or "", alloc.get("unit"), "allocation")
-    elif cap is not None:
-        vol.allocation = vol.capacity
     fmt = root.find("target/format")
     if fmt is not None:
         vol.format = _format(fmt)

@@ -74,7 +74,7 @@ def test_volume_defaults_and_units() -> None:
     vol = parse_vol("<volume><name>v</name><capacity unit='M'>10</capacity>"
                     "<target><format type='qcow2'/><permissions><mode>0640</mode>"
                     "</permissions></target></volume>")
-    assert (vol.capacity, vol.allocation, vol.format) == (10 << 20, 10 << 20, "qcow2")
+    assert (vol.capacity, vol.allocation, vol.format) == (10 << 20, None, "qcow2")
     assert vol.perms.mode == 0o640
     sparse = parse_vol("<volume><name>v</name><capacity>1</capacity>"
                        "<allocation unit='KB'>2</allocation></volume>")
