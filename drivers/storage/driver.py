@@ -76,6 +76,11 @@ def _failed(message: str) -> VirError:
                     ErrorDomain.STORAGE)
 
 
+def _cleaned(path: str, clean: str) -> str:
+    """libvirtd names the tidied path too in lookup errors when it differs."""
+    return "" if path == clean else f" ({clean})"
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.new")
     with open(tmp, "w") as f:
@@ -169,7 +174,8 @@ class StorageDriver:
         for pool in self._pools.values():
             if pool.active and pool.live.target_path == wanted:
                 return pool
-        raise _no_pool(f"no storage pool with matching target path '{path}'")
+        raise _no_pool(f"no storage pool with matching target path '{path}'"
+                       + _cleaned(path, wanted))
 
     def list_pools(self, flags: int = 0) -> list[Pool]:
         pools = list(self._pools.values())
@@ -412,13 +418,13 @@ class StorageDriver:
         raise _no_vol(f"no storage vol with matching key {key}")
 
     def lookup_vol_by_path(self, path: str) -> tuple[Pool, Volume]:
-        wanted = os.path.normpath(path) if path.startswith("/") else path
+        wanted = clean_path(path)
         for pool in self._pools.values():
             if pool.active:
                 for vol in pool.volumes.values():
                     if vol.path == wanted:
                         return pool, vol
-        raise _no_vol(f"no storage vol with matching path '{path}'")
+        raise _no_vol(f"no storage vol with matching path '{path}'" + _cleaned(path, wanted))
 
     def _new_volume(self, pool: Pool, xml: str, flags: int,
                     need_capacity: bool = True) -> Volume:

@@ -83,9 +83,15 @@ def parse_pool(xml: str) -> PoolDef:
 
 
 def clean_path(path: str) -> str:
-    """libvirt drops repeated and trailing slashes from target paths."""
+    """libvirt's tidy form of a path: repeated and trailing slashes dropped, except
+    a leading ``//``, which POSIX lets mean something else than ``/``."""
     parts = [p for p in path.split("/") if p]
-    return ("/" if path.startswith("/") else "") + "/".join(parts)
+    lead = ""
+    if path.startswith("//") and not path.startswith("///"):
+        lead = "//"
+    elif path.startswith("/"):
+        lead = "/"
+    return lead + "/".join(parts)
 
 
 def format_pool(d: PoolDef, sizes: PoolSizes, perms: Perms | None = None) -> str:

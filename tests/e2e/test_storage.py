@@ -178,6 +178,10 @@ def test_lookup_errors(module_daemon: DaemonProcess, pool: str) -> None:
          (f"Requested operation is not valid: volume target path "
           f"'{module_daemon.root}/vols/..' already exists")),
     ]
+    with pytest.raises(libvirt.libvirtError) as e:
+        conn.storageVolLookupByPath("//x//y/")
+    assert str(e.value) == ("Storage volume not found: no storage vol with matching path "
+                            "'//x//y/' (//x/y)")
     assert conn.storagePoolLookupByTargetPath(
         f"{module_daemon.root}//vols/").name() == pool
     for call, code, message in cases:

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from drivers.storage.perms import Perms
-from drivers.storage.pool_xml import PoolSizes, format_pool, parse_pool
+from drivers.storage.pool_xml import PoolSizes, clean_path, format_pool, parse_pool
 from drivers.storage.units import scale
 from drivers.storage.vol_xml import Volume, format_vol, parse_vol
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -161,3 +161,11 @@ def test_known_type_without_backend() -> None:
         parse_pool("<pool type='iscsi-direct'><name>a</name></pool>")
     assert (e.value.code, e.value.message) == (
         ErrorCode.INTERNAL_ERROR, "internal error: missing backend for pool type 6 (iscsi-direct)")
+
+
+@pytest.mark.parametrize(("path", "clean"), [
+    ("/var//tmp/", "/var/tmp"), ("//var//tmp/r.img/", "//var/tmp/r.img"), ("///a", "/a"),
+    ("/", "/"), ("rel//x/", "rel/x"),
+])
+def test_clean_path_as_libvirt(path: str, clean: str) -> None:
+    assert clean_path(path) == clean
