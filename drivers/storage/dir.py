@@ -189,6 +189,10 @@ class DirBackend(Backend):
             found.capacity = int(info.get("virtual-size", st.st_size))
             if "cluster-size" in info:
                 found.cluster_size = int(info["cluster-size"])
+            specific = info.get("format-specific", {}).get("data", {})
+            if found.format == "qcow2" and specific.get("compat") == "1.1":
+                found.compat = "1.1"  # libvirt names only the newer level
+                found.lazy_refcounts = bool(specific.get("lazy-refcounts"))
             backing = info.get("full-backing-filename") or info.get("backing-filename")
             if backing:
                 found.backing = _backing(backing, info.get("backing-filename-format", "raw"))
@@ -248,7 +252,9 @@ class DirBackend(Backend):
     def _image_options(vol: Volume, flags: int) -> list[str]:
         options = []
         if vol.format == "qcow2":
-            options.append("compat=0.10")
+            options.append(f"compat={vol.compat or '0.10'}")
+            if vol.lazy_refcounts:
+                options.append("lazy_refcounts=on")
         if flags & VOL_CREATE_PREALLOC_METADATA:
             # libvirt asks for data too when the whole capacity is to be allocated.
             full = (vol.allocation or 0) // 1024 >= (vol.capacity + 1023) // 1024

@@ -463,8 +463,14 @@ class StorageDriver:
             return await self._settle_vol(pool, vol)
 
     async def _settle_vol(self, pool: Pool, vol: Volume) -> Volume:
-        """Record a new volume as found on disk, and the pool's new free space."""
+        """Record a new volume as found on disk, and the pool's new free space.
+
+        Like libvirtd, a volume made here shows the compat level and features it
+        was asked for, and its cluster size only once a pool refresh probed it."""
         found = await pool.backend.refresh_vol(Volume(vol.name, path=pool.backend.vol_path(vol.name)))
+        found.cluster_size = None
+        if found.format == "qcow2":
+            found.compat, found.lazy_refcounts = vol.compat, vol.lazy_refcounts
         pool.volumes[found.name] = found
         with contextlib.suppress(VirError):
             pool.scan.sizes = await pool.backend.sizes()
@@ -515,6 +521,9 @@ class StorageDriver:
         """The volume re-read from disk (info and XML show real numbers)."""
         try:
             found = await pool.backend.refresh_vol(vol)
+            # what only a pool refresh probes stays as it was
+            found.cluster_size, found.compat = vol.cluster_size, vol.compat
+            found.lazy_refcounts = vol.lazy_refcounts
         except OSError as e:
             raise VirError(ErrorCode.SYSTEM_ERROR,
                            f"cannot stat file '{vol.path}': {os.strerror(e.errno or 0)}",

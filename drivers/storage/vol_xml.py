@@ -44,6 +44,8 @@ class Volume:
     timestamps: tuple[str, str, str] | None = None  # atime, mtime, ctime
     cluster_size: int | None = None
     backing: Backing | None = None
+    compat: str | None = None  # qcow2 compatibility level
+    lazy_refcounts: bool = False
 
     @property
     def key(self) -> str:
@@ -79,6 +81,9 @@ def parse_vol(xml: str, need_capacity: bool = True) -> Volume:
     if fmt is not None:
         vol.format = _format(fmt)
     vol.perms = parse_perms(root.find("target/permissions"))
+    compat = root.findtext("target/compat")
+    vol.compat = compat.strip() if compat else None
+    vol.lazy_refcounts = root.find("target/features/lazy_refcounts") is not None
     path = root.findtext("backingStore/path")
     if path:
         kind = root.find("backingStore/format")
@@ -112,8 +117,12 @@ def format_vol(vol: Volume) -> str:
         *vol.perms.format("    "),
     ]
     lines += _timestamps(vol.timestamps)
+    if vol.compat is not None:
+        lines.append(f"    <compat>{_escape(vol.compat)}</compat>")
     if vol.cluster_size is not None:
         lines.append(f"    <clusterSize unit='B'>{vol.cluster_size}</clusterSize>")
+    if vol.lazy_refcounts:
+        lines += ["    <features>", "      <lazy_refcounts/>", "    </features>"]
     lines.append("  </target>")
     if vol.backing is not None:
         back = vol.backing

@@ -378,3 +378,23 @@ def test_validate_flags(module_daemon: DaemonProcess, pool: str) -> None:
     good = d.root / "good-vol.xml"
     good.write_text("<volume><name>v</name><capacity>1</capacity><target/></volume>")
     d.virsh("vol-create", pool, str(good), "--validate")
+
+
+def test_qcow2_compat_as_virt_install_asks(module_daemon: DaemonProcess, pool: str,
+                                           tmp_path: Path) -> None:
+    d = module_daemon
+    spec = d.root / "c11.xml"
+    spec.write_text("<volume type='file'><name>c11.qcow2</name><capacity unit='M'>20</capacity>"
+                    "<allocation>0</allocation><target><format type='qcow2'/><compat>1.1</compat>"
+                    "<features><lazy_refcounts/></features></target></volume>")
+    d.virsh("vol-create", pool, str(spec))
+    img = json.loads(subprocess.run(
+        ["qemu-img", "info", "--output=json", str(d.root / "vols/c11.qcow2")],
+        capture_output=True, text=True, check=True).stdout)
+    assert img["format-specific"]["data"]["compat"] == "1.1"
+    assert img["format-specific"]["data"]["lazy-refcounts"] is True
+    d.virsh("pool-refresh", pool)
+    xml = d.virsh("vol-dumpxml", "--pool", pool, "c11.qcow2").stdout
+    assert ("    <compat>1.1</compat>\n    <clusterSize unit='B'>65536</clusterSize>\n"
+            "    <features>\n      <lazy_refcounts/>\n    </features>\n") in xml
+    _validate(tmp_path, xml, "storagevol")

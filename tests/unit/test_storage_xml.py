@@ -169,3 +169,14 @@ def test_known_type_without_backend() -> None:
 ])
 def test_clean_path_as_libvirt(path: str, clean: str) -> None:
     assert clean_path(path) == clean
+
+
+def test_qcow2_compat_and_features() -> None:
+    vol = parse_vol("<volume><name>c</name><capacity>1</capacity><target><format type='qcow2'/>"
+                    "<compat>1.1</compat><features><lazy_refcounts/></features></target>"
+                    "</volume>")
+    assert (vol.compat, vol.lazy_refcounts) == ("1.1", True)
+    vol.cluster_size = 65536
+    assert ("    <compat>1.1</compat>\n    <clusterSize unit='B'>65536</clusterSize>\n"
+            "    <features>\n      <lazy_refcounts/>\n    </features>\n  </target>\n"
+            ) in format_vol(vol)
