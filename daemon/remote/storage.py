@@ -143,8 +143,7 @@ async def storage_pool_undefine(call: Call, args: Any) -> None:
     _driver(call).undefine(_pool(call, args.pool))
 
 
-async def storage_pool_build(call: Call, args: Any) -> None:
-    _check_flags(args.flags, 0xF, "storagePoolBuild")
+async def storage_pool_build(call: Call, args: Any) -> None:  # the backend checks flags
     await _driver(call).build(_pool(call, args.pool), args.flags)
 
 
@@ -157,8 +156,7 @@ async def storage_pool_destroy(call: Call, args: Any) -> None:
     await _driver(call).destroy(_pool(call, args.pool))
 
 
-async def storage_pool_delete(call: Call, args: Any) -> None:
-    _check_flags(args.flags, 1 << 0, "storagePoolDelete")
+async def storage_pool_delete(call: Call, args: Any) -> None:  # the backend checks flags
     await _driver(call).delete(_pool(call, args.pool), args.flags)
 
 

@@ -10,6 +10,14 @@ from drivers.storage.vol_xml import Volume
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 
+def check_flags(flags: int, allowed: int, function: str) -> None:
+    """libvirt's refusal of flags a backend function does not know."""
+    if flags & ~allowed:
+        raise VirError(ErrorCode.INVALID_ARG,
+                       f"unsupported flags (0x{flags & ~allowed:x}) in function {function}",
+                       ErrorDomain.STORAGE)
+
+
 @dataclass
 class Scan:
     """What a refresh finds: sizes, the target's permissions, the volumes by name."""

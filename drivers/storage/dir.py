@@ -10,7 +10,7 @@ import os
 import shutil
 import stat
 
-from drivers.storage.backend import Backend, Scan
+from drivers.storage.backend import Backend, Scan, check_flags
 from drivers.storage.perms import Perms
 from drivers.storage.pool_xml import PoolSizes
 from drivers.storage.vol_xml import Backing, Volume
@@ -109,10 +109,23 @@ class DirBackend(Backend):
         return self.d.target_path
 
     async def build(self, flags: int) -> None:
+        """mkdir with the configured mode and owner. The overwrite flags ask for a
+        file system, which a directory has no device for: libvirtd's error, after
+        the directory is made, as there."""
+        check_flags(flags, BUILD_OVERWRITE | BUILD_NO_OVERWRITE,
+                    "virStorageBackendFileSystemBuild")
         if flags & BUILD_OVERWRITE and flags & BUILD_NO_OVERWRITE:
+            raise VirError(ErrorCode.INVALID_ARG,
+                           "Flags 'VIR_STORAGE_POOL_BUILD_OVERWRITE' and "
+                           "'VIR_STORAGE_POOL_BUILD_NO_OVERWRITE' are mutually exclusive",
+                           ErrorDomain.STORAGE)
+        self._mkdir()
+        if flags:
             raise VirError(ErrorCode.OPERATION_INVALID,
-                           "Requested operation is not valid: Overwrite and no overwrite "
-                           "flags are mutually exclusive", ErrorDomain.STORAGE)
+                           "Requested operation is not valid: No source device specified "
+                           f"when formatting pool '{self.d.name}'", ErrorDomain.STORAGE)
+
+    def _mkdir(self) -> None:
         perms = self.d.target_perms
         mode = perms.mode if perms.mode is not None else DEFAULT_POOL_MODE
         try:
@@ -137,6 +150,7 @@ class DirBackend(Backend):
             raise _system_error(f"cannot open directory '{self.target}'", err)
 
     async def delete(self, flags: int) -> None:
+        check_flags(flags, 0, "virStorageBackendDeleteLocal")
         try:
             os.rmdir(self.target)
         except FileNotFoundError:

@@ -291,7 +291,10 @@ class StorageDriver:
 
     async def _build_for_create(self, pool: Pool, flags: int) -> None:
         if flags & CREATE_WITH_BUILD_OVERWRITE and flags & CREATE_WITH_BUILD_NO_OVERWRITE:
-            raise _invalid("Overwrite and no overwrite flags are mutually exclusive")
+            raise VirError(ErrorCode.INVALID_ARG,
+                           "Flags 'VIR_STORAGE_POOL_CREATE_WITH_BUILD_OVERWRITE' and "
+                           "'VIR_STORAGE_POOL_CREATE_WITH_BUILD_NO_OVERWRITE' are mutually "
+                           "exclusive", ErrorDomain.STORAGE)
         build = 0
         if flags & CREATE_WITH_BUILD_OVERWRITE:
             build = BUILD_OVERWRITE

@@ -60,6 +60,9 @@ def test_dir_pool_life_cycle(module_daemon: DaemonProcess, tmp_path: Path) -> No
         _validate(tmp_path, inactive, "storagepool")
         assert "<capacity unit='bytes'>0</capacity>" in inactive
         assert "Failed to start pool" in d.virsh("pool-start", "pool1", check=False).stderr
+        res = d.virsh("pool-build", "pool1", "--overwrite", check=False)
+        assert ("error: Requested operation is not valid: No source device specified when "
+                "formatting pool 'pool1'") in res.stderr
         d.virsh("pool-build", "pool1")
         assert target.is_dir() and (target.stat().st_mode & 0o777) == 0o711
         d.virsh("pool-start", "pool1")
@@ -75,6 +78,12 @@ def test_dir_pool_life_cycle(module_daemon: DaemonProcess, tmp_path: Path) -> No
         d.virsh("pool-autostart", "pool1", "--disable")
         d.virsh("pool-destroy", "pool1")
         assert "inactive" in d.virsh("pool-info", "pool1").stdout
+        import libvirt
+
+        with pytest.raises(libvirt.libvirtError) as e:
+            d.conn().storagePoolLookupByName("pool1").delete(1)
+        assert str(e.value) == ("unsupported flags (0x1) in function "
+                                "virStorageBackendDeleteLocal")
         d.virsh("pool-delete", "pool1")
         assert not target.exists()
     finally:
