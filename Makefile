@@ -79,7 +79,9 @@ test-fast: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -m 'not slow' $(PYTEST_ARGS)
 
 bench: bench-deps $(VENV)/.installed
+	$(VENV)/bin/python bench/codec.py
 	$(VENV)/bin/python bench/rpc.py
+	$(VENV)/bin/python bench/lifecycle.py
 
 clean:
 	rm -rf $(VENV) .state build *.egg-info .pytest_cache .hypothesis
