@@ -82,6 +82,7 @@ bench: bench-deps $(VENV)/.installed
 	$(VENV)/bin/python bench/codec.py
 	$(VENV)/bin/python bench/rpc.py
 	$(VENV)/bin/python bench/lifecycle.py
+	$(VENV)/bin/python bench/storage.py
 
 clean:
 	rm -rf $(VENV) .state build *.egg-info .pytest_cache .hypothesis
