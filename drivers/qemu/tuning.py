@@ -617,6 +617,16 @@ def cpu_stats_total(driver: QemuDriver, dom: Domain) -> list[tuple[str, int]]:
     return [("cpu_time", total), ("user_time", user), ("system_time", system)]
 
 
+def _percpu_unsupported() -> VirError:
+    """Per-host-CPU usage needs cgroup v1's cpuacct; libvirtd on a v2 host says this."""
+    return _error(
+        ErrorCode.OPERATION_UNSUPPORTED,
+        "Operation not supported: operation 'getCpuacctPercpuUsage' not supported for backend"
+        " 'cgroup V2'",
+        ErrorDomain.CGROUP,
+    )
+
+
 def _percpu(group: Path) -> list[int]:
     return [int(v) for v in (cgroup.read(group, "cpuacct.usage_percpu") or "").split()]
 
@@ -630,7 +640,7 @@ def cpu_stats_percpu(dom: Domain, start: int, ncpus: int) -> list[list[tuple[str
     group = cgroup.path("cpuacct", dom.uuid_str)
     usage = _percpu(group) if not cgroup.is_v2() else []
     if not usage:
-        raise percpu_unsupported()
+        raise _percpu_unsupported()
     if start >= len(usage):
         raise _bad_arg(f"start_cpu {start} larger than maximum of {len(usage) - 1}")
     vcpu = [0] * len(usage)

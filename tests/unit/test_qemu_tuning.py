@@ -384,6 +384,10 @@ async def test_v2_memtune_blkio_and_cpu_stats(driver: QemuDriver, v2: Path) -> N
     assert tuning.cpu_stats_total(driver, dom) == [
         ("cpu_time", 2500000), ("user_time", 2000000), ("system_time", 500000)
     ]
+    with pytest.raises(VirError) as e:
+        tuning.cpu_stats_percpu(dom, 0, 2)
+    assert (e.value.code, e.value.domain) == (ErrorCode.OPERATION_UNSUPPORTED, ErrorDomain.CGROUP)
+    assert "'getCpuacctPercpuUsage' not supported for backend 'cgroup V2'" in e.value.message
 
 
 async def test_v1_cpuacct_per_cpu(driver: QemuDriver, tmp_path: Path,
