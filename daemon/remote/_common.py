@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
-from drivers.qemu.domain import Domain
+from drivers.qemu.domain import Domain, not_running
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
 
@@ -38,7 +38,5 @@ def check_flags(flags: int, allowed: int, api: str) -> None:
 def running_process(dom: Domain) -> Any:
     """The QEMU process of a running domain, or libvirt's "not running" error."""
     if dom.process is None or not dom.active:
-        raise VirError(ErrorCode.OPERATION_INVALID,
-                       "Requested operation is not valid: domain is not running",
-                       ErrorDomain.QEMU)
+        raise not_running()
     return dom.process

@@ -16,7 +16,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from drivers.qemu.domain import State
+from drivers.qemu.domain import State, not_running
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 if TYPE_CHECKING:
@@ -206,14 +206,6 @@ _agents: weakref.WeakKeyDictionary[Domain, tuple[QemuProcess, Agent]] = (
 )
 
 
-def _not_running() -> VirError:
-    return VirError(
-        ErrorCode.OPERATION_INVALID,
-        "Requested operation is not valid: domain is not running",
-        ErrorDomain.QEMU,
-    )
-
-
 def agent_channel(dom: Domain) -> Any:
     """The guest's qemu-ga channel (a unix socket channel), or None."""
     for ch in dom.definition.devices.channels:
@@ -234,7 +226,7 @@ def available(dom: Domain) -> bool:
 def agent_for(dom: Domain) -> Agent:
     """The domain's agent, ready for a command, or libvirt's error why not."""
     if not dom.active or dom.process is None or dom.state != State.RUNNING:
-        raise _not_running()
+        raise not_running()
     ch = agent_channel(dom)
     if ch is None:
         raise VirError(

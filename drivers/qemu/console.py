@@ -20,7 +20,7 @@ import tty
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from drivers.qemu.domain import Domain
+from drivers.qemu.domain import Domain, not_running
 from drivers.qemu.domain_xml.model import CharDevice
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
@@ -34,16 +34,11 @@ def _error(code: ErrorCode, text: str) -> VirError:
     return VirError(code, text, ErrorDomain.QEMU)
 
 
-def _not_running() -> VirError:
-    return _error(ErrorCode.OPERATION_INVALID,
-                  "Requested operation is not valid: domain is not running")
-
-
 def console_path(dom: Domain, dev_name: str | None) -> str:
     """The pty of the console ``dev_name`` (an alias), or of the first console or serial."""
     d, live = dom.live, dom.live_state
     if d is None or live is None or not dom.active:
-        raise _not_running()
+        raise not_running()
     devs = d.devices
     dev: CharDevice | None = None
     if dev_name is not None:
@@ -73,7 +68,7 @@ def channel_path(dom: Domain, name: str | None) -> str:
     """
     d, live = dom.live, dom.live_state
     if d is None or live is None or not dom.active:
-        raise _not_running()
+        raise not_running()
     dev: CharDevice | None = None
     for c in d.devices.channels:
         if name is None or c.info.alias == name or \

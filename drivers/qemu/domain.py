@@ -14,6 +14,8 @@ import uuid as uuidlib
 from enum import IntEnum
 from typing import TYPE_CHECKING, NamedTuple
 
+from protocol.errors import ErrorCode, ErrorDomain, VirError
+
 if TYPE_CHECKING:
     from drivers.qemu.domain_xml import DomainDef, LiveState
     from drivers.qemu.process import QemuProcess
@@ -116,6 +118,12 @@ class DomainInfo(NamedTuple):
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def not_running() -> VirError:
+    """libvirt's answer to a call that needs a running guest."""
+    return VirError(ErrorCode.OPERATION_INVALID,
+                    "Requested operation is not valid: domain is not running", ErrorDomain.QEMU)
 
 
 def process_cpu_time(pid: int) -> int:

@@ -21,8 +21,16 @@ from pathlib import Path
 from daemon.paths import DriverPaths, Paths
 from drivers import host
 from drivers.events import EventBus
-from drivers.qemu import capabilities, command, domain_xml, hotplug, lifecycle, stats
-from drivers.qemu import cgroup, tuning
+from drivers.qemu import (
+    capabilities,
+    cgroup,
+    command,
+    domain_xml,
+    hotplug,
+    lifecycle,
+    stats,
+    tuning,
+)
 from drivers.qemu.capabilities import QemuCaps
 from drivers.qemu.domain import (
     STOP_OUTCOME,
@@ -34,13 +42,14 @@ from drivers.qemu.domain import (
     Running,
     Shutoff,
     State,
+    not_running,
 )
 from drivers.qemu.domain_xml import DomainDef, LiveState, assign_aliases
 from drivers.qemu.process import (
     QemuProcess,
     append_log,
-    log_timestamp,
     cpu_cgroup_root,
+    log_timestamp,
     open_tap,
     pid_alive,
 )
@@ -87,14 +96,6 @@ CONFIG_HEADER = (
 
 def _no_domain(what: str) -> VirError:
     return VirError(ErrorCode.NO_DOMAIN, f"Domain not found: {what}", ErrorDomain.QEMU)
-
-
-def _not_running() -> VirError:
-    return VirError(
-        ErrorCode.OPERATION_INVALID,
-        "Requested operation is not valid: domain is not running",
-        ErrorDomain.QEMU,
-    )
 
 
 class QemuDriver:
@@ -565,7 +566,7 @@ class QemuDriver:
         self._check_present(dom)
         proc = dom.process
         if proc is None or not dom.active:
-            raise _not_running()
+            raise not_running()
         dom.stop_reason = Shutoff.DESTROYED
         if not await proc.kill(graceful=bool(flags & DESTROY_GRACEFUL)):
             dom.stop_reason = None
@@ -645,7 +646,7 @@ class QemuDriver:
     def _monitor_of(self, dom: Domain) -> QemuProcess:
         self._check_present(dom)
         if dom.process is None or not dom.active:
-            raise _not_running()
+            raise not_running()
         return dom.process
 
     async def suspend(self, dom: Domain) -> None:

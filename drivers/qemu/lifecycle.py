@@ -17,7 +17,16 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from drivers.qemu import agent
-from drivers.qemu.domain import Detail, Domain, Event, Paused, Running, Shutoff, State
+from drivers.qemu.domain import (
+    Detail,
+    Domain,
+    Event,
+    Paused,
+    Running,
+    Shutoff,
+    State,
+    not_running,
+)
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 if TYPE_CHECKING:
@@ -47,14 +56,6 @@ _panicked: weakref.WeakSet[Domain] = weakref.WeakSet()
 _awaiting: weakref.WeakKeyDictionary[Domain, tuple[str, asyncio.Future[None]]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def _not_running() -> VirError:
-    return VirError(
-        ErrorCode.OPERATION_INVALID,
-        "Requested operation is not valid: domain is not running",
-        ErrorDomain.QEMU,
-    )
 
 
 def _check_flags(flags: int, allowed: int, api: str) -> None:
@@ -120,9 +121,9 @@ async def _power(
 
 async def _agent_power(dom: Domain, restart: bool, running_only: bool) -> None:
     if not dom.active:
-        raise _not_running()
+        raise not_running()
     if running_only and dom.state != State.RUNNING:
-        raise _not_running()
+        raise not_running()
     client = agent.agent_for(dom)
     _fake_reboot.discard(dom)
     waited = "reset" if restart else "shutdown"
@@ -144,7 +145,7 @@ async def _acpi_power(driver: QemuDriver, dom: Domain, restart: bool, running_on
     async with dom.lock:
         proc = driver._monitor_of(dom)
         if running_only and dom.state != State.RUNNING:
-            raise _not_running()
+            raise not_running()
         if restart:
             _fake_reboot.add(dom)
         else:

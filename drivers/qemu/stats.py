@@ -20,12 +20,13 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from drivers.qemu import cgroup
+from drivers.qemu.domain import not_running
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.typed import BOOLEAN, INT, LLONG, STRING, UINT, ULLONG
 
 if TYPE_CHECKING:
     from drivers.qemu.domain import Domain
-    from drivers.qemu.domain_xml import DomainDef, Disk, Interface
+    from drivers.qemu.domain_xml import Disk, DomainDef, Interface
     from drivers.qemu.process import QemuProcess
 
 Param = tuple[str, int, Any]
@@ -79,18 +80,10 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _not_running() -> VirError:
-    return VirError(
-        ErrorCode.OPERATION_INVALID,
-        "Requested operation is not valid: domain is not running",
-        ErrorDomain.QEMU,
-    )
-
-
 def running_process(dom: Domain) -> QemuProcess:
     proc = dom.process
     if proc is None or not dom.active:
-        raise _not_running()
+        raise not_running()
     return proc
 
 
