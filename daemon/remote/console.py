@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from daemon.dispatch import Call
@@ -55,32 +56,32 @@ def _serve_device(call: Call, path: str, fd: int, kicked: asyncio.Event) -> None
     stream.serve(transfer())
 
 
-async def domain_open_console(call: Call, args: Any) -> None:
-    check_flags(args.flags, CONSOLE_FORCE | CONSOLE_SAFE, "qemuDomainOpenConsole")
-    dom = dom_of(call, args.dom)
-    path = console.console_path(dom, args.dev_name)
-    kicked = console.claim(path, bool(args.flags & CONSOLE_FORCE),
-                           "Active console session exists for this domain")
+def _claim_and_serve(call: Call, path: str, force: bool, open_fd: Callable[[str], int],
+                     busy: str) -> None:
+    """One stream per device: claim it (or take it over with force), open it, serve it."""
+    kicked = console.claim(path, force, busy)
     try:
-        fd = console.open_pty(path)
+        fd = open_fd(path)
     except BaseException:
         console.release(path, kicked)
         raise
     _serve_device(call, path, fd, kicked)
+
+
+async def domain_open_console(call: Call, args: Any) -> None:
+    check_flags(args.flags, CONSOLE_FORCE | CONSOLE_SAFE, "qemuDomainOpenConsole")
+    dom = dom_of(call, args.dom)
+    path = console.console_path(dom, args.dev_name)
+    _claim_and_serve(call, path, bool(args.flags & CONSOLE_FORCE), console.open_pty,
+                     "Active console session exists for this domain")
 
 
 async def domain_open_channel(call: Call, args: Any) -> None:
     check_flags(args.flags, CHANNEL_FORCE, "qemuDomainOpenChannel")
     dom = dom_of(call, args.dom)
     path = console.channel_path(dom, args.name)
-    kicked = console.claim(path, bool(args.flags & CHANNEL_FORCE),
-                           "Active channel stream exists for this domain")
-    try:
-        fd = console.connect_unix(path)
-    except BaseException:
-        console.release(path, kicked)
-        raise
-    _serve_device(call, path, fd, kicked)
+    _claim_and_serve(call, path, bool(args.flags & CHANNEL_FORCE), console.connect_unix,
+                     "Active channel stream exists for this domain")
 
 
 # -- screenshot ---------------------------------------------------------------------
