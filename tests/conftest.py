@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from e2e.daemon import DaemonProcess, cleanup_all
+from e2e.netns import NetNS
 
 E2E = Path(__file__).parent / "e2e"
 
@@ -63,6 +64,24 @@ def daemon(start_daemon: Callable[..., DaemonProcess]) -> DaemonProcess:
 def module_daemon() -> Iterator[DaemonProcess]:
     """One daemon shared by the tests of a module (they must not leave state behind)."""
     d = DaemonProcess()
+    try:
+        d.start()
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture
+def netns() -> Iterator[NetNS]:
+    """A network namespace of this test's own, deleted (with its processes) at teardown."""
+    with NetNS() as ns:
+        yield ns
+
+
+@pytest.fixture
+def netns_daemon(netns: NetNS) -> Iterator[DaemonProcess]:
+    """A fresh daemon running inside ``netns``: its networks never touch the host's."""
+    d = DaemonProcess(netns=netns.name)
     try:
         d.start()
         yield d

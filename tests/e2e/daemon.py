@@ -30,10 +30,14 @@ _LIVE: set["DaemonProcess"] = set()
 class DaemonProcess:
     """One ``python -m daemon --root ROOT`` and the ways to poke at it."""
 
-    def __init__(self, args: tuple[str, ...] = (), root: Path | None = None) -> None:
+    def __init__(self, args: tuple[str, ...] = (), root: Path | None = None,
+                 netns: str | None = None) -> None:
         # Unix socket paths are capped at 108 bytes: keep the root short.
         self.root = root or Path(tempfile.mkdtemp(prefix="avd-", dir="/tmp"))
         self.args = args
+        # Inside a network namespace (tests/e2e/netns.py) its bridges, taps,
+        # dnsmasq and firewall rules stay out of the host's network.
+        self.netns = netns
         self.sock = self.root / "run/libvirt/libvirt-sock"
         self.ro_sock = self.root / "run/libvirt/libvirt-sock-ro"
         self.admin_sock = self.root / "run/libvirt/libvirt-admin-sock"
@@ -49,7 +53,8 @@ class DaemonProcess:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "daemon", "--root", str(self.root), *self.args]
+        argv = [sys.executable, "-m", "daemon", "--root", str(self.root), *self.args]
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
     def start(self, wait: bool = True) -> "DaemonProcess":
         _LIVE.add(self)
