@@ -70,18 +70,23 @@ class Server:
         self._listen(sockets or {})
 
     async def _start_drivers(self) -> None:
+        """Storage first, then QEMU: guests that autostart or re-attach use pools.
+
+        Each driver sees the others through ``peers`` (this server's table), so
+        the QEMU driver can resolve a ``<source pool= volume=>`` disk.
+        """
+        from drivers.storage.driver import StorageDriver
+        storage = StorageDriver(self.paths, self.bus)
+        await storage.startup()
+        self._drivers["storage"] = storage
         try:
             from drivers.qemu.driver import QemuDriver
         except ImportError:
             log.exception("the QEMU driver is not available")
             return
-        driver = QemuDriver(self.paths, self.bus)
+        driver = QemuDriver(self.paths, self.bus, peers=self._drivers)
         await driver.startup()
         self._drivers["qemu"] = driver
-        from drivers.storage.driver import StorageDriver
-        storage = StorageDriver(self.paths, self.bus)
-        await storage.startup()
-        self._drivers["storage"] = storage
 
     def _listen(self, sockets: dict[str, socket.socket]) -> None:
         c = self.config

@@ -16,7 +16,9 @@ import platform
 import socket
 import tempfile
 import uuid as uuidlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from daemon.paths import DriverPaths, Paths
 from drivers import host
@@ -103,10 +105,13 @@ class QemuDriver:
 
     uri = "qemu:///system"
 
-    def __init__(self, paths: Paths, bus: EventBus) -> None:
+    def __init__(self, paths: Paths, bus: EventBus, peers: Mapping[str, Any] | None = None) -> None:
         self.paths = paths
         self.dirs = DriverPaths(paths, "qemu")
         self.bus = bus
+        # The other drivers by name ("storage", ...): what a guest's pools and
+        # networks resolve through.
+        self.peers: Mapping[str, Any] = peers if peers is not None else {}
         self.all_caps: dict[str, QemuCaps] = {}
         self._by_uuid: dict[bytes, Domain] = {}
         self._by_name: dict[str, Domain] = {}
