@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.daemon import DaemonProcess, cleanup_all
+from e2e.daemon import DaemonProcess, cleanup_all, sweep_stale
 from e2e.netns import NetNS
 
 E2E = Path(__file__).parent / "e2e"
@@ -30,6 +30,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if E2E in Path(item.fspath).parents:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    sweep_stale()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

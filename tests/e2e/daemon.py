@@ -165,6 +165,27 @@ def cleanup_all() -> None:
         d.cleanup()
 
 
+def sweep_stale(max_age: float = 600.0) -> None:
+    """Clean up the roots of test runs that were killed before their teardown.
+
+    A root is stale when no daemon runs for it any more and it is older than
+    ``max_age`` seconds (so the roots of test runs going on beside this one are
+    left alone); its guests are killed and the directory removed.
+    """
+    now = time.time()
+    for root in Path("/tmp").glob("avd-*"):
+        try:
+            if now - root.stat().st_mtime < max_age:
+                continue
+        except OSError:
+            continue
+        daemon_arg = b"--root\0" + str(root).encode() + b"\0"
+        if any(daemon_arg in _cmdline(pid) for pid in processes_under(root)):
+            continue
+        kill_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def processes_under(root: Path) -> list[int]:
     """PIDs of processes whose command line or pid file ties them to ``root``."""
     needle = str(root).encode()
