@@ -630,8 +630,11 @@ class QemuDriver:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        monitor_dir = Path(proc.monitor_path).parent
+        short_dir = monitor_dir if monitor_dir != self.dirs.state_dir else None
         for directory in (
-            self._channel_dir(dom.id, dom.name), *cgroup.extra_dirs(dom.uuid_str), self._cgroup(dom)
+            self._channel_dir(dom.id, dom.name), *cgroup.extra_dirs(dom.uuid_str),
+            self._cgroup(dom), short_dir,
         ):
             try:
                 if directory is not None:
