@@ -83,6 +83,8 @@ def parse_vol(xml: str, need_capacity: bool = True) -> Volume:
     vol.perms = parse_perms(root.find("target/permissions"))
     compat = root.findtext("target/compat")
     vol.compat = compat.strip() if compat else None
+    if root.find("target/features") is not None and vol.compat is None:
+        vol.compat = "1.1"  # features need qcow2 v3: libvirt implies it (virt-install relies on it)
     vol.lazy_refcounts = root.find("target/features/lazy_refcounts") is not None
     path = root.findtext("backingStore/path")
     if path:
