@@ -1,0 +1,1 @@
+"""The network driver: libvirt's virtual networks (definitions, life cycle, ports)."""
