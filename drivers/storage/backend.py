@@ -32,14 +32,18 @@ class Backend:
     libvirt's "not supported" answer."""
 
     type = ""
+    #: Whether a volume created or deleted changes the others (partitions are
+    #: renumbered): the driver then reads the whole pool again, as libvirt does.
+    rescan_on_vol_change = False
 
     def __init__(self, d: PoolDef) -> None:
         self.d = d
 
-    def _unsupported(self, what: str) -> VirError:
+    @staticmethod
+    def _unsupported(what: str) -> VirError:
+        """libvirt's answer for an operation the pool type lacks (its own words)."""
         return VirError(ErrorCode.NO_SUPPORT,
-                        f"this function is not supported by the connection driver: "
-                        f"storage pool '{self.type}' does not support {what}",
+                        f"this function is not supported by the connection driver: {what}",
                         ErrorDomain.STORAGE)
 
     @classmethod
@@ -50,7 +54,7 @@ class Backend:
                        f"'{cls.type}' does not support source discovery", ErrorDomain.STORAGE)
 
     async def build(self, flags: int) -> None:
-        raise self._unsupported("pool build")
+        """Nothing to build: libvirt succeeds without a word for such types."""
 
     async def start(self) -> None:
         """Make the pool usable (mount, activate); nothing for plain directories."""
@@ -59,7 +63,7 @@ class Backend:
         """Undo start."""
 
     async def delete(self, flags: int) -> None:
-        raise self._unsupported("pool delete")
+        raise self._unsupported("pool does not support pool deletion")
 
     async def refresh(self) -> Scan:
         raise NotImplementedError
@@ -69,20 +73,21 @@ class Backend:
         return (await self.refresh()).sizes
 
     async def create_vol(self, vol: Volume, flags: int) -> None:
-        raise self._unsupported("volume creation")
+        raise self._unsupported("storage pool does not support volume creation")
 
     async def create_vol_from(self, vol: Volume, source: Volume, flags: int) -> None:
-        raise self._unsupported("volume cloning")
+        raise self._unsupported(
+            "storage pool does not support volume creation from an existing volume")
 
     async def delete_vol(self, vol: Volume, flags: int) -> None:
-        raise self._unsupported("volume deletion")
+        raise self._unsupported("storage pool does not support vol deletion")
 
     async def resize_vol(self, vol: Volume, capacity: int, allocate: bool, shrink: bool) -> None:
-        raise self._unsupported("volume resize")
+        raise self._unsupported("storage pool does not support changing of volume capacity")
 
     async def wipe_vol(self, vol: Volume, algorithm: int) -> None:
         """Overwrite the volume's data (virStorageVolWipeAlgorithm, zero = 0)."""
-        raise self._unsupported("volume wiping")
+        raise self._unsupported("storage pool doesn't support volume wiping")
 
     async def refresh_vol(self, vol: Volume) -> Volume:
         """The volume as it is on disk now."""

@@ -453,6 +453,9 @@ class StorageDriver:
             vol.allocation = vol.capacity
         with self._job(pool, building=vol.name):
             await pool.backend.create_vol(vol, flags)
+            if pool.backend.rescan_on_vol_change:
+                await self._refresh(pool)
+                return pool.volumes[vol.name]
             return await self._settle_vol(pool, vol)
 
     async def create_vol_from(self, pool: Pool, xml: str, source_pool: Pool, source: Volume,
@@ -483,6 +486,9 @@ class StorageDriver:
         if pool.in_use.get(vol.name):
             raise _invalid(f"volume '{vol.name}' is still in use.")
         await pool.backend.delete_vol(vol, flags)
+        if pool.backend.rescan_on_vol_change:
+            await self._refresh(pool)
+            return
         pool.volumes.pop(vol.name, None)
         with contextlib.suppress(VirError):
             pool.scan.sizes = await pool.backend.sizes()
