@@ -37,6 +37,11 @@ _TYPES: tuple[tuple[str, Options, Options], ...] = (
 )
 
 
+#: Pool type -> (default, values) of its ``<source><format type=.../>``, for the types that have one.
+SOURCE_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
+    kind: pool_opts for kind, pool_opts, _ in _TYPES if pool_opts is not None}
+
+
 def _options(tag: str, enum: str, options: Options) -> list[str]:
     if options is None:
         return []

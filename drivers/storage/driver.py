@@ -18,14 +18,8 @@ from pathlib import Path
 
 from daemon.paths import Paths
 from drivers.events import EventBus
-from drivers.storage.pool import BACKENDS, Pool
-from drivers.storage.pool_xml import (
-    POOL_TYPES,
-    PoolDef,
-    clean_path,
-    missing_backend,
-    parse_pool,
-)
+from drivers.storage.pool import Pool, backend_class
+from drivers.storage.pool_xml import POOL_TYPES, PoolDef, clean_path, parse_pool, same_source
 from drivers.storage.schema import validate
 from drivers.storage.vol_xml import Volume, parse_vol
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -197,10 +191,7 @@ class StorageDriver:
             raise VirError(ErrorCode.INTERNAL_ERROR,
                            f"internal error: unknown storage pool type {kind}",
                            ErrorDomain.STORAGE)
-        backend = BACKENDS.get(kind)
-        if backend is None:
-            raise missing_backend(kind)
-        return await backend.find_sources(spec)
+        return await backend_class(kind).find_sources(spec)
 
     # -- definitions ---------------------------------------------------------------
 
@@ -217,8 +208,7 @@ class StorageDriver:
         if same is not None and check_active and same.active:
             raise _failed(f"pool is already active as '{same.name}'")
         for pool in self._pools.values():
-            if pool is not same and pool.live.type == d.type and \
-                    pool.live.target_path == d.target_path:
+            if pool is not same and same_source(pool.live, d):
                 raise _failed(f"Storage source conflict with pool: '{pool.name}'")
         return same
 
@@ -237,6 +227,7 @@ class StorageDriver:
         if flags & DEFINE_VALIDATE:
             validate(xml, "storagepool")
         d = parse_pool(xml)
+        backend_class(d.type)
         same = self._check_duplicate(d, check_active=False)
         if same is None:
             pool = self._add(d, persistent=True)
@@ -251,6 +242,7 @@ class StorageDriver:
 
     async def create_xml(self, xml: str, flags: int = 0) -> Pool:
         d = parse_pool(xml)
+        backend_class(d.type)
         if self._check_duplicate(d, check_active=True) is not None:
             raise _failed(f"pool '{d.name}' already exists")  # persistent and inactive
         pool = Pool(d, persistent=False)

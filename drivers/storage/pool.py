@@ -5,11 +5,20 @@ from __future__ import annotations
 from drivers.storage.backend import Backend, Scan
 from drivers.storage.dir import DirBackend
 from drivers.storage.perms import Perms
-from drivers.storage.pool_xml import PoolDef, PoolSizes, format_pool
+from drivers.storage.pool_xml import PoolDef, PoolSizes, format_pool, missing_backend
 from drivers.storage.vol_xml import Volume
 
 #: Pool types served today, by their XML name.
 BACKENDS: dict[str, type[Backend]] = {"dir": DirBackend}
+
+
+def backend_class(kind: str) -> type[Backend]:
+    """The backend of a pool type, or libvirtd's error for a type it has none for."""
+    try:
+        return BACKENDS[kind]
+    except KeyError:
+        raise missing_backend(kind) from None
+
 
 STATE_INACTIVE = 0
 STATE_RUNNING = 2
@@ -28,7 +37,7 @@ class Pool:
         self.building: set[str] = set()  # names of volumes being created
         self.in_use: dict[str, int] = {}  # volumes being read or written by a job
         self.jobs = 0  # long operations under way (libvirt's asyncjobs)
-        self.backend = BACKENDS[d.type](d)
+        self.backend = backend_class(d.type)(d)
 
     @property
     def name(self) -> str:
@@ -49,7 +58,7 @@ class Pool:
     def use(self, d: PoolDef) -> None:
         """Make ``d`` the live definition (when the pool is not running)."""
         self.live = d
-        self.backend = BACKENDS[d.type](d)
+        self.backend = backend_class(d.type)(d)
 
     def xml(self, inactive: bool = False) -> str:
         if inactive and self.config is not None:

@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from drivers.storage.perms import Perms
+from drivers.storage.pool import backend_class
 from drivers.storage.pool_xml import PoolSizes, clean_path, format_pool, parse_pool
 from drivers.storage.units import scale
 from drivers.storage.vol_xml import Volume, format_vol, parse_vol
@@ -157,8 +158,12 @@ def test_backing_store_parse_and_format() -> None:
 
 
 def test_known_type_without_backend() -> None:
+    """The XML is parsed first (as libvirtd does); the backend is looked up after."""
     with pytest.raises(VirError) as e:
         parse_pool("<pool type='iscsi-direct'><name>a</name></pool>")
+    assert e.value.message == "XML error: missing storage pool source host name"
+    with pytest.raises(VirError) as e:
+        backend_class("iscsi-direct")
     assert (e.value.code, e.value.message) == (
         ErrorCode.INTERNAL_ERROR, "internal error: missing backend for pool type 6 (iscsi-direct)")
 
