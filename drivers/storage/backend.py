@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from drivers.storage.perms import Perms
 from drivers.storage.pool_xml import PoolDef, PoolSizes
-from drivers.storage.vol_xml import Volume
+from drivers.storage.vol_xml import FILE_FORMATS, Volume
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 
@@ -35,6 +35,8 @@ class Backend:
     #: Whether a volume created or deleted changes the others (partitions are
     #: renumbered): the driver then reads the whole pool again, as libvirt does.
     rescan_on_vol_change = False
+    #: Volume formats of the type (default, known), None where it has none (logical).
+    vol_formats: tuple[str, frozenset[str]] | None = ("raw", FILE_FORMATS)
 
     def __init__(self, d: PoolDef) -> None:
         self.d = d

@@ -426,7 +426,7 @@ class StorageDriver:
         self._need_active(pool)
         if flags & VOL_CREATE_VALIDATE:
             validate(xml, "storagevol")
-        vol = parse_vol(xml, need_capacity)
+        vol = parse_vol(xml, need_capacity, pool.backend.vol_formats)
         if "/" in vol.name:
             raise _invalid(f"volume name '{vol.name}' cannot contain '/'")
         if vol.name in pool.volumes or vol.name in pool.building:
@@ -447,7 +447,9 @@ class StorageDriver:
             await pool.backend.create_vol(vol, flags)
             if pool.backend.rescan_on_vol_change:
                 await self._refresh(pool)
-                return pool.volumes[vol.name]
+                found = pool.volumes[vol.name]
+                found.format = vol.format  # as asked, until the next refresh (libvirtd)
+                return found
             return await self._settle_vol(pool, vol)
 
     async def create_vol_from(self, pool: Pool, xml: str, source_pool: Pool, source: Volume,

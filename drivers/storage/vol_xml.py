@@ -46,19 +46,25 @@ class Volume:
     backing: Backing | None = None
     compat: str | None = None  # qcow2 compatibility level
     lazy_refcounts: bool = False
+    #: Where on the pool's devices the volume lies: (device path, start, end) in bytes.
+    extents: list[tuple[str, int, int]] = field(default_factory=list)
+    uuid: str | None = None  # a key of its own (an LVM volume's UUID) instead of the path
 
     @property
     def key(self) -> str:
-        return self.path
+        return self.uuid or self.path
 
 
 def _xml_error(message: str, domain: ErrorDomain = ErrorDomain.STORAGE) -> VirError:
     return VirError(ErrorCode.XML_ERROR, f"XML error: {message}", domain)
 
 
-def parse_vol(xml: str, need_capacity: bool = True) -> Volume:
+def parse_vol(xml: str, need_capacity: bool = True,
+              formats: tuple[str, frozenset[str]] | None = ("raw", FILE_FORMATS)) -> Volume:
     """A requested volume; allocation stays None when not given (the driver then
-    allocates the whole capacity, as libvirt does)."""
+    allocates the whole capacity, as libvirt does). ``formats`` are the pool type's
+    volume formats (default, known); None for types that have none (logical), whose
+    volumes then have format "" and show no ``<format>``."""
     try:
         root = etree.fromstring(xml.encode(), etree.XMLParser(resolve_entities=False))
     except etree.XMLSyntaxError as e:
@@ -78,8 +84,10 @@ def parse_vol(xml: str, need_capacity: bool = True) -> Volume:
     if alloc is not None:
         vol.allocation = scale(alloc.text or "", alloc.get("unit"), "allocation")
     fmt = root.find("target/format")
-    if fmt is not None:
-        vol.format = _format(fmt)
+    if formats is None:
+        vol.format = ""
+    else:
+        vol.format = formats[0] if fmt is None else _format(fmt, formats[1])
     vol.perms = parse_perms(root.find("target/permissions"))
     compat = root.findtext("target/compat")
     vol.compat = compat.strip() if compat else None
@@ -93,9 +101,9 @@ def parse_vol(xml: str, need_capacity: bool = True) -> Volume:
     return vol
 
 
-def _format(node: Any) -> str:
+def _format(node: Any, known: frozenset[str] = FILE_FORMATS) -> str:
     kind = node.get("type")
-    if kind not in FILE_FORMATS:
+    if kind not in known:
         raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
                        f"unsupported configuration: unknown volume format type {kind}",
                        ErrorDomain.STORAGE)
@@ -107,6 +115,7 @@ def format_vol(vol: Volume) -> str:
         f"<volume type='{vol.type}'>",
         f"  <name>{_escape(vol.name)}</name>",
         f"  <key>{_escape(vol.key)}</key>",
+        *_extents(vol.extents),
         f"  <capacity unit='bytes'>{vol.capacity}</capacity>",
         f"  <allocation unit='bytes'>{vol.allocation or 0}</allocation>",
     ]
@@ -115,7 +124,7 @@ def format_vol(vol: Volume) -> str:
     lines += [
         "  <target>",
         f"    <path>{_escape(vol.path)}</path>",
-        f"    <format type='{vol.format}'/>",
+        *([f"    <format type='{vol.format}'/>"] if vol.format else []),
         *vol.perms.format("    "),
     ]
     lines += _timestamps(vol.timestamps)
@@ -129,10 +138,25 @@ def format_vol(vol: Volume) -> str:
     if vol.backing is not None:
         back = vol.backing
         lines += ["  <backingStore>", f"    <path>{_escape(back.path)}</path>",
-                  f"    <format type='{back.format}'/>", *back.perms.format("    "),
+                  *([f"    <format type='{back.format}'/>"] if back.format else []),
+                  *back.perms.format("    "),
                   *_timestamps(back.timestamps), "  </backingStore>"]
     lines.append("</volume>")
     return "\n".join(lines) + "\n"
+
+
+def _extents(extents: list[tuple[str, int, int]]) -> list[str]:
+    """``<source>`` with one ``<device>`` per run of extents on the same device."""
+    if not extents:
+        return []
+    lines = ["  <source>"]
+    for i, (path, start, end) in enumerate(extents):
+        if i == 0 or extents[i - 1][0] != path:
+            if i:
+                lines.append("    </device>")
+            lines.append(f"    <device path='{_escape(path)}'>")
+        lines.append(f"      <extent start='{start}' end='{end}'/>")
+    return lines + ["    </device>", "  </source>"]
 
 
 def _timestamps(stamps: tuple[str, str, str] | None) -> list[str]:
