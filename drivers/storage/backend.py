@@ -64,6 +64,11 @@ class Backend:
     async def stop(self) -> None:
         """Undo start."""
 
+    async def is_active(self) -> bool:
+        """Whether a pool the last daemon left running still is (libvirt's checkPool:
+        still mounted, volume group still active); asked at daemon start."""
+        return True
+
     async def delete(self, flags: int) -> None:
         raise self._unsupported("pool does not support pool deletion")
 

@@ -108,6 +108,10 @@ class StorageDriver:
                 continue
             try:
                 pool.use(parse_pool(path.read_text()))
+                if not await pool.backend.is_active():
+                    log.info("storage pool %s is no longer active", pool.name)
+                    await self._deactivate(pool)
+                    continue
                 pool.active = True
                 await self._refresh(pool)
             except (OSError, VirError) as e:
