@@ -490,7 +490,8 @@ def blockdev_props(disk: Disk, node: str) -> tuple[dict[str, Any], dict[str, Any
             storage["export"] = disk.net_source["name"]
     else:
         storage = {
-            "driver": "host_device" if disk.type == "block" else "file",
+            "driver": "host_device" if disk.source_type == "block" else "file",
+
             "filename": disk.source,
         }
     if drv.get("io") in ("native", "threads", "io_uring"):
@@ -595,12 +596,10 @@ def nic_device_props(
     d: DomainDef, net: Interface, hostnet: str, boot: Mapping[int, int]
 ) -> dict[str, Any]:
     """The NIC's ``-device`` (or ``device_add``) properties, on netdev ``hostnet``."""
-    props: dict[str, Any] = {
-        "driver": _NIC_DRIVERS.get(net.model or "", net.model),
-        "netdev": hostnet,
-        "id": net.info.alias,
-        "mac": net.mac,
-    }
+    props: dict[str, Any] = {"driver": _NIC_DRIVERS.get(net.model or "", net.model)}
+    if net.mtu and net.model == "virtio":  # the guest learns the MTU from the device
+        props["host_mtu"] = net.mtu
+    props.update(netdev=hostnet, id=net.info.alias, mac=net.mac)
     if id(net.info) in boot:
         props["bootindex"] = boot[id(net.info)]
     return {**props, **_addr_props(d, net.info), **_rom_props(net.info)}

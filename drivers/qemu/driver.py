@@ -30,9 +30,12 @@ from drivers.qemu import (
     domain_xml,
     hotplug,
     lifecycle,
+    netif,
     stats,
     tuning,
+    volumes,
 )
+
 from drivers.qemu.capabilities import QemuCaps
 from drivers.qemu.domain import (
     STOP_OUTCOME,
@@ -52,7 +55,6 @@ from drivers.qemu.process import (
     append_log,
     cpu_cgroup_root,
     log_timestamp,
-    open_tap,
     pid_alive,
 )
 from drivers.qemu.status import Status, format_status, parse_status, write_atomic
@@ -202,6 +204,13 @@ class QemuDriver:
 
     def defined_names(self) -> list[str]:
         return [d.name for d in self._by_uuid.values() if d.persistent and not d.active]
+
+    def volumes_in_use(self, pool: str) -> dict[str, list[str]]:
+        """Volumes of ``pool`` that running guests hold, by guest name (for the storage driver)."""
+        held = {dom.name: volumes.held(dom.live.devices.disks, pool)
+                for dom in self._by_id.values() if dom.live is not None}
+        return {name: vols for name, vols in held.items() if vols}
+
 
     # -- definitions -------------------------------------------------------------
 
@@ -477,8 +486,10 @@ class QemuDriver:
                 f"Unable to create NVRAM file '{d.os.nvram}': {e.strerror}",
                 ErrorDomain.QEMU,
             ) from None
+        volumes.resolve_all(self.peers.get("storage"), d)
         assign_aliases(d)
-        net_fds = _open_taps(d)
+
+        net_fds = await netif.plug_all(self, d)
         try:
             argv = command.build_argv(
                 d,
@@ -500,6 +511,9 @@ class QemuDriver:
                 pass_fds=tuple(net_fds.values()),
                 cgroup=self._cgroup(dom),
             )
+        except BaseException:
+            await netif.unplug_all(self, d.devices.interfaces)
+            raise
         finally:
             for fd in net_fds.values():  # QEMU holds its own copies now
                 os.close(fd)
@@ -512,6 +526,7 @@ class QemuDriver:
         self._save_status(dom)
         try:
             dom.live_state = await self._live_facts(proc, d, id)
+            await netif.set_link_states(proc, d)
             await tuning.apply_at_start(self, dom)
             await self._set_passwords(proc, d)
             await stats.set_stats_period(proc, d)
@@ -642,7 +657,10 @@ class QemuDriver:
             except OSError:
                 pass  # already gone, or still holding something
         self._by_id.pop(dom.id, None)
+        nets = dom.live.devices.interfaces if dom.live is not None else []
         dom.stopped(reason)
+        # Only now: a second stop of this run already returned at the process check.
+        await netif.unplug_all(self, nets)
         detail = lifecycle.stopped(dom, STOP_OUTCOME[reason])
         if emit:
             self._emit(dom, Event.STOPPED, detail)
@@ -734,6 +752,7 @@ class QemuDriver:
             taps={
                 n.info.alias or "": n.target_dev for n in d.devices.interfaces if n.target_dev
             },
+            ports={n.info.alias or "": n.portid for n in d.devices.interfaces if n.portid},
         )
         try:
             write_atomic(self.dirs.state_dir / f"{d.name}.xml", format_status(st))
@@ -800,6 +819,7 @@ class QemuDriver:
                 self._forget(dom)
             return
         await hotplug.refresh_from_qemu(proc, d, st.taps)
+        await netif.reattach(self, d, st.ports)
         try:
             live = await self._live_facts(proc, d, st.id)
         except VirError:
@@ -890,40 +910,6 @@ def _matches(dom: Domain, flags: int) -> bool:
     if flags & LIST_HAS_CHECKPOINT and not flags & LIST_NO_CHECKPOINT:
         return False
     return True
-
-
-def _open_taps(d: DomainDef) -> dict[str, int]:
-    """Tap fds for the guest's NICs by alias; the live definition learns their names.
-
-    Only bridges given by name are joined: there is no network driver here to
-    turn a ``<source network=...>`` into a bridge.
-    """
-    fds: dict[str, int] = {}
-    try:
-        for net in d.devices.interfaces:
-            if net.type == "user":
-                continue
-            if net.type == "network":
-                name = net.source.get("network", "")
-                raise VirError(
-                    ErrorCode.NO_NETWORK,
-                    f"Network not found: no network with matching name '{name}'",
-                    ErrorDomain.NETWORK,
-                )
-            if net.type not in ("bridge", "ethernet"):
-                raise VirError(
-                    ErrorCode.CONFIG_UNSUPPORTED,
-                    f"unsupported configuration: interface type '{net.type}' is not supported",
-                    ErrorDomain.QEMU,
-                )
-            bridge = net.source.get("bridge") if net.type == "bridge" else None
-            fd, net.target_dev = open_tap(net.target_dev or "vnet%d", net.mac, bridge)
-            fds[net.info.alias or ""] = fd
-    except BaseException:
-        for fd in fds.values():
-            os.close(fd)
-        raise
-    return fds
 
 
 def _is_our_qemu(pid: int, uuid: str) -> bool:

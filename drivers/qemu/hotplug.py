@@ -15,13 +15,15 @@ import asyncio
 import copy
 import logging
 import os
+import stat
 import weakref
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from drivers.qemu import command, domain_xml
+from drivers.qemu import command, domain_xml, netif
 from drivers.qemu.domain_xml import defaults
 from drivers.qemu.domain_xml.addresses import (
     DRIVE_LAYOUT,
@@ -41,7 +43,8 @@ from drivers.qemu.domain_xml.model import (
     VirtioSerialAddress,
 )
 from drivers.qemu.domain_xml.parse import disk_index, insert_controller, insert_disk, parse_device
-from drivers.qemu.process import open_tap
+from drivers.qemu.volumes import resolve as resolve_volume
+
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 if TYPE_CHECKING:
@@ -274,6 +277,8 @@ def _config_updated(d: DomainDef, devs: Devices) -> DomainDef:
 
 def _take_media(disk: Disk, want: Disk) -> None:
     disk.type, disk.source = want.type, want.source
+    disk.volume, disk.volume_type = want.volume, want.volume_type
+
     if want.driver.get("type"):
         disk.driver = {**disk.driver, "type": want.driver["type"]}
 
@@ -607,7 +612,10 @@ async def _attach_disk(driver: QemuDriver, dom: Domain, disk: Disk) -> None:
     d = dom.live
     assert d is not None
     defaults.fill_disk(disk)
+    if disk.type == "volume" and disk.volume:
+        resolve_volume(driver.peers.get("storage"), disk)
     existing = next((x for x in d.devices.disks if x.target == disk.target), None)
+
     if existing is not None and existing.device in ("cdrom", "floppy"):
         if disk.device == existing.device:  # attach onto a drive that is there: new media
             await _change_media(driver, dom, existing, disk, force=False)
@@ -672,13 +680,7 @@ async def _attach_net(driver: QemuDriver, dom: Domain, net: Interface) -> None:
     d = dom.live
     assert d is not None
     defaults.fill_interface(net)
-    if net.type == "network":
-        raise _err(
-            ErrorCode.NO_NETWORK,
-            f"Network not found: no network with matching name '{net.source.get('network', '')}'",
-            ErrorDomain.NETWORK,
-        )
-    if net.type not in ("user", "bridge", "ethernet"):
+    if net.type != "user" and net.type not in netif.TAP_TYPES:
         raise _err(
             ErrorCode.CONFIG_UNSUPPORTED,
             f"unsupported configuration: interface type '{net.type}' is not supported",
@@ -692,12 +694,14 @@ async def _attach_net(driver: QemuDriver, dom: Domain, net: Interface) -> None:
     hotplug_pci_address(d, net.info, net.model in _PCIE_NICS)
     hostnet = f"host{net.info.alias}"
     netdev: dict[str, Any] = {"type": "user", "id": hostnet}
-    if net.type != "user":
-        bridge = net.source.get("bridge") if net.type == "bridge" else None
-        fd, net.target_dev = open_tap(net.target_dev or "vnet%d", net.mac, bridge)
+    fd = await netif.plug(driver, d, net)
+    if fd is not None:
         fdname = f"fd-{net.info.alias}"
         try:
             await proc.monitor.send_fd(fd, fdname)
+        except BaseException:
+            await netif.unplug(driver, net)
+            raise
         finally:
             os.close(fd)  # QEMU holds its own copy now
         netdev = {"type": "tap", "fd": fdname, "id": hostnet}
@@ -714,6 +718,7 @@ async def _attach_net(driver: QemuDriver, dom: Domain, net: Interface) -> None:
         _drop(d.devices.interfaces, net)
         if netdev_added:
             await _quietly(proc, "netdev_del", {"id": hostnet})
+        await netif.unplug(driver, net)
         raise
     _live_changed(driver, dom)
     driver.bus.emit("domain-device-added", dom, alias=net.info.alias)
@@ -749,7 +754,10 @@ async def _update_live(driver: QemuDriver, dom: Domain, devs: Devices, force: bo
                 ErrorCode.CONFIG_UNSUPPORTED,
                 f"unsupported configuration: disk bus '{disk.bus}' cannot be updated.",
             )
+        if want.type == "volume" and want.volume:
+            resolve_volume(driver.peers.get("storage"), want)
         await _change_media(driver, dom, disk, want, force)
+
     elif devs.interfaces:
         want = devs.interfaces[0]
         net = _find_net(d, want)
@@ -928,6 +936,7 @@ async def _finish(driver: QemuDriver, dom: Domain, alias: str) -> None:
             await _quietly(proc, "blockdev-del", {"node-name": name})
     elif kind == "interfaces":
         await _quietly(proc, "netdev_del", {"id": f"host{alias}"})
+        await netif.unplug(driver, dev)
     elif kind == "rngs":
         await _quietly(proc, "object-del", {"id": f"obj{alias}"})
     elif kind == "channels":
@@ -1000,12 +1009,33 @@ async def refresh_from_qemu(proc: QemuProcess, d: DomainDef, taps: dict[str, str
         if disk.info.alias not in ids:
             _drop(d.devices.disks, disk)
             continue
-        nodes = _nodes_of(next(
+        entry = next(
             (b for b in blocks
              if b.get("qdev") == disk.info.alias
              or str(b.get("qdev", "")).startswith(f"/machine/peripheral/{disk.info.alias}/")),
             None,
-        ))
+        )
+        nodes = _nodes_of(entry)
+
         parts = nodes[0].split("-") if nodes else []
         if len(parts) == 3 and parts[1].isdigit():
             disk.node_index = int(parts[1])
+        if disk.type == "volume" and entry and entry.get("inserted"):
+            _volume_from_qemu(disk, entry["inserted"])
+
+
+def _volume_from_qemu(disk: Disk, inserted: dict[str, Any]) -> None:
+    """A volume disk's path is what QEMU has open: the status file keeps only the
+    pool and volume names, and the pool may have changed since the guest started."""
+    image = inserted.get("image") or {}
+    path = str(inserted.get("file") or image.get("filename") or "")
+    if not path or path.startswith("json:"):
+        return
+    disk.source = path
+    try:
+        disk.volume_type = "block" if stat.S_ISBLK(os.stat(path).st_mode) else "file"
+    except OSError:
+        disk.volume_type = "file"
+
+
+

@@ -74,6 +74,7 @@ def _log_since(path: Path, offset: int) -> str:
 _TUNSETIFF = 0x400454CA
 _IFF_TAP, _IFF_NO_PI, _IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _SIOCSIFHWADDR, _SIOCBRADDIF = 0x8913, 0x8914, 0x8924, 0x89A2
+_SIOCGIFMTU, _SIOCSIFMTU = 0x8921, 0x8922
 _IFF_UP = 0x1
 _ARPHRD_ETHER = 1
 
@@ -83,13 +84,16 @@ def _ifreq(name: str, fmt: str = "", *values: object) -> bytes:
     return struct.pack("16s" + fmt, name.encode(), *values).ljust(40, b"\0")
 
 
-def open_tap(name: str, mac: str, bridge: str | None) -> tuple[int, str]:
+def open_tap(
+    name: str, mac: str, bridge: str | None, mtu: int | None = None
+) -> tuple[int, str]:
     """Create a tap device for QEMU, up, and on ``bridge`` if given.
 
     ``name`` may hold ``%d`` for the kernel to number it (libvirt's "vnet%d").
     The tap has the guest's MAC with the first byte 0xFE, as libvirt gives it,
-    so the bridge never takes the guest's address as its own. It goes away when
-    QEMU, the last holder of the returned fd, exits. Returns (fd, name).
+    so the bridge never takes the guest's address as its own. Its MTU is
+    ``mtu``, else the bridge's (a smaller port would shrink the bridge). It goes
+    away when QEMU, the last holder of the returned fd, exits. Returns (fd, name).
     """
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
@@ -104,6 +108,10 @@ def open_tap(name: str, mac: str, bridge: str | None) -> tuple[int, str]:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             hwaddr = bytes([0xFE]) + bytes.fromhex(mac.replace(":", ""))[1:]
             fcntl.ioctl(s, _SIOCSIFHWADDR, _ifreq(actual, "H6s", _ARPHRD_ETHER, hwaddr))
+            if mtu is None and bridge is not None:
+                mtu = struct.unpack_from("16xi", fcntl.ioctl(s, _SIOCGIFMTU, _ifreq(bridge)))[0]
+            if mtu:
+                fcntl.ioctl(s, _SIOCSIFMTU, _ifreq(actual, "i", mtu))
             if bridge is not None:
                 index = socket.if_nametoindex(actual)
                 fcntl.ioctl(s, _SIOCBRADDIF, _ifreq(bridge, "i", index))
@@ -119,6 +127,12 @@ def open_tap(name: str, mac: str, bridge: str | None) -> tuple[int, str]:
             ErrorDomain.NONE,
         ) from None
     return fd, actual
+
+
+def tap_to_bridge(tap: str, bridge: str) -> None:
+    """Put an existing tap back on ``bridge`` (a restarted network's new bridge)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s, _SIOCBRADDIF, _ifreq(bridge, "i", socket.if_nametoindex(tap)))
 
 
 # -- CPU cgroup --------------------------------------------------------------

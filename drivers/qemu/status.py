@@ -42,6 +42,8 @@ class Status:
     pty_paths: dict[str, str] = field(default_factory=dict)
     # NIC alias -> tap name: the definition forgets generated "vnetN" names.
     taps: dict[str, str] = field(default_factory=dict)
+    # NIC alias -> network port UUID: a restarted daemon plugs the same port again.
+    ports: dict[str, str] = field(default_factory=dict)
 
 
 def _attr(value: str) -> str:
@@ -54,6 +56,10 @@ def _attr(value: str) -> str:
                      ("\n", "&#10;"), ("\r", "&#13;"), ("\t", "&#9;")):
         value = value.replace(raw, ref)
     return f'"{value}"'
+
+
+def _portid(uuid: str | None) -> str:
+    return f" portid={_attr(uuid)}" if uuid else ""
 
 
 def _reason_name(state: State, reason: int) -> str:
@@ -89,7 +95,7 @@ def format_status(st: Status) -> str:
             for alias, path in st.pty_paths.items()
         ),
         *(
-            f"    <tap alias={_attr(alias)} dev={_attr(dev)}/>\n"
+            f"    <tap alias={_attr(alias)} dev={_attr(dev)}{_portid(st.ports.get(alias))}/>\n"
             for alias, dev in st.taps.items()
         ),
         "  </livestate>\n",
@@ -126,6 +132,8 @@ def parse_status(text: str) -> Status:
         spice_port=int(spice) if spice is not None else None,
         pty_paths={p.get("alias", ""): p.get("path", "") for p in live.iter("pty")},
         taps={t.get("alias", ""): t.get("dev", "") for t in live.iter("tap")},
+        ports={t.get("alias", ""): t.get("portid", "") for t in live.iter("tap")
+               if t.get("portid")},
     )
 
 

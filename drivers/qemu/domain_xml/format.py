@@ -19,6 +19,7 @@ from .model import (
     Disk,
     DomainDef,
     DriveAddress,
+    Interface,
     IsaAddress,
     LiveState,
     PciAddress,
@@ -47,7 +48,7 @@ ORDER: dict[str, tuple[str, ...]] = {
     "timer": ("name", "track", "tickpolicy", "frequency", "mode", "present"),
     "controller/driver": ("queues", "cmd_per_lun", "max_sectors", "ioeventfd", "iothread"),
     "controller/target": ("chassisNr", "chassis", "port", "busNr", "index"),
-    "interface/source": ("network", "portgroup", "bridge", "dev", "mode"),
+    "interface/source": ("network", "portgroup", "portid", "bridge", "dev", "mode"),
     "interface/driver": (
         "name", "txmode", "ioeventfd", "event_idx", "queues", "rx_queue_size", "tx_queue_size",
     ),
@@ -382,7 +383,14 @@ def _format_disk(disk: Disk, inactive: bool, node_index: int) -> str:
     if not inactive and disk.source is None and not ejected:
         driver = {k: v for k, v in driver.items() if k != "type"}  # no image, no format
     body = [f"{i}<driver{_attrs(driver, ORDER['disk/driver'])}/>\n"]
-    if disk.source is not None:
+    if disk.volume:
+        # libvirt names the pool and volume, never the path they resolved to
+        index = "" if inactive or disk.source is None else f" index='{node_index}'"
+        body.append(f"{i}<source{_attrs(disk.volume, ('pool', 'volume', 'mode'))}{index}/>\n")
+        if (not inactive and disk.source is not None) or disk.no_backing:
+            body.append(f"{i}<backingStore/>\n")
+    elif disk.source is not None:
+
         attr = "dev" if disk.type == "block" else "file"
         index = "" if inactive else f" index='{node_index}'"
         body.append(f"{i}<source {attr}='{esc(disk.source)}'{index}/>\n")
@@ -491,8 +499,9 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
         w(_others(d, "lease", inactive) + _others(d, "filesystem", inactive))
     for n in devs.interfaces:
         body = f"{i}<mac address='{n.mac}'/>\n"
-        if n.source:
-            body += f"{i}<source{_attrs(n.source, ORDER['interface/source'])}/>\n"
+        source = n.source if inactive else _live_source(n)
+        if source:
+            body += f"{i}<source{_attrs(source, ORDER['interface/source'])}/>\n"
         if n.target_dev:
             managed = f" managed='{n.target_managed}'" if n.target_managed else ""
             body += f"{i}<target dev='{esc(n.target_dev)}'{managed}/>\n"
@@ -609,3 +618,11 @@ def _format_devices(d: DomainDef, w, inactive: bool, secure: bool, live: LiveSta
         for tag in ("panic", "shmem", "memory", "iommu", "vsock", "crypto"):
             w(_others(d, tag, inactive))
     w("  </devices>\n")
+
+
+def _live_source(n: Interface) -> dict[str, str]:
+    """A running NIC on a network also names its port and the bridge the network gave it."""
+    if n.type != "network":
+        return n.source
+    extra = {"portid": n.portid, "bridge": n.bridge}
+    return {**n.source, **{k: v for k, v in extra.items() if v}}

@@ -503,12 +503,17 @@ def _disk(el: etree._Element, devs: Devices) -> None:
     source = None
     net_source: dict[str, str] = {}
     hosts: list[dict[str, str]] = []
+    volume: dict[str, str] = {}
     if source_el is not None and dtype == "network":
+
         net_source = {
             k: v for k, v in source_el.attrib.items() if k in ("protocol", "name", "query", "tls")
         }
         hosts = [dict(h.attrib) for h in source_el.findall("host")]
+    elif source_el is not None and dtype == "volume":
+        volume = {k: v for k, v in source_el.attrib.items() if k in ("pool", "volume", "mode")}
     elif source_el is not None:
+
         source = source_el.get("dev") if dtype == "block" else source_el.get("file")
     target = el.find("target")
     if target is None or not target.get("dev"):
@@ -529,7 +534,9 @@ def _disk(el: etree._Element, devs: Devices) -> None:
         no_backing=el.find("backingStore") is not None and len(el.find("backingStore")) == 0,
         net_source=net_source,
         hosts=hosts,
+        volume=volume,
         driver=dict(driver.attrib) if driver is not None else {},
+
         readonly=el.find("readonly") is not None,
         shareable=el.find("shareable") is not None,
         serial=serial.text if serial is not None else None,
@@ -641,11 +648,14 @@ def _interface(el: etree._Element, devs: Devices) -> None:
     target_managed = target.get("managed") if target is not None else None
     if target_dev and ntype != "ethernet" and target_dev.startswith(("vnet", "macvtap", "macvlan")):
         target_dev = None  # libvirt's own generated names are not part of the definition
+    attrs = dict(source.attrib) if source is not None else {}
+    if ntype == "network":  # a live XML's portid and bridge are the run's, not the definition's
+        attrs = {k: v for k, v in attrs.items() if k in ("network", "portgroup")}
     devs.interfaces.append(
         Interface(
             type=ntype,
             mac=mac,
-            source=dict(source.attrib) if source is not None else {},
+            source=attrs,
             target_dev=target_dev,
             target_managed=target_managed,
             model=model.get("type") if model is not None else None,
