@@ -1036,6 +1036,3 @@ def _volume_from_qemu(disk: Disk, inserted: dict[str, Any]) -> None:
         disk.volume_type = "block" if stat.S_ISBLK(os.stat(path).st_mode) else "file"
     except OSError:
         disk.volume_type = "file"
-
-
-

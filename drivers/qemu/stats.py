@@ -492,13 +492,13 @@ def _wr_highest(entry: dict[str, Any]) -> int:
 def running_sizes(disk: Disk) -> tuple[int, int] | None:
     """(capacity, blocks in use) of a running guest's image, which is what
     QEMU's virtual-size and actual-size say of it."""
-    if disk.source is None or disk.type not in ("file", "block"):
+    if disk.source is None or disk.source_type not in ("file", "block"):
         return None
     try:
         capacity, allocation, physical = image_sizes(disk.source, disk.driver.get("type"))
     except OSError:
         return None
-    return capacity, allocation if disk.type == "file" else 0
+    return capacity, allocation if disk.source_type == "file" else 0
 
 
 def _block(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
@@ -509,7 +509,7 @@ def _block(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
     for n, disk in enumerate(disks):
         p = f"block.{n}."
         out.append((p + "name", STRING, disk.target))
-        local = disk.type in ("file", "block") and disk.source is not None
+        local = disk.source_type in ("file", "block") and disk.source is not None
         if local:
             out.append((p + "path", STRING, disk.source))
         if not dom.active:
@@ -740,7 +740,7 @@ async def block_info(dom: Domain, path: str) -> tuple[int, int, int]:
     if found is None:
         raise _invalid_arg(f"invalid path {path} not assigned to domain")
     _n, disk = found
-    if disk.source is None or disk.type not in ("file", "block"):
+    if disk.source is None or disk.source_type not in ("file", "block"):
         raise _invalid_arg(f"disk '{disk.target}' does not currently have a source assigned")
     try:
         capacity, allocation, physical = image_sizes(disk.source, disk.driver.get("type"))
@@ -755,11 +755,11 @@ async def block_info(dom: Domain, path: str) -> tuple[int, int, int]:
     # Running: QEMU's actual-size (the blocks in use) stands for the
     # allocation of a qcow2 file or of anything not yet written to; the
     # highest offset written for the rest.
-    in_use = allocation if disk.type == "file" else 0
+    in_use = allocation if disk.source_type == "file" else 0
     by_alias = blockstats_by_alias(await dom.process.monitor.execute("query-blockstats"))
     entry = by_alias.get(disk.info.alias or "")
     written = _wr_highest(entry) if entry is not None else 0
-    if disk.type == "file" and disk.driver.get("type") == "qcow2" or not written:
+    if disk.source_type == "file" and disk.driver.get("type") == "qcow2" or not written:
         allocation = in_use
     else:
         allocation = written

@@ -268,10 +268,14 @@ def _fill_disks(d: DomainDef) -> None:
 
 
 def fill_disk(disk: Disk) -> None:
-    """Bus from the target's name, driver qemu and format raw unless given."""
+    """Bus from the target's name, driver qemu and format raw unless given (a volume
+    disk gets its format when it is resolved, as in libvirt)."""
     if not disk.bus:
         disk.bus = next((bus for p, bus in _BUS_BY_PREFIX if disk.target.startswith(p)), "ide")
-    driver = {"name": disk.driver.get("name", "qemu"), "type": disk.driver.get("type", "raw")}
+    driver = {"name": disk.driver.get("name", "qemu")}
+    if disk.type != "volume":
+        driver["type"] = disk.driver.get("type", "raw")
+
     driver.update(disk.driver)
     disk.driver = driver
 
