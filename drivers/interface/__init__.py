@@ -1,0 +1,1 @@
+"""Host network interfaces (virInterface*): live links from netlink, definitions on disk."""

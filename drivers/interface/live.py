@@ -1,0 +1,91 @@
+"""What libvirtd 9.0's udev backend shows of a live link, built from netlink.
+
+Its rules, kept here: bridge ports and tun/tap devices are left out of lists;
+a link is active when its operstate is "up"; the type comes from the link kind;
+a bridge shows its STP state and forward delay as the kernel keeps them
+(centiseconds) and its ports except guests' ``vnetN`` taps; ``<link>`` carries
+the speed only for links that are up. Addresses are shown only for links with a
+definition of ours (netcf's live view), never for the others (udev shows none).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from drivers.interface.iface_xml import (
+    BOND_MODES,
+    Bond,
+    InterfaceDef,
+    IPAddr,
+    LinkState,
+    Protocol,
+)
+from drivers.interface.netlink import Link, Snapshot, link_speed
+
+_TYPES = {"bridge": "bridge", "bond": "bond", "vlan": "vlan"}
+
+
+def listed(snap: Snapshot, link: Link) -> bool:
+    """Whether the udev backend lists ``link`` at all."""
+    return link.kind != "tun" and not bridge_port(snap, link)
+
+
+def bridge_port(snap: Snapshot, link: Link) -> bool:
+    master = snap.by_index(link.master)
+    return master is not None and master.kind == "bridge"
+
+
+def describe(snap: Snapshot, link: Link, addresses: bool = False) -> InterfaceDef:
+    """The live definition of ``link``; ``addresses`` adds its ``<protocol>``s."""
+    d = InterfaceDef(_TYPES.get(link.kind or "", "ethernet"), link.name, mtu=link.mtu)
+    speed = link_speed(link.name) if link.operstate == "up" else 0
+    d.link = LinkState(speed, link.operstate if link.operstate else "")
+    d.mac = link.mac
+    if d.type == "bridge":
+        d.stp = link.stp_state != 0
+        d.delay = str(link.forward_delay)
+        d.members = [describe(snap, port) for port in snap.ports(link)
+                     if not _guest_tap(port.name)]
+    elif d.type == "bond":
+        d.bond = _bond(link)
+        d.members = [describe(snap, port) for port in snap.ports(link)]
+    elif d.type == "vlan":
+        parent = snap.by_index(link.parent)
+        d.vlan_tag = str(link.vlan_id) if link.vlan_id is not None else "0"
+        d.vlan_dev = parent.name if parent is not None else None
+    if addresses:
+        d.protocols = _protocols(link)
+    return d
+
+
+def _guest_tap(name: str) -> bool:
+    return len(name) >= 5 and name.startswith("vnet") and name[4].isdigit()
+
+
+def _bond(link: Link) -> Bond:
+    attrs = link.bond
+    mode = attrs.get("IFLA_BOND_MODE")
+    bond = Bond(mode=BOND_MODES[mode] if isinstance(mode, int) and mode < len(BOND_MODES)
+                else None)
+    interval = attrs.get("IFLA_BOND_ARP_INTERVAL") or 0
+    miimon = attrs.get("IFLA_BOND_MIIMON") or 0
+    if interval > 0:
+        bond.monitor, bond.interval = "arp", interval
+        targets = attrs.get("IFLA_BOND_ARP_IP_TARGET") or []
+        bond.target = " ".join(str(t) for t in targets)
+    elif miimon > 0:
+        bond.monitor, bond.freq = "mii", miimon
+        bond.downdelay = attrs.get("IFLA_BOND_DOWNDELAY") or 0
+        bond.updelay = attrs.get("IFLA_BOND_UPDELAY") or 0
+        bond.carrier = "netif" if attrs.get("IFLA_BOND_USE_CARRIER") else "ioctl"
+    return bond
+
+
+def _protocols(link: Link) -> list[Protocol]:
+    protos = []
+    for family, name in ((socket.AF_INET, "ipv4"), (socket.AF_INET6, "ipv6")):
+        ips = [IPAddr(a.address, a.prefix) for a in link.addrs
+               if a.family == family and not (family == socket.AF_INET6 and a.scope == 253)]
+        if ips:
+            protos.append(Protocol(name, ips=ips))
+    return protos
