@@ -79,6 +79,10 @@ class Server:
         storage = StorageDriver(self.paths, self.bus)
         await storage.startup()
         self._drivers["storage"] = storage
+        from drivers.interface.driver import InterfaceDriver
+        interface = InterfaceDriver(self.paths, self.bus)
+        await interface.startup()
+        self._drivers["interface"] = interface
         try:
             from drivers.qemu.driver import QemuDriver
         except ImportError:
