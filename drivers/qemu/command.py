@@ -490,7 +490,8 @@ def blockdev_props(disk: Disk, node: str) -> tuple[dict[str, Any], dict[str, Any
             storage["export"] = disk.net_source["name"]
     else:
         storage = {
-            "driver": "host_device" if disk.type == "block" else "file",
+            "driver": "host_device" if disk.source_type == "block" else "file",
+
             "filename": disk.source,
         }
     if drv.get("io") in ("native", "threads", "io_uring"):

@@ -33,7 +33,9 @@ from drivers.qemu import (
     netif,
     stats,
     tuning,
+    volumes,
 )
+
 from drivers.qemu.capabilities import QemuCaps
 from drivers.qemu.domain import (
     STOP_OUTCOME,
@@ -202,6 +204,13 @@ class QemuDriver:
 
     def defined_names(self) -> list[str]:
         return [d.name for d in self._by_uuid.values() if d.persistent and not d.active]
+
+    def volumes_in_use(self, pool: str) -> dict[str, list[str]]:
+        """Volumes of ``pool`` that running guests hold, by guest name (for the storage driver)."""
+        held = {dom.name: volumes.held(dom.live.devices.disks, pool)
+                for dom in self._by_id.values() if dom.live is not None}
+        return {name: vols for name, vols in held.items() if vols}
+
 
     # -- definitions -------------------------------------------------------------
 
@@ -477,7 +486,9 @@ class QemuDriver:
                 f"Unable to create NVRAM file '{d.os.nvram}': {e.strerror}",
                 ErrorDomain.QEMU,
             ) from None
+        volumes.resolve_all(self.peers.get("storage"), d)
         assign_aliases(d)
+
         net_fds = await netif.plug_all(self, d)
         try:
             argv = command.build_argv(

@@ -383,7 +383,14 @@ def _format_disk(disk: Disk, inactive: bool, node_index: int) -> str:
     if not inactive and disk.source is None and not ejected:
         driver = {k: v for k, v in driver.items() if k != "type"}  # no image, no format
     body = [f"{i}<driver{_attrs(driver, ORDER['disk/driver'])}/>\n"]
-    if disk.source is not None:
+    if disk.volume:
+        # libvirt names the pool and volume, never the path they resolved to
+        index = "" if inactive or disk.source is None else f" index='{node_index}'"
+        body.append(f"{i}<source{_attrs(disk.volume, ('pool', 'volume', 'mode'))}{index}/>\n")
+        if (not inactive and disk.source is not None) or disk.no_backing:
+            body.append(f"{i}<backingStore/>\n")
+    elif disk.source is not None:
+
         attr = "dev" if disk.type == "block" else "file"
         index = "" if inactive else f" index='{node_index}'"
         body.append(f"{i}<source {attr}='{esc(disk.source)}'{index}/>\n")

@@ -67,7 +67,10 @@ class Disk:
     device: str  # disk, cdrom, floppy, lun
     target: str
     bus: str
-    source: str | None = None  # path of the file or block device
+    source: str | None = None  # path of the file or block device (of the volume, once resolved)
+    volume: dict[str, str] = field(default_factory=dict)  # type='volume': pool, volume, mode
+    volume_type: str | None = None  # type='volume', live: file/block/dir the volume turned out
+
     no_backing: bool = False  # an explicit empty <backingStore/>: the image has no backing chain
     net_source: dict[str, str] = field(default_factory=dict)  # type='network': protocol, name
     hosts: list[dict[str, str]] = field(default_factory=list)  # type='network': name, port
@@ -80,9 +83,15 @@ class Disk:
     node_index: int | None = None  # live: N of its image's libvirt-N block nodes in QEMU
     info: DeviceInfo = field(default_factory=DeviceInfo)
 
+    @property
+    def source_type(self) -> str:
+        """What the source is for QEMU: a volume disk is the kind of its volume."""
+        return (self.volume_type or "file") if self.type == "volume" else self.type
+
 
 @dataclass
 class Controller:
+
     type: str
     index: int
     model: str | None = None

@@ -503,12 +503,17 @@ def _disk(el: etree._Element, devs: Devices) -> None:
     source = None
     net_source: dict[str, str] = {}
     hosts: list[dict[str, str]] = []
+    volume: dict[str, str] = {}
     if source_el is not None and dtype == "network":
+
         net_source = {
             k: v for k, v in source_el.attrib.items() if k in ("protocol", "name", "query", "tls")
         }
         hosts = [dict(h.attrib) for h in source_el.findall("host")]
+    elif source_el is not None and dtype == "volume":
+        volume = {k: v for k, v in source_el.attrib.items() if k in ("pool", "volume", "mode")}
     elif source_el is not None:
+
         source = source_el.get("dev") if dtype == "block" else source_el.get("file")
     target = el.find("target")
     if target is None or not target.get("dev"):
@@ -529,7 +534,9 @@ def _disk(el: etree._Element, devs: Devices) -> None:
         no_backing=el.find("backingStore") is not None and len(el.find("backingStore")) == 0,
         net_source=net_source,
         hosts=hosts,
+        volume=volume,
         driver=dict(driver.attrib) if driver is not None else {},
+
         readonly=el.find("readonly") is not None,
         shareable=el.find("shareable") is not None,
         serial=serial.text if serial is not None else None,
