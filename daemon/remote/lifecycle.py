@@ -12,7 +12,7 @@ from typing import Any
 
 from daemon.dispatch import Call
 from daemon.remote._common import check_flags, dom_of
-from drivers.qemu import agent, lifecycle
+from drivers.qemu import agent, lifecycle, netif
 from drivers.qemu.domain import Domain
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
@@ -139,7 +139,13 @@ async def domain_interface_addresses(call: Call, args: Any) -> Any:
     elif args.source == SRC_ARP:
         ifaces = _arp_interfaces(dom)
     elif args.source == SRC_LEASE:
-        ifaces = []  # DHCP leases are a libvirt network's, and no interface is on one
+        ifaces = [
+            R.remote_domain_interface(name, mac, [
+                R.remote_domain_ip_addr(lease.type, lease.ipaddr, lease.prefix)
+                for lease in leases
+            ])
+            for name, mac, leases in netif.lease_interfaces(call.driver, dom.definition)
+        ]
     else:
         raise VirError(
             ErrorCode.ARGUMENT_UNSUPPORTED,
