@@ -113,14 +113,32 @@ def _text(node: etree._Element, path: str) -> str | None:
     return str(node.xpath(f"string({path})")) or None
 
 
-def parse_pool(xml: str) -> PoolDef:
-    """A definition from XML, with libvirt's errors for what it rejects."""
+def _parse_root(xml: str, tag: str) -> etree._Element:
     try:
         root = etree.fromstring(xml.encode(), etree.XMLParser(resolve_entities=False))
     except etree.XMLSyntaxError as e:
         raise VirError(ErrorCode.XML_DETAIL, f"XML error: {e}", ErrorDomain.XML) from None
-    if root.tag != "pool":
-        raise _xml_error(f"expecting root element of 'pool', not '{root.tag}'", ErrorDomain.XML)
+    if root.tag != tag:
+        raise _xml_error(f"expecting root element of '{tag}', not '{root.tag}'", ErrorDomain.XML)
+    return root
+
+
+def parse_source_spec(xml: str, kind: str) -> PoolSource:
+    """The ``<source>`` a find-storage-pool-sources call narrows the search with."""
+    return parse_source(_parse_root(xml, "source"), kind)
+
+
+def format_sources(sources: list[PoolSource], kind: str) -> str:
+    """What find-storage-pool-sources answers."""
+    lines = ["<sources>"]
+    for src in sources:
+        lines += format_source(src, kind, "  ")
+    return "\n".join([*lines, "</sources>"]) + "\n"
+
+
+def parse_pool(xml: str) -> PoolDef:
+    """A definition from XML, with libvirt's errors for what it rejects."""
+    root = _parse_root(xml, "pool")
     kind = root.get("type")
     if kind not in POOL_TYPES:
         raise _xml_error(
