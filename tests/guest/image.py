@@ -39,10 +39,11 @@ MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon", "virtio_c
 POWER_BUTTON = b"#!/bin/sh\npoweroff -f\n"
 
 HERE = Path(__file__).resolve().parent
-RECIPE = ("init.sh", "agent.sh", "image.py", "cpio.py", "modules.py")
+RECIPE = ("init.sh", "agent.sh", "udhcpc.sh", "image.py", "cpio.py", "modules.py")
 APT_LISTS = Path("/var/lib/apt/lists")
 DIRS = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "var",
-        "var/log", "root", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules")
+        "var/log", "root", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules", "usr/share",
+        "usr/share/udhcpc")
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def initramfs(kernel_root: Path, busybox_root: Path) -> bytes:
             cpio.symlink(applet, "/bin/busybox")
     cpio.file("init", (HERE / "init.sh").read_bytes(), 0o755)
     cpio.file("sbin/aiovirtd-agent", (HERE / "agent.sh").read_bytes(), 0o755)
+    cpio.file("usr/share/udhcpc/default.script", (HERE / "udhcpc.sh").read_bytes(), 0o755)
     cpio.file("etc/modules", "".join(f"{m}\n" for m in order).encode())
     cpio.file("etc/acpi/PWRF/00000080", POWER_BUTTON, 0o755)
     for m in order:
