@@ -76,7 +76,7 @@ class Server:
         the QEMU driver can resolve a ``<source pool= volume=>`` disk.
         """
         from drivers.storage.driver import StorageDriver
-        storage = StorageDriver(self.paths, self.bus)
+        storage = StorageDriver(self.paths, self.bus, peers=self._drivers)
         await storage.startup()
         self._drivers["storage"] = storage
         from drivers.interface.driver import InterfaceDriver

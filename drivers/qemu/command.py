@@ -491,7 +491,6 @@ def blockdev_props(disk: Disk, node: str) -> tuple[dict[str, Any], dict[str, Any
     else:
         storage = {
             "driver": "host_device" if disk.source_type == "block" else "file",
-
             "filename": disk.source,
         }
     if drv.get("io") in ("native", "threads", "io_uring"):

@@ -35,7 +35,6 @@ from drivers.qemu import (
     tuning,
     volumes,
 )
-
 from drivers.qemu.capabilities import QemuCaps
 from drivers.qemu.domain import (
     STOP_OUTCOME,
@@ -210,7 +209,6 @@ class QemuDriver:
         held = {dom.name: volumes.held(dom.live.devices.disks, pool)
                 for dom in self._by_id.values() if dom.live is not None}
         return {name: vols for name, vols in held.items() if vols}
-
 
     # -- definitions -------------------------------------------------------------
 
@@ -488,7 +486,6 @@ class QemuDriver:
             ) from None
         volumes.resolve_all(self.peers.get("storage"), d)
         assign_aliases(d)
-
         net_fds = await netif.plug_all(self, d)
         try:
             argv = command.build_argv(

@@ -17,7 +17,6 @@ import logging
 import os
 import stat
 import weakref
-
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +43,6 @@ from drivers.qemu.domain_xml.model import (
 )
 from drivers.qemu.domain_xml.parse import disk_index, insert_controller, insert_disk, parse_device
 from drivers.qemu.volumes import resolve as resolve_volume
-
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 if TYPE_CHECKING:
@@ -278,7 +276,6 @@ def _config_updated(d: DomainDef, devs: Devices) -> DomainDef:
 def _take_media(disk: Disk, want: Disk) -> None:
     disk.type, disk.source = want.type, want.source
     disk.volume, disk.volume_type = want.volume, want.volume_type
-
     if want.driver.get("type"):
         disk.driver = {**disk.driver, "type": want.driver["type"]}
 
@@ -615,7 +612,6 @@ async def _attach_disk(driver: QemuDriver, dom: Domain, disk: Disk) -> None:
     if disk.type == "volume" and disk.volume:
         resolve_volume(driver.peers.get("storage"), disk)
     existing = next((x for x in d.devices.disks if x.target == disk.target), None)
-
     if existing is not None and existing.device in ("cdrom", "floppy"):
         if disk.device == existing.device:  # attach onto a drive that is there: new media
             await _change_media(driver, dom, existing, disk, force=False)
@@ -757,7 +753,6 @@ async def _update_live(driver: QemuDriver, dom: Domain, devs: Devices, force: bo
         if want.type == "volume" and want.volume:
             resolve_volume(driver.peers.get("storage"), want)
         await _change_media(driver, dom, disk, want, force)
-
     elif devs.interfaces:
         want = devs.interfaces[0]
         net = _find_net(d, want)
@@ -1016,7 +1011,6 @@ async def refresh_from_qemu(proc: QemuProcess, d: DomainDef, taps: dict[str, str
             None,
         )
         nodes = _nodes_of(entry)
-
         parts = nodes[0].split("-") if nodes else []
         if len(parts) == 3 and parts[1].isdigit():
             disk.node_index = int(parts[1])

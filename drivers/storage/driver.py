@@ -13,8 +13,9 @@ import contextlib
 import logging
 import os
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from daemon.paths import Paths
 from drivers.events import EventBus
@@ -85,9 +86,11 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class StorageDriver:
-    def __init__(self, paths: Paths, bus: EventBus) -> None:
+    def __init__(self, paths: Paths, bus: EventBus, peers: Mapping[str, Any] | None = None) -> None:
         self.paths = paths
         self.bus = bus
+        # The other drivers by name: the QEMU driver knows which volumes guests hold.
+        self.peers: Mapping[str, Any] = peers if peers is not None else {}
         dirs = paths.driver("storage")
         self.config_dir = dirs.config_dir
         self.autostart_dir = dirs.config_dir / "autostart"
@@ -330,6 +333,7 @@ class StorageDriver:
         if not pool.active:
             raise _invalid(f"storage pool '{pool.name}' is not active")
         self._no_jobs(pool)
+        self._not_held(pool)
         await pool.backend.stop()
         await self._deactivate(pool)
         self.bus.emit("storage-pool-lifecycle", pool, event=EVENT_STOPPED, detail=0)
@@ -393,6 +397,20 @@ class StorageDriver:
             raise VirError(ErrorCode.INTERNAL_ERROR,
                            f"internal error: pool '{pool.name}' has asynchronous jobs running.",
                            ErrorDomain.STORAGE)
+
+    def _not_held(self, pool: Pool) -> None:
+        """Refuse to stop a pool whose volumes running guests use.
+
+        libvirtd has no such check (its storage driver does not know guests) and
+        lets the pool go, leaving those guests on volumes nothing manages any
+        more; here the destroy fails instead, in the words libvirt uses for a
+        volume a job holds."""
+        qemu = self.peers.get("qemu")
+        held = qemu.volumes_in_use(pool.name) if qemu is not None else {}
+        if held:
+            domain, names = next(iter(held.items()))
+            raise _invalid(f"storage pool '{pool.name}' has volume '{names[0]}' in use by "
+                           f"running domain '{domain}'")
 
     @staticmethod
     def _need_active(pool: Pool) -> None:

@@ -275,7 +275,6 @@ def fill_disk(disk: Disk) -> None:
     driver = {"name": disk.driver.get("name", "qemu")}
     if disk.type != "volume":
         driver["type"] = disk.driver.get("type", "raw")
-
     driver.update(disk.driver)
     disk.driver = driver
 

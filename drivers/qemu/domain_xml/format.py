@@ -390,7 +390,6 @@ def _format_disk(disk: Disk, inactive: bool, node_index: int) -> str:
         if (not inactive and disk.source is not None) or disk.no_backing:
             body.append(f"{i}<backingStore/>\n")
     elif disk.source is not None:
-
         attr = "dev" if disk.type == "block" else "file"
         index = "" if inactive else f" index='{node_index}'"
         body.append(f"{i}<source {attr}='{esc(disk.source)}'{index}/>\n")

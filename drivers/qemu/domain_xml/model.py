@@ -70,7 +70,6 @@ class Disk:
     source: str | None = None  # path of the file or block device (of the volume, once resolved)
     volume: dict[str, str] = field(default_factory=dict)  # type='volume': pool, volume, mode
     volume_type: str | None = None  # type='volume', live: file/block/dir the volume turned out
-
     no_backing: bool = False  # an explicit empty <backingStore/>: the image has no backing chain
     net_source: dict[str, str] = field(default_factory=dict)  # type='network': protocol, name
     hosts: list[dict[str, str]] = field(default_factory=list)  # type='network': name, port
@@ -91,7 +90,6 @@ class Disk:
 
 @dataclass
 class Controller:
-
     type: str
     index: int
     model: str | None = None

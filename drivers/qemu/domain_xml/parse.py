@@ -505,7 +505,6 @@ def _disk(el: etree._Element, devs: Devices) -> None:
     hosts: list[dict[str, str]] = []
     volume: dict[str, str] = {}
     if source_el is not None and dtype == "network":
-
         net_source = {
             k: v for k, v in source_el.attrib.items() if k in ("protocol", "name", "query", "tls")
         }
@@ -513,7 +512,6 @@ def _disk(el: etree._Element, devs: Devices) -> None:
     elif source_el is not None and dtype == "volume":
         volume = {k: v for k, v in source_el.attrib.items() if k in ("pool", "volume", "mode")}
     elif source_el is not None:
-
         source = source_el.get("dev") if dtype == "block" else source_el.get("file")
     target = el.find("target")
     if target is None or not target.get("dev"):
@@ -536,7 +534,6 @@ def _disk(el: etree._Element, devs: Devices) -> None:
         hosts=hosts,
         volume=volume,
         driver=dict(driver.attrib) if driver is not None else {},
-
         readonly=el.find("readonly") is not None,
         shareable=el.find("shareable") is not None,
         serial=serial.text if serial is not None else None,
