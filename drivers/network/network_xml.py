@@ -107,7 +107,7 @@ class IPDef:
         if self.prefix is not None:
             return self.prefix
         if self.netmask is not None:
-            return bin(int(ipaddress.IPv4Address(self.netmask))).count("1")
+            return int(ipaddress.IPv4Address(self.netmask)).bit_count()
         if self.is_v6:
             return 64
         first = int(self.address.split(".")[0])
@@ -226,11 +226,11 @@ class NetworkDef:
 
 def parse_xml_doc(xml: str, context: str) -> etree._Element:
     """The root element, or libvirt's report of a syntax error in ``context``."""
+    parser = etree.XMLParser(resolve_entities=False, remove_comments=True)
     try:
-        return etree.fromstring(xml.encode(), etree.XMLParser(resolve_entities=False,
-                                                              remove_comments=True))
+        return etree.fromstring(xml.encode(), parser)
     except etree.XMLSyntaxError as e:
-        entry = e.error_log.last_error if e.error_log else None
+        entry = parser.error_log[0] if parser.error_log else None  # libxml2's first complaint
         line = entry.line if entry else (e.lineno or 1)
         column = entry.column if entry else 1
         message = entry.message if entry else str(e)
@@ -248,7 +248,7 @@ def parse_network(xml: str) -> NetworkDef:
         raise _err(ErrorCode.XML_ERROR,
                    f"XML error: expecting root element of 'network', not '{root.tag}'",
                    ErrorDomain.XML)
-    return _network(root)
+    return network_from_element(root)
 
 
 def _text(node: etree._Element, path: str) -> str | None:
@@ -258,7 +258,8 @@ def _text(node: etree._Element, path: str) -> str | None:
     return found.text.strip()
 
 
-def _network(root: etree._Element) -> NetworkDef:
+def network_from_element(root: etree._Element) -> NetworkDef:
+    """A definition from a parsed ``<network>`` element (also inside a status file)."""
     name = _text(root, "name")
     if not name:
         raise _err(ErrorCode.NO_NAME, "missing name information")
