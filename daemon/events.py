@@ -68,6 +68,12 @@ POOL_EVENTS: dict[str, tuple[int, str, Callable[[dict[str, Any]], tuple[Any, ...
 }
 POOL_EVENT_IDS = range(2)
 
+#: Network events likewise: VIR_NETWORK_EVENT_ID_*, ``remote_network_event_<name>_msg``.
+NETWORK_EVENTS: dict[str, tuple[int, str, Callable[[dict[str, Any]], tuple[Any, ...]]]] = {
+    "network-lifecycle": (0, "LIFECYCLE", lambda d: (d["event"], d["detail"])),
+}
+NETWORK_EVENT_IDS = range(1)
+
 
 @dataclass
 class Registrations:
@@ -76,6 +82,7 @@ class Registrations:
     legacy: set[int] = field(default_factory=set)
     callbacks: dict[int, tuple[int, bytes | None]] = field(default_factory=dict)
     pool_callbacks: dict[int, tuple[int, bytes | None]] = field(default_factory=dict)
+    network_callbacks: dict[int, tuple[int, bytes | None]] = field(default_factory=dict)
 
     def tracked(self, event_id: int, uuid: bytes | None) -> bool:
         if uuid is None and event_id in self.legacy:
@@ -150,6 +157,9 @@ class EventRelay:
         if kind in POOL_EVENTS:
             self._on_pool_event(kind, obj, data)
             return
+        if kind in NETWORK_EVENTS:
+            self._on_network_event(kind, obj, data)
+            return
         event = self._kinds.get(kind)
         if event is None or not self._clients:
             return
@@ -175,6 +185,18 @@ class EventRelay:
         for client, regs in list(self._clients.items()):
             for callback_id, (wanted, uuid) in regs.pool_callbacks.items():
                 if not client.closed and wanted == event_id and uuid in (None, pool.uuid):
+                    body = proc.args.encode(msg(callback_id, handle, *fields(data)))
+                    self._send(client, proc.number, body)
+
+    def _on_network_event(self, kind: str, net: Any, data: dict[str, Any]) -> None:
+        event_id, name, fields = NETWORK_EVENTS[kind]
+        module = self.program.module
+        proc = self.procedures[f"NETWORK_EVENT_{name}"]
+        msg = getattr(module, f"remote_network_event_{name.lower()}_msg")
+        handle = module.remote_nonnull_network(net.name, net.uuid)
+        for client, regs in list(self._clients.items()):
+            for callback_id, (wanted, uuid) in regs.network_callbacks.items():
+                if not client.closed and wanted == event_id and uuid in (None, net.uuid):
                     body = proc.args.encode(msg(callback_id, handle, *fields(data)))
                     self._send(client, proc.number, body)
 

@@ -70,7 +70,8 @@ class Server:
         self._listen(sockets or {})
 
     async def _start_drivers(self) -> None:
-        """Storage first, then QEMU: guests that autostart or re-attach use pools.
+        """Storage and networks first, then QEMU: guests that autostart or re-attach
+        use pools and network ports.
 
         Each driver sees the others through ``peers`` (this server's table), so
         the QEMU driver can resolve a ``<source pool= volume=>`` disk.
@@ -79,6 +80,10 @@ class Server:
         storage = StorageDriver(self.paths, self.bus, peers=self._drivers)
         await storage.startup()
         self._drivers["storage"] = storage
+        from drivers.network.driver import NetworkDriver
+        network = NetworkDriver(self.paths, self.bus)
+        await network.startup()
+        self._drivers["network"] = network
         from drivers.interface.driver import InterfaceDriver
         interface = InterfaceDriver(self.paths, self.bus)
         await interface.startup()

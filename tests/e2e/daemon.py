@@ -58,6 +58,10 @@ class DaemonProcess:
 
     def start(self, wait: bool = True) -> "DaemonProcess":
         _LIVE.add(self)
+        if self.netns is None:
+            # A daemon makes (and autostarts) the ``default`` network only when it
+            # finds no network config dir: one on the host's network must not.
+            (self.root / "etc/libvirt/qemu/networks").mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=str(REPO), LC_ALL="C")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
