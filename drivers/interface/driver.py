@@ -120,7 +120,8 @@ class InterfaceDriver:
         return d.mac or "" if d is not None else ""
 
     def _names(self, snap: netlink.Snapshot) -> list[str]:
-        names = [link.name for link in snap.links.values() if live.listed(snap, link)]
+        names = [link.name for link in snap.links.values()
+                 if live.listed(snap, link) or link.name in self._defs]
         return names + [name for name in self._defs if name not in snap.links]
 
     def _known(self, snap: netlink.Snapshot, name: str) -> None:
@@ -268,7 +269,7 @@ class InterfaceDriver:
                     raise
         except (_Failed, netlink.NetlinkError) as e:
             raise _err(ErrorCode.INTERNAL_ERROR, f"internal error: failed to create (start) "
-                       f"interface {d.name}: {e}") from None
+                       f"interface {d.name}: {_detail(e)}") from None
 
     async def _device(self, nl: netlink.Session, d: InterfaceDef, created: list[int]) -> int:
         assert d.name is not None
@@ -361,7 +362,7 @@ class InterfaceDriver:
                 await _step(f"cannot bring down {d.name}", nl.set(link.index, state="down"))
         except (_Failed, netlink.NetlinkError) as e:
             raise _err(ErrorCode.INTERNAL_ERROR, f"internal error: failed to destroy (stop) "
-                       f"interface {d.name}: {e}") from None
+                       f"interface {d.name}: {_detail(e)}") from None
 
     # -- transactions -----------------------------------------------------------------
 
@@ -425,6 +426,10 @@ async def _step(what: str, change: Awaitable[object]) -> None:
         await change
     except netlink.NetlinkError as e:
         raise _Failed(f"{what}: {netlink.describe(e)}") from None
+
+
+def _detail(e: Exception) -> str:
+    return netlink.describe(e) if isinstance(e, netlink.NetlinkError) else str(e)
 
 
 async def _collect(problems: list[str], work: Awaitable[None]) -> None:

@@ -305,3 +305,27 @@ def test_bond(daemon: DaemonProcess, ns: NetNS, tmp_path: Path) -> None:
         d.virsh("iface-destroy", "bond7", check=False)
         d.virsh("iface-undefine", "bond7", check=False)
         ns.run("ip", "link", "del", "bo0", check=False)
+
+
+def test_refusals_leave_nothing_behind(daemon: DaemonProcess, ns: NetNS,
+                                       tmp_path: Path) -> None:
+    d = daemon
+    path = tmp_path / "bad.xml"
+    path.write_text("<interface type='ethernet' name='x'><bogus/></interface>")
+    res = d.virsh("iface-define", str(path), "--validate", check=False)
+    assert ("error: XML document failed to validate against schema: Unable to validate doc "
+            "against /usr/share/libvirt/schemas/interface.rng") in res.stderr
+    path.write_text("<interface type='ethernet' name='rox'/>")
+    res = d.virsh("iface-define", str(path), check=False, uri=d.ro_uri)
+    assert "read only access prevents virInterfaceDefineXML" in res.stderr
+    assert d.virsh("iface-list", "--all", uri=d.ro_uri).stdout.count("lo ") == 1
+
+    _define(d, tmp_path, "<interface type='bridge' name='rbr0'><bridge>"
+                         "<interface type='ethernet' name='nosuch0'/></bridge></interface>")
+    try:
+        res = d.virsh("iface-start", "rbr0", check=False)
+        assert ("error: internal error: failed to create (start) interface rbr0: device "
+                "nosuch0 does not exist") in res.stderr
+        assert _link(ns, "rbr0") is None  # the half-made bridge was taken down again
+    finally:
+        d.virsh("iface-undefine", "rbr0")
