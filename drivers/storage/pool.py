@@ -6,6 +6,7 @@ from drivers.storage.backend import Backend, Scan
 from drivers.storage.dir import DirBackend
 from drivers.storage.disk import DiskBackend
 from drivers.storage.fs import FsBackend, NetfsBackend
+from drivers.storage.iscsi import IscsiBackend
 from drivers.storage.logical import LogicalBackend
 from drivers.storage.perms import Perms
 from drivers.storage.pool_xml import PoolDef, PoolSizes, format_pool, missing_backend
@@ -14,7 +15,7 @@ from drivers.storage.vol_xml import Volume
 #: Pool types served today, by their XML name.
 BACKENDS: dict[str, type[Backend]] = {
     "dir": DirBackend, "fs": FsBackend, "netfs": NetfsBackend, "logical": LogicalBackend,
-    "disk": DiskBackend}
+    "disk": DiskBackend, "iscsi": IscsiBackend}
 
 
 def backend_class(kind: str) -> type[Backend]:
