@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from drivers.storage import blockdev
 from drivers.storage.backend import Backend, Scan, check_flags
-from drivers.storage.perms import Perms
 from drivers.storage.pool_xml import PoolDef, PoolSizes
 from drivers.storage.vol_xml import Volume
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -280,13 +279,25 @@ class DiskBackend(Backend):
 
     async def refresh(self) -> Scan:
         found = await self._read()
-        return Scan(found.sizes, Perms(), found.volumes)
+        return Scan(found.sizes, self.d.target_perms, found.volumes)
 
     def vol_path(self, name: str) -> str:
         return f"{self.d.target_path}/{name}"
 
     async def refresh_vol(self, vol: Volume) -> Volume:
-        return vol  # libvirt rereads a partition only with the whole pool
+        """libvirt rereads a partition only with the whole pool: as last read."""
+        known = self.last.volumes.get(vol.name) if self.last is not None else None
+        return known or vol
+
+    async def create_vol_from(self, vol: Volume, source: Volume, flags: int) -> None:
+        await self.create_vol(vol, 0)
+        vol.path = self.vol_path(vol.name)
+        try:
+            await blockdev.copy_from(vol, source, flags)
+        except BaseException:
+            with contextlib.suppress(VirError):
+                await self.delete_vol(vol, 0)
+            raise
 
     async def create_vol(self, vol: Volume, flags: int) -> None:
         if self.last is None or self.layout is None:

@@ -467,12 +467,7 @@ class StorageDriver:
             vol.allocation = vol.capacity
         with self._job(pool, building=vol.name):
             await pool.backend.create_vol(vol, flags)
-            if pool.backend.rescan_on_vol_change:
-                await self._refresh(pool)
-                found = pool.volumes[vol.name]
-                found.format = vol.format  # as asked, until the next refresh (libvirtd)
-                return found
-            return await self._settle_vol(pool, vol)
+            return await self._record_new(pool, vol)
 
     async def create_vol_from(self, pool: Pool, xml: str, source_pool: Pool, source: Volume,
                               flags: int = 0) -> Volume:
@@ -482,7 +477,18 @@ class StorageDriver:
             vol.allocation = vol.capacity
         with self._job(pool, building=vol.name, using=(source_pool, source.name)):
             await pool.backend.create_vol_from(vol, source, flags)
+            return await self._record_new(pool, vol)
+
+    async def _record_new(self, pool: Pool, vol: Volume) -> Volume:
+        """A new volume as the pool now holds it: the whole pool reread where
+        volumes renumber (a new volume shows the format asked for until the next
+        refresh, as in libvirtd), else the volume alone."""
+        if not pool.backend.rescan_on_vol_change:
             return await self._settle_vol(pool, vol)
+        await self._refresh(pool)
+        found = pool.volumes[vol.name]
+        found.format = vol.format
+        return found
 
     async def _settle_vol(self, pool: Pool, vol: Volume) -> Volume:
         """Record a new volume as found on disk, and the pool's new free space.

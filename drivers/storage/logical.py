@@ -8,12 +8,12 @@ patterns). Only active LVs are volumes: an LV without a device node is skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import dataclass
 
 from drivers.storage import blockdev
 from drivers.storage.backend import Backend, Scan, check_flags
-from drivers.storage.perms import Perms
 from drivers.storage.pool_xml import (
     Device,
     PoolDef,
@@ -239,7 +239,7 @@ class LogicalBackend(Backend):
         sizes = parse_vgs(await blockdev.run(
             VGS, "--separator", ":", "--noheadings", "--units", "b", "--unbuffered",
             "--nosuffix", "--options", "vg_size,vg_free", self.vg))
-        return Scan(sizes or PoolSizes(), Perms(), volumes)
+        return Scan(sizes or PoolSizes(), self.d.target_perms, volumes)
 
     def vol_path(self, name: str) -> str:
         return f"{self.d.target_path}/{name}"
@@ -264,6 +264,16 @@ class LogicalBackend(Backend):
             blockdev.apply_perms(path, vol.perms)
         except VirError:
             await self.delete_vol(Volume(vol.name, path=path), 0)
+            raise
+
+    async def create_vol_from(self, vol: Volume, source: Volume, flags: int) -> None:
+        await self.create_vol(vol, 0)
+        vol.path = self.vol_path(vol.name)
+        try:
+            await blockdev.copy_from(vol, source, flags)
+        except BaseException:
+            with contextlib.suppress(VirError):
+                await self.delete_vol(vol, 0)
             raise
 
     async def delete_vol(self, vol: Volume, flags: int) -> None:

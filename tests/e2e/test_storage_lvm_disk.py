@@ -237,7 +237,18 @@ def test_disk_pool_life_cycle(module_daemon: DaemonProcess, loopdev: str,
         res = d.virsh("vol-resize", "--pool", "dk1", f"{name}p1", "20M", check=False)
         assert ("error: this function is not supported by the connection driver: storage "
                 "pool does not support changing of volume capacity") in res.stderr
+
+        data = os.urandom(1 << 20)
+        (tmp_path / "in.bin").write_bytes(data)
+        d.virsh("vol-upload", "--pool", "dk1", f"{name}p1", str(tmp_path / "in.bin"))
+        with open(f"{loopdev}p1", "rb") as f:
+            assert f.read(len(data)) == data
+        d.virsh("vol-clone", "--pool", "dk1", f"{name}p1", f"{name}p3")
+        with open(f"{loopdev}p3", "rb") as f:
+            assert f.read(len(data)) == data
         d.virsh("vol-wipe", "--pool", "dk1", f"{name}p1")
+        with open(f"{loopdev}p1", "rb") as f:
+            assert f.read(len(data)) == bytes(len(data))
 
         # libvirtd takes the partition number as what follows the device's name in
         # the node's name: "p1" for loop devices, which parted refuses.
