@@ -4,6 +4,10 @@ A bridge we make carries the alias ``aiovirtd network NAME``: after a crash
 that mark is the proof that a leftover bridge is ours to take back. A bridge
 of that name without the mark, or with ports still attached, is someone
 else's (or still in use), and starting the network says how to free the name.
+
+pyroute2's asyncio socket is a datagram endpoint that uvloop cannot open for
+AF_NETLINK, so the netlink work runs on a thread of its own, each call on a
+fresh IPRoute over a plain selector loop.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import contextlib
 import errno
 import ipaddress
 import os
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pyroute2 import AsyncIPRoute
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from drivers.network.dnsmasq import interface
@@ -26,8 +31,12 @@ from protocol.errors import ErrorCode, ErrorDomain, VirError
 if TYPE_CHECKING:
     from drivers.network.network_xml import NetworkDef
 
+T = TypeVar("T")
+
 TIMEOUT = 10.0
 SYSCTL = Path("/proc/sys/net")
+
+_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-netlink")
 
 
 def mark(net: NetworkDef) -> str:
@@ -40,56 +49,71 @@ def _system_error(message: str, err: NetlinkError | OSError) -> VirError:
                     ErrorDomain.NONE)
 
 
-@contextlib.asynccontextmanager
-async def _netlink() -> AsyncIterator[AsyncIPRoute]:
-    async with asyncio.timeout(TIMEOUT), AsyncIPRoute() as ipr:
-        yield ipr
+def _with_socket(fn: Callable[[IPRoute], T]) -> T:
+    loop = asyncio.SelectorEventLoop()
+    try:
+        with IPRoute(use_event_loop=loop) as ipr:
+            return fn(ipr)
+    finally:
+        loop.close()
 
 
-async def _link(ipr: AsyncIPRoute, name: str):
+async def _run(fn: Callable[[IPRoute], T]) -> T:
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(loop.run_in_executor(_THREAD, _with_socket, fn), TIMEOUT)
+
+
+def _link(ipr: IPRoute, name: str) -> Any:
     """The link message of ``name``, None when there is none."""
     try:
-        return (await ipr.link("get", ifname=name))[0]
+        return ipr.link("get", ifname=name)[0]
     except NetlinkError as e:
         if e.code == errno.ENODEV:
             return None
         raise
 
 
-async def _ports(ipr: AsyncIPRoute, index: int) -> list[str]:
-    return [link.get("ifname") async for link in await ipr.get_links()
-            if link.get("master") == index]
+def _ports(ipr: IPRoute, index: int) -> list[str]:
+    return [link.get("ifname") for link in ipr.get_links() if link.get("master") == index]
 
 
-def _kind(link) -> str | None:
+def _ours(link: Any, net: NetworkDef) -> bool:
     info = link.get("IFLA_LINKINFO")
-    return info.get("IFLA_INFO_KIND") if info else None
+    kind = info.get("IFLA_INFO_KIND") if info else None
+    return kind == "bridge" and link.get("ifalias") == mark(net)
 
 
 async def state(net: NetworkDef) -> tuple[bool, list[str]]:
     """Whether the network's bridge is there and marked ours, and its ports."""
-    async with _netlink() as ipr:
-        link = await _link(ipr, net.bridge)
+    def look(ipr: IPRoute) -> tuple[bool, list[str]]:
+        link = _link(ipr, net.bridge)
         if link is None:
             return False, []
-        ours = _kind(link) == "bridge" and link.get("ifalias") == mark(net)
-        return ours, await _ports(ipr, link["index"])
+        return _ours(link, net), _ports(ipr, link["index"])
+    return await _run(look)
 
 
 async def claim(net: NetworkDef) -> None:
     """Make sure the bridge name is free: a leftover bridge of ours with nothing
     on it is deleted, any other device of that name is refused."""
     name = net.bridge
-    async with _netlink() as ipr:
-        link = await _link(ipr, name)
+
+    def look(ipr: IPRoute) -> tuple[bool, list[str]] | None:
+        link = _link(ipr, name)
         if link is None:
-            return
-        ports = await _ports(ipr, link["index"])
-        if _kind(link) == "bridge" and link.get("ifalias") == mark(net) and not ports:
-            await ipr.link("del", index=link["index"])
-            return
+            return None
+        ours, ports = _ours(link, net), _ports(ipr, link["index"])
+        if ours and not ports:
+            ipr.link("del", index=link["index"])
+            return None
+        return ours, ports
+
+    found = await _run(look)
+    if found is None:
+        return
+    ours, ports = found
     prefix = f"error creating bridge interface {name}: {os.strerror(errno.EEXIST)}: "
-    if link.get("ifalias") != mark(net):
+    if not ours:
         raise VirError(ErrorCode.SYSTEM_ERROR,
                        f"{prefix}bridge '{name}' already exists and is not in use by this "
                        f"daemon; remove it with 'ip link delete {name}' or choose another "
@@ -132,57 +156,60 @@ def enable_forwarding(net: NetworkDef) -> None:
         raise _system_error("failed to enable IP forwarding", e) from None
 
 
+def _build(ipr: IPRoute, net: NetworkDef) -> None:
+    name = net.bridge
+    spec: dict[str, Any] = {"ifname": name, "kind": "bridge",
+                            "br_stp_state": 1 if net.stp else 0,
+                            "br_forward_delay": net.delay * 100}
+    if net.mac:
+        spec["address"] = net.mac
+    try:
+        ipr.link("add", **spec)
+    except NetlinkError as e:
+        raise _system_error(f"error creating bridge interface {name}", e) from None
+    index = _link(ipr, name)["index"]
+    ipr.link("set", index=index, ifalias=mark(net))
+    if net.mtu:
+        try:
+            ipr.link("set", index=index, mtu=net.mtu)
+        except NetlinkError as e:
+            raise _system_error(f"cannot set interface MTU on '{name}'", e) from None
+    _ipv6_sysctls(net)
+    for ip in net.ips:
+        iface = interface(ip)
+        extra = {"broadcast": str(iface.network.broadcast_address)} \
+            if iface.version == 4 and iface.network.prefixlen < 31 else {}
+        try:
+            ipr.addr("add", index=index, address=str(iface.ip),
+                     prefixlen=iface.network.prefixlen, **extra)
+        except NetlinkError as e:
+            raise _system_error(f"Failed to add IP address {iface} to {name}", e) from None
+    try:
+        ipr.link("set", index=index, state="up")
+    except NetlinkError as e:
+        raise _system_error(f"failed to set interface {name} up", e) from None
+    for route in net.routes:
+        # libvirtd goes on without a route it could not add
+        with contextlib.suppress(NetlinkError, ValueError):
+            mask = route.prefix if route.prefix is not None else route.netmask
+            dst = ipaddress.ip_network(f"{route.address}/{mask}", strict=False)
+            ipr.route("add", dst=str(dst), gateway=route.gateway, oif=index,
+                      priority=route.metric or 1)
+
+
 async def create(net: NetworkDef) -> None:
     """The bridge with its MAC, MTU, STP, addresses and routes, up."""
-    name = net.bridge
-    async with _netlink() as ipr:
-        spec = {"ifname": name, "kind": "bridge",
-                "br_stp_state": 1 if net.stp else 0,
-                "br_forward_delay": net.delay * 100}
-        if net.mac:
-            spec["address"] = net.mac
-        try:
-            await ipr.link("add", **spec)
-        except NetlinkError as e:
-            raise _system_error(f"error creating bridge interface {name}", e) from None
-        index = (await _link(ipr, name))["index"]
-        await ipr.link("set", index=index, ifalias=mark(net))
-        if net.mtu:
-            try:
-                await ipr.link("set", index=index, mtu=net.mtu)
-            except NetlinkError as e:
-                raise _system_error(f"cannot set interface MTU on '{name}'", e) from None
-        _ipv6_sysctls(net)
-        for ip in net.ips:
-            iface = interface(ip)
-            extra = {"broadcast": str(iface.network.broadcast_address)} \
-                if iface.version == 4 and iface.network.prefixlen < 31 else {}
-            try:
-                await ipr.addr("add", index=index, address=str(iface.ip),
-                               prefixlen=iface.network.prefixlen, **extra)
-            except NetlinkError as e:
-                raise _system_error(f"Failed to add IP address {iface} to {name}", e) \
-                    from None
-        try:
-            await ipr.link("set", index=index, state="up")
-        except NetlinkError as e:
-            raise _system_error(f"failed to set interface {name} up", e) from None
-        for route in net.routes:
-            # libvirtd goes on without a route it could not add
-            with contextlib.suppress(NetlinkError):
-                mask = route.prefix if route.prefix is not None else route.netmask
-                dst = ipaddress.ip_network(f"{route.address}/{mask}", strict=False)
-                await ipr.route("add", dst=str(dst), gateway=route.gateway, oif=index,
-                                priority=route.metric or 1)
+    await _run(lambda ipr: _build(ipr, net))
 
 
 async def delete(net: NetworkDef) -> None:
     """Down and gone; only a bridge that is ours, and nothing when it is already gone."""
-    async with _netlink() as ipr:
-        link = await _link(ipr, net.bridge)
+    def drop(ipr: IPRoute) -> None:
+        link = _link(ipr, net.bridge)
         if link is None or link.get("ifalias") != mark(net):
             return
         with contextlib.suppress(NetlinkError):
-            await ipr.link("set", index=link["index"], state="down")
+            ipr.link("set", index=link["index"], state="down")
         with contextlib.suppress(NetlinkError):
-            await ipr.link("del", index=link["index"])
+            ipr.link("del", index=link["index"])
+    await _run(drop)
