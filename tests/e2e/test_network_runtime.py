@@ -22,8 +22,10 @@ pytestmark = pytest.mark.slow
 
 REPO = str(Path(__file__).resolve().parents[2])
 
+# On uvloop, as in the daemon.
 RUNNER = """
-import asyncio, json, sys
+import json, sys
+import uvloop
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from daemon.paths import Paths
@@ -37,7 +39,7 @@ async def main():
         return [vars(lease) for lease in runtime.leases(net, dirs)]
     return await getattr(runtime, action)(net, dirs)
 try:
-    print(json.dumps({"ok": asyncio.run(main())}))
+    print(json.dumps({"ok": uvloop.run(main())}))
 except VirError as e:
     print(json.dumps({"error": e.message, "code": int(e.code)}))
 """
