@@ -351,3 +351,35 @@ async def test_iscsi_discovery_errors() -> None:
         await IscsiBackend.find_sources("<source/>")
     assert e.value.message == ("unsupported configuration: Expected exactly 1 host for the "
                                "storage pool")
+
+
+async def test_iscsi_luns_of_a_session(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A logged-in session (as iscsiadm lists it) and its LUNs (as sysfs shows them)
+    make the pool's volumes, named unit:BUS:TARGET:LUN, at their by-path links."""
+    fake = tmp_path / "iscsiadm"
+    fake.write_text("#!/bin/sh\ncase \"$*\" in '--mode session') "
+                    "echo 'tcp: [7] 127.0.0.1:3260,1 iqn.x:t (non-flash)';; esac\n")
+    fake.chmod(0o755)
+    sysfs = tmp_path / "sys"
+    (sysfs / "class/iscsi_session/session7/device/target3:0:0").mkdir(parents=True)
+    for lun, kind, block in (("3:0:0:1", "0", "sdz"), ("3:0:0:2", "12", "sdy"),
+                             ("4:0:0:1", "0", "sdx")):
+        (sysfs / "bus/scsi/devices" / lun / "block" / block).mkdir(parents=True)
+        (sysfs / "bus/scsi/devices" / lun / "type").write_text(kind + "\n")
+    monkeypatch.setattr(iscsi, "ISCSIADM", str(fake))
+    monkeypatch.setattr(iscsi, "SYSFS", str(sysfs))
+    backend = IscsiBackend(parse_pool(iscsipool()))
+    assert await iscsi.session("iqn.x:t", probe=True) == "7"
+    assert await backend.is_active()
+    await backend.start()  # logged in already: nothing to do
+    assert iscsi._host_number("7") == 3
+    backend.d.target_path = "/dev"
+    assert backend._luns(3) == [("unit:0:0:1", "/dev/sdz")]
+    backend.d.target_path = "/srv"
+    with pytest.raises(VirError) as e:
+        backend._luns(3)
+    assert e.value.message == ("invalid argument: unable to use target path '/srv' for dev "
+                               "'sdz'")
+    with pytest.raises(VirError) as e:
+        await iscsi.session("iqn.x:other", probe=False)
+    assert e.value.message == "internal error: cannot find iscsiadm session: "
