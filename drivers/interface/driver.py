@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -23,13 +22,8 @@ from pathlib import Path
 
 from daemon.paths import Paths
 from drivers.events import EventBus
-from drivers.interface import live, netlink
-from drivers.interface.iface_xml import (
-    BOND_MODES,
-    InterfaceDef,
-    format_interface,
-    parse_interface,
-)
+from drivers.interface import lifecycle, live, rtnl
+from drivers.interface.iface_xml import InterfaceDef, format_interface, parse_interface
 from drivers.storage.schema import validate
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
@@ -61,10 +55,6 @@ def _no_iface(message: str) -> VirError:
 
 def _invalid(message: str) -> VirError:
     return _err(ErrorCode.OPERATION_INVALID, f"Requested operation is not valid: {message}")
-
-
-class _Failed(Exception):
-    """One step of starting or stopping failed; the text says which and why."""
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -106,27 +96,25 @@ class InterfaceDriver:
 
     # -- views ------------------------------------------------------------------------
 
-    def _active(self, snap: netlink.Snapshot, name: str) -> bool:
-        link = snap.links.get(name)
+    def _active(self, name: str, link: rtnl.Link | None) -> bool:
         if link is None:
             return False
         return link.up if name in self._defs else link.operstate == "up"
 
-    def _mac(self, snap: netlink.Snapshot, name: str) -> str:
-        link = snap.links.get(name)
+    def _mac(self, name: str, link: rtnl.Link | None) -> str:
         if link is not None:
             return link.mac
         d = self._defs.get(name)
         return d.mac or "" if d is not None else ""
 
-    def _names(self, snap: netlink.Snapshot) -> list[str]:
+    def _known(self, name: str, link: rtnl.Link | None) -> None:
+        if link is None and name not in self._defs:
+            raise _no_iface(f"couldn't find interface named '{name}'")
+
+    def _names(self, snap: rtnl.Snapshot) -> list[str]:
         names = [link.name for link in snap.links.values()
                  if live.listed(snap, link) or link.name in self._defs]
         return names + [name for name in self._defs if name not in snap.links]
-
-    def _known(self, snap: netlink.Snapshot, name: str) -> None:
-        if name not in snap.links and name not in self._defs:
-            raise _no_iface(f"couldn't find interface named '{name}'")
 
     def _def(self, name: str) -> InterfaceDef:
         d = self._defs.get(name)
@@ -135,36 +123,36 @@ class InterfaceDriver:
         return d
 
     async def list_all(self, flags: int = 0) -> list[Handle]:
-        snap = await netlink.snapshot()
+        snap = rtnl.snapshot()
         handles = []
         for name in self._names(snap):
-            active = self._active(snap, name)
+            active = self._active(name, snap.links.get(name))
             if flags & (LIST_ACTIVE | LIST_INACTIVE) and not (
                     (flags & LIST_ACTIVE and active) or (flags & LIST_INACTIVE and not active)):
                 continue
-            handles.append(Handle(name, self._mac(snap, name)))
+            handles.append(Handle(name, self._mac(name, snap.links.get(name))))
         return handles
 
     async def list_names(self, active: bool) -> list[str]:
         """The old list calls: active ones, or "defined" ones, which udev takes to
         be links whose operstate is exactly "down" (so ``lo`` is in neither)."""
-        snap = await netlink.snapshot()
+        snap = rtnl.snapshot()
         names = []
         for name in self._names(snap):
-            now = self._active(snap, name)
+            now = self._active(name, snap.links.get(name))
             defined_kind = name in self._defs or snap.links[name].operstate == "down"
             if now if active else (not now and defined_kind):
                 names.append(name)
         return names
 
     async def lookup_by_name(self, name: str) -> Handle:
-        snap = await netlink.snapshot()
-        self._known(snap, name)
-        return Handle(name, self._mac(snap, name))
+        link = rtnl.get(name)
+        self._known(name, link)
+        return Handle(name, self._mac(name, link))
 
     async def lookup_by_mac(self, mac: str) -> Handle:
-        snap = await netlink.snapshot()
-        found = [name for name in self._names(snap) if self._mac(snap, name) == mac]
+        snap = rtnl.snapshot()
+        found = [name for name in self._names(snap) if self._mac(name, snap.links.get(name)) == mac]
         if not found:
             raise _no_iface(f"couldn't find interface with MAC address '{mac}'")
         if len(found) > 1:
@@ -173,15 +161,15 @@ class InterfaceDriver:
         return Handle(found[0], mac)
 
     async def is_active(self, name: str) -> bool:
-        snap = await netlink.snapshot()
-        self._known(snap, name)
-        return self._active(snap, name)
+        link = rtnl.get(name)
+        self._known(name, link)
+        return self._active(name, link)
 
     async def xml(self, name: str, flags: int = 0) -> str:
-        snap = await netlink.snapshot()
-        self._known(snap, name)
         d = self._defs.get(name)
+        snap = rtnl.snapshot(addresses=d is not None)
         link = snap.links.get(name)
+        self._known(name, link)
         if link is None or (d is not None and (flags & XML_INACTIVE or not link.up)):
             assert d is not None
             return format_interface(d)
@@ -204,8 +192,7 @@ class InterfaceDriver:
                     self._remove(member.name)
             _write_atomic(self.config_dir / f"{d.name}.xml", format_interface(d))
             self._defs[d.name] = d
-        snap = await netlink.snapshot()
-        return Handle(d.name, self._mac(snap, d.name))
+        return Handle(d.name, self._mac(d.name, rtnl.get(d.name)))
 
     def _remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -222,147 +209,17 @@ class InterfaceDriver:
     async def create(self, name: str, flags: int = 0) -> None:
         async with self._lock:
             d = self._def(name)
-            snap = await netlink.snapshot()
-            if self._active(snap, name):
+            if self._active(name, rtnl.get(name)):
                 raise _invalid("interface is already running")
-            await self._start(d)
+            await lifecycle.start(d)
 
     async def destroy(self, name: str, flags: int = 0) -> None:
         async with self._lock:
             d = self._def(name)
-            snap = await netlink.snapshot()
-            if not self._active(snap, name):
+            snap = rtnl.snapshot()
+            if not self._active(name, snap.links.get(name)):
                 raise _invalid("interface is not running")
-            await self._stop(d, snap)
-
-    async def _start(self, d: InterfaceDef) -> None:
-        """Make the device (bridge, bond, vlan) if it is virtual, take in its
-        members, set MTU and static addresses, bring it up."""
-        for proto in d.protocols:
-            if proto.dhcp:
-                raise _err(ErrorCode.CONFIG_UNSUPPORTED,
-                           f"unsupported configuration: failed to create (start) interface "
-                           f"{d.name}: DHCP ({proto.family}) on host interfaces is not "
-                           f"supported, use static addresses")
-        created: list[int] = []
-        try:
-            async with netlink.Session() as nl:
-                try:
-                    index = await self._device(nl, d, created)
-                    for member in d.members:
-                        await self._enslave(nl, member, index, d, created)
-                    if d.mtu:
-                        await _step(f"cannot set MTU of {d.name}", nl.set(index, mtu=d.mtu))
-                    for proto in d.protocols:
-                        for ip in proto.ips:
-                            await _step(f"cannot add address {ip.address} to {d.name}",
-                                        nl.add_addr(index, ip.address, ip.prefix))
-                    await _step(f"cannot bring up {d.name}", nl.set(index, state="up"))
-                    for proto in d.protocols:
-                        if proto.gateway:
-                            await _step(f"cannot add route via {proto.gateway}",
-                                        nl.default_route(index, proto.gateway))
-                except (_Failed, netlink.NetlinkError):
-                    for made in reversed(created):
-                        with contextlib.suppress(netlink.NetlinkError):
-                            await nl.delete(made)
-                    raise
-        except (_Failed, netlink.NetlinkError) as e:
-            raise _err(ErrorCode.INTERNAL_ERROR, f"internal error: failed to create (start) "
-                       f"interface {d.name}: {_detail(e)}") from None
-
-    async def _device(self, nl: netlink.Session, d: InterfaceDef, created: list[int]) -> int:
-        assert d.name is not None
-        index = await nl.index(d.name)
-        if d.type == "ethernet" or (index is not None and d.type != "bridge"):
-            if index is None:
-                raise _Failed(f"device {d.name} does not exist")
-            return index
-        if d.type == "bridge":
-            attrs: dict[str, int] = {}
-            if d.delay is not None:
-                try:
-                    attrs["br_forward_delay"] = round(float(d.delay) * 100)
-                except ValueError:
-                    raise _Failed(f"invalid bridge forward delay '{d.delay}'") from None
-            if d.stp is not None:
-                attrs["br_stp_state"] = int(d.stp)
-            if index is not None:
-                if attrs:
-                    await _step(f"cannot configure bridge {d.name}",
-                                nl.set(index, kind="bridge", **attrs))
-                return index
-            return await self._add(nl, d.name, "bridge", created, **attrs)
-        if d.type == "bond":
-            attrs = {}
-            bond = d.bond
-            if bond is not None and bond.mode:
-                attrs["bond_mode"] = BOND_MODES.index(bond.mode)
-            if bond is not None and bond.monitor == "mii":
-                attrs.update(bond_miimon=bond.freq, bond_updelay=bond.updelay,
-                             bond_downdelay=bond.downdelay)
-            elif bond is not None and bond.monitor == "arp":
-                attrs["bond_arp_interval"] = bond.interval
-            return await self._add(nl, d.name, "bond", created, **attrs)
-        parent = await nl.index(d.vlan_dev or "")
-        if parent is None:
-            raise _Failed(f"device {d.vlan_dev} does not exist")
-        try:
-            vid = int(d.vlan_tag or "")
-        except ValueError:
-            raise _Failed(f"invalid vlan tag '{d.vlan_tag}'") from None
-        return await self._add(nl, d.name, "vlan", created, link=parent, vlan_id=vid)
-
-    @staticmethod
-    async def _add(nl: netlink.Session, name: str, kind: str, created: list[int],
-                   **attrs: int) -> int:
-        try:
-            index = await nl.add(name, kind, **attrs)
-        except netlink.NetlinkError as e:
-            detail = netlink.describe(e)
-            if e.code == errno.EOPNOTSUPP:
-                detail += f" (this kernel has no {kind} support)"
-            raise _Failed(f"cannot create {kind} device {name}: {detail}") from None
-        created.append(index)
-        return index
-
-    async def _enslave(self, nl: netlink.Session, member: InterfaceDef, master: int,
-                       top: InterfaceDef, created: list[int]) -> None:
-        index = await self._device(nl, member, created)
-        for sub in member.members:  # a bond inside a bridge
-            await self._enslave(nl, sub, index, top, created)
-        if top.type == "bond":  # the kernel only takes bond slaves that are down
-            await _step(f"cannot bring down {member.name}", nl.set(index, state="down"))
-        if top.mtu:
-            await _step(f"cannot set MTU of {member.name}", nl.set(index, mtu=top.mtu))
-        await _step(f"cannot attach {member.name} to {top.name}", nl.set(index, master=master))
-        await _step(f"cannot bring up {member.name}", nl.set(index, state="up"))
-
-    async def _stop(self, d: InterfaceDef, snap: netlink.Snapshot) -> None:
-        """ifdown: ports released and brought down, virtual devices deleted, an
-        ethernet device's configured addresses removed and the link brought down."""
-        link = snap.links[d.name or ""]
-        try:
-            async with netlink.Session() as nl:
-                if d.type in ("bridge", "bond"):
-                    for port in snap.ports(link):
-                        await _step(f"cannot detach {port.name}", nl.set(port.index, master=0))
-                        await _step(f"cannot bring down {port.name}",
-                                    nl.set(port.index, state="down"))
-                        if port.kind in ("bond", "vlan") and any(
-                                m.name == port.name for m in d.members):
-                            await _step(f"cannot delete {port.name}", nl.delete(port.index))
-                if d.type != "ethernet":
-                    await _step(f"cannot delete {d.name}", nl.delete(link.index))
-                    return
-                for proto in d.protocols:
-                    for ip in proto.ips:
-                        await _step(f"cannot remove address {ip.address}",
-                                    nl.del_addr(link.index, ip.address, ip.prefix))
-                await _step(f"cannot bring down {d.name}", nl.set(link.index, state="down"))
-        except (_Failed, netlink.NetlinkError) as e:
-            raise _err(ErrorCode.INTERNAL_ERROR, f"internal error: failed to destroy (stop) "
-                       f"interface {d.name}: {_detail(e)}") from None
+            await lifecycle.stop(d, snap)
 
     # -- transactions -----------------------------------------------------------------
 
@@ -371,7 +228,7 @@ class InterfaceDriver:
             if self.snapshot_dir.exists():
                 raise _invalid("failed to begin transaction: there is another transaction "
                                "running")
-            snap = await netlink.snapshot()
+            snap = rtnl.snapshot()
             tmp = self.snapshot_dir.with_name(".transaction.new")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -399,37 +256,25 @@ class InterfaceDriver:
             saved = self._load(self.snapshot_dir)
             problems: list[str] = []
             for name, d in list(self._defs.items()):
-                snap = await netlink.snapshot()
-                if name not in up_before and self._active(snap, name):
-                    await _collect(problems, self._stop(d, snap))
+                snap = rtnl.snapshot()
+                if name not in up_before and self._active(name, snap.links.get(name)):
+                    await _collect(problems, lifecycle.stop(d, snap))
             for path in self.config_dir.glob("*.xml"):
                 path.unlink()
             for path in self.snapshot_dir.glob("*.xml"):
                 shutil.copy2(path, self.config_dir / path.name)
             self._defs = saved
             for name in sorted(up_before):
-                snap = await netlink.snapshot()
+                snap = rtnl.snapshot()
                 link = snap.links.get(name)
-                if name in saved and not self._active(snap, name):
-                    await _collect(problems, self._start(saved[name]))
+                if name in saved and not self._active(name, link):
+                    await _collect(problems, lifecycle.start(saved[name]))
                 elif name not in saved and link is not None and not link.up:
-                    await _collect(problems, _bring_up(link.index))
+                    await _collect(problems, lifecycle.bring_up(link.index))
             shutil.rmtree(self.snapshot_dir)
             if problems:
                 raise _err(ErrorCode.INTERNAL_ERROR, "internal error: failed to rollback "
                            "transaction: " + "; ".join(problems))
-
-
-async def _step(what: str, change: Awaitable[object]) -> None:
-    """Await one netlink change; its failure becomes a _Failed naming the step."""
-    try:
-        await change
-    except netlink.NetlinkError as e:
-        raise _Failed(f"{what}: {netlink.describe(e)}") from None
-
-
-def _detail(e: Exception) -> str:
-    return netlink.describe(e) if isinstance(e, netlink.NetlinkError) else str(e)
 
 
 async def _collect(problems: list[str], work: Awaitable[None]) -> None:
@@ -438,10 +283,3 @@ async def _collect(problems: list[str], work: Awaitable[None]) -> None:
     except VirError as e:
         problems.append(e.message)
 
-
-async def _bring_up(index: int) -> None:
-    try:
-        async with netlink.Session() as nl:
-            await nl.set(index, state="up")
-    except netlink.NetlinkError as e:
-        raise _err(ErrorCode.INTERNAL_ERROR, f"internal error: {netlink.describe(e)}") from None

@@ -20,7 +20,7 @@ from drivers.interface.iface_xml import (
     LinkState,
     Protocol,
 )
-from drivers.interface.netlink import Link, Snapshot, link_speed
+from drivers.interface.rtnl import Link, Snapshot, link_speed
 
 _TYPES = {"bridge": "bridge", "bond": "bond", "vlan": "vlan"}
 
@@ -63,21 +63,22 @@ def _guest_tap(name: str) -> bool:
 
 
 def _bond(link: Link) -> Bond:
-    attrs = link.bond
-    mode = attrs.get("IFLA_BOND_MODE")
-    bond = Bond(mode=BOND_MODES[mode] if isinstance(mode, int) and mode < len(BOND_MODES)
-                else None)
-    interval = attrs.get("IFLA_BOND_ARP_INTERVAL") or 0
-    miimon = attrs.get("IFLA_BOND_MIIMON") or 0
-    if interval > 0:
-        bond.monitor, bond.interval = "arp", interval
-        targets = attrs.get("IFLA_BOND_ARP_IP_TARGET") or []
-        bond.target = " ".join(str(t) for t in targets)
-    elif miimon > 0:
-        bond.monitor, bond.freq = "mii", miimon
-        bond.downdelay = attrs.get("IFLA_BOND_DOWNDELAY") or 0
-        bond.updelay = attrs.get("IFLA_BOND_UPDELAY") or 0
-        bond.carrier = "netif" if attrs.get("IFLA_BOND_USE_CARRIER") else "ioctl"
+    opts = link.bond
+
+    def num(key: str) -> int:
+        value = opts.get(key)
+        return value if isinstance(value, int) else 0
+
+    mode = num("mode")
+    bond = Bond(mode=BOND_MODES[mode] if "mode" in opts and mode < len(BOND_MODES) else None)
+    if num("arp_interval") > 0:
+        bond.monitor, bond.interval = "arp", num("arp_interval")
+        targets = opts.get("arp_ip_target")
+        bond.target = " ".join(targets) if isinstance(targets, list) else ""
+    elif num("miimon") > 0:
+        bond.monitor, bond.freq = "mii", num("miimon")
+        bond.downdelay, bond.updelay = num("downdelay"), num("updelay")
+        bond.carrier = "netif" if num("use_carrier") else "ioctl"
     return bond
 
 

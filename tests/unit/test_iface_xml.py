@@ -10,7 +10,7 @@ from lxml import etree
 
 from drivers.interface import live
 from drivers.interface.iface_xml import format_interface, parse_interface
-from drivers.interface.netlink import Addr, Link, Snapshot
+from drivers.interface.rtnl import Addr, Link, Snapshot
 from protocol.errors import ErrorCode, VirError
 
 SCHEMA = "/usr/share/libvirt/schemas/interface.rng"
@@ -80,7 +80,8 @@ def test_round_trip_is_exact_and_valid(xml: str) -> None:
 
 
 def test_input_is_normalised() -> None:
-    d = parse_interface("<interface type=\"ethernet\" name=\"eth0\"><mac address=\"aa:bb:cc:dd:ee:ff\"/>"
+    d = parse_interface("<interface type=\"ethernet\" name=\"eth0\">"
+                        "<mac address=\"aa:bb:cc:dd:ee:ff\"/>"
                         "<mtu size=' 9000'/><start mode='none'/></interface>")
     assert format_interface(d) == (
         "<interface type='ethernet' name='eth0'>\n"
@@ -107,7 +108,8 @@ def test_members_lose_top_level_only_parts_and_bridges_lose_link() -> None:
 
 @pytest.mark.parametrize(("xml", "message"), [
     ("<network/>", "XML error: unexpected root element <network>, expecting <interface>"),
-    ("<interface name='x'/>", "XML error: Missing required attribute 'type' in element 'interface'"),
+    ("<interface name='x'/>",
+     "XML error: Missing required attribute 'type' in element 'interface'"),
     ("<interface type='wifi' name='x'/>",
      "XML error: Invalid value for attribute 'type' in element 'interface': 'wifi'."),
     ("<interface type='ethernet'/>", "XML error: interface has no name"),
