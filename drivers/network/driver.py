@@ -13,6 +13,7 @@ this module decides when, and keeps the books.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import ipaddress
@@ -20,7 +21,9 @@ import logging
 import os
 import shutil
 import uuid as uuidlib
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 from daemon.paths import Paths
 from drivers.events import EventBus
@@ -59,6 +62,8 @@ PORT_CREATE_RECLAIM, PORT_CREATE_VALIDATE = 1 << 0, 1 << 1
 UPDATE_LIVE, UPDATE_CONFIG = 1 << 0, 1 << 1
 
 DEFAULT_NETWORK = "default"
+
+T = TypeVar("T")
 
 
 def _invalid(message: str) -> VirError:
@@ -131,6 +136,7 @@ class NetworkDriver:
         self.autostart_dir = self.config_dir / "autostart"
         self.state_dir = self.dirs.state_dir
         self._networks: dict[str, Network] = {}
+        self._lock = asyncio.Lock()  # one change of the host's networks at a time
 
     # -- start and stop ------------------------------------------------------------
 
@@ -180,7 +186,7 @@ class NetworkDriver:
             net = self._networks[d.name] = Network(d, persistent=False)
         net.live = d
         try:
-            adopted = await runtime.reattach(d, self.dirs)
+            adopted = await _in_task(runtime.reattach(d, self.dirs))
         except Exception as e:
             log.warning("cannot re-attach network %s: %s", d.name, e)
             adopted = False
@@ -190,7 +196,7 @@ class NetworkDriver:
             return
         log.info("network %s no longer runs", d.name)
         with contextlib.suppress(Exception):
-            await runtime.stop(d, self.dirs)
+            await _in_task(runtime.stop(d, self.dirs))
         self._forget_state(net)
 
     def _load_ports(self, name: str) -> dict[bytes, NetworkPort]:
@@ -300,6 +306,10 @@ class NetworkDriver:
         return net
 
     async def create_xml(self, xml: str, flags: int = 0) -> Network:
+        async with self._lock:
+            return await self._create_xml(xml, flags)
+
+    async def _create_xml(self, xml: str, flags: int) -> Network:
         d = self._parse(xml, flags)
         net = self._check_duplicate(d, check_active=True)
         if net is None:
@@ -336,6 +346,10 @@ class NetworkDriver:
     # -- life cycle ----------------------------------------------------------------------
 
     async def create(self, net: Network) -> None:
+        async with self._lock:
+            await self._create(net)
+
+    async def _create(self, net: Network) -> None:
         if net.active:
             raise _invalid("network is already active")
         assert net.config is not None  # an inactive network is persistent
@@ -345,13 +359,13 @@ class NetworkDriver:
     async def _start(self, net: Network, d: NetworkDef) -> None:
         if d.forward.mode == "nat" and d.forward.nat_port is None:
             d.forward.nat_port = NAT_PORT_RANGE  # libvirtd shows the range it masquerades to
-        await runtime.start(d, self.dirs)
+        await _in_task(runtime.start(d, self.dirs))
         net.live, net.active, net.ports = d, True, {}
         try:
             self._save_state(net)
         except OSError:
             with contextlib.suppress(VirError):
-                await runtime.stop(d, self.dirs)
+                await _in_task(runtime.stop(d, self.dirs))
             net.active = False
             raise
 
@@ -365,10 +379,11 @@ class NetworkDriver:
 
     async def destroy(self, net: Network) -> None:
         """Ports go with the network, as in libvirtd; guests keep their (dead) taps."""
-        if not net.active:
-            raise _invalid(f"network '{net.name}' is not active")
-        await runtime.stop(net.live, self.dirs)
-        self._forget_state(net)
+        async with self._lock:
+            if not net.active:
+                raise _invalid(f"network '{net.name}' is not active")
+            await _in_task(runtime.stop(net.live, self.dirs))
+            self._forget_state(net)
         self.bus.emit("network-lifecycle", net, event=EVENT_STOPPED, detail=0)
 
     def _forget_state(self, net: Network) -> None:
@@ -389,6 +404,11 @@ class NetworkDriver:
                      xml: str, flags: int = 0) -> None:
         """One change to the live and/or persistent definition, as ``flags`` say
         (neither: the live one if the network runs, else the persistent one)."""
+        async with self._lock:
+            await self._update(net, command, section, parent_index, xml, flags)
+
+    async def _update(self, net: Network, command: int, section: int, parent_index: int,
+                      xml: str, flags: int) -> None:
         live, config = bool(flags & UPDATE_LIVE), bool(flags & UPDATE_CONFIG)
         if not live and not config:
             live, config = net.active, not net.active
@@ -410,7 +430,7 @@ class NetworkDriver:
             net.live = new_live
             self._save_state(net)
             if section in update.DNSMASQ_SECTIONS:
-                await runtime.reload(new_live, self.dirs)
+                await _in_task(runtime.reload(new_live, self.dirs))
 
     # -- DHCP leases -----------------------------------------------------------------------
 
@@ -492,6 +512,12 @@ class NetworkDriver:
                 self.delete_port(net, port)
                 return
         raise _no_port(port_uuid)
+
+
+async def _in_task(work: Awaitable[T]) -> T:
+    """Run host work in a task of its own: handlers start outside any task (the
+    client runs them eagerly), and the runtime's timeouts need one."""
+    return await asyncio.ensure_future(work)
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
