@@ -29,7 +29,7 @@ from drivers.network.dnsmasq import interface
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 if TYPE_CHECKING:
-    from drivers.network.network_xml import NetworkDef
+    from drivers.network.network_xml import NetworkDef, RouteDef
 
 T = TypeVar("T")
 
@@ -125,6 +125,42 @@ async def claim(net: NetworkDef) -> None:
                    ErrorDomain.NONE)
 
 
+def check_routes(net: NetworkDef, table: str | None = None) -> None:
+    """Refuse, as libvirtd does, an IPv4 subnet (or static route) that the host
+    already routes somewhere: the network would cut that route off. ``table`` is
+    /proc/net/route's text."""
+    if table is None:
+        try:
+            table = Path("/proc/net/route").read_text()
+        except OSError:
+            return
+    for line in table.splitlines()[1:]:
+        words = line.split()
+        try:
+            dest, mask = (ipaddress.IPv4Address(int.from_bytes(bytes.fromhex(w), "little"))
+                          for w in (words[1], words[7]))
+            routed = ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)
+        except (IndexError, ValueError):
+            continue
+        if any(ip.network == routed for ip in net.ipv4()):
+            raise VirError(ErrorCode.INTERNAL_ERROR, "internal error: Network is already in "
+                           f"use by interface {words[0]}", ErrorDomain.NONE)
+        for route in net.routes:
+            mine = _route_dst(route)
+            if mine == routed:
+                raise VirError(ErrorCode.INTERNAL_ERROR,
+                               f"internal error: Route address '{mine.network_address}' "
+                               f"conflicts with IP address for '{words[0]}'", ErrorDomain.NONE)
+
+
+def _route_dst(route: RouteDef) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    mask = route.prefix if route.prefix is not None else route.netmask
+    try:
+        return ipaddress.ip_network(f"{route.address}/{mask}", strict=False)
+    except ValueError:
+        return None
+
+
 def _sysctl(path: Path, value: str) -> None:
     path.write_text(f"{value}\n")
 
@@ -190,9 +226,10 @@ def _build(ipr: IPRoute, net: NetworkDef) -> None:
         raise _system_error(f"failed to set interface {name} up", e) from None
     for route in net.routes:
         # libvirtd goes on without a route it could not add
-        with contextlib.suppress(NetlinkError, ValueError):
-            mask = route.prefix if route.prefix is not None else route.netmask
-            dst = ipaddress.ip_network(f"{route.address}/{mask}", strict=False)
+        dst = _route_dst(route)
+        if dst is None:
+            continue
+        with contextlib.suppress(NetlinkError):
             ipr.route("add", dst=str(dst), gateway=route.gateway, oif=index,
                       priority=route.metric or 1)
 

@@ -35,6 +35,7 @@ async def start(net: NetworkDef, dirs: DriverPaths) -> None:
     if not net.virtual:
         return
     await bridge.claim(net)
+    bridge.check_routes(net)
     files = _files(net, dirs)
     try:
         await dnsmasq.stop(files)

@@ -257,3 +257,14 @@ def test_reattach_without_bridge_cleans_up(netns: NetNS, tmp_path: Path) -> None
     netns.run("ip", "link", "delete", "virbr0")
     assert net.ok("reattach") is False
     net.assert_gone()
+
+
+def test_subnet_already_routed(netns: NetNS, tmp_path: Path) -> None:
+    """Another link on the network's subnet: libvirtd's refusal, before anything is made."""
+    netns.run("ip", "link", "add", "vlan9", "type", "veth", "peer", "name", "vlan9p")
+    netns.run("ip", "addr", "add", "192.168.122.9/24", "dev", "vlan9")
+    netns.run("ip", "link", "set", "vlan9", "up")
+    net = Net(netns, tmp_path, nat_xml())
+    assert net.call("start") == {
+        "error": "internal error: Network is already in use by interface vlan9", "code": 1}
+    net.assert_gone()
