@@ -481,14 +481,15 @@ class StorageDriver:
 
     async def _record_new(self, pool: Pool, vol: Volume) -> Volume:
         """A new volume as the pool now holds it: the whole pool reread where
-        volumes renumber (a new volume shows the format asked for until the next
-        refresh, as in libvirtd), else the volume alone."""
+        volumes renumber, else the volume alone. Formats are what was asked
+        until a pool refresh, as in libvirtd, whose other volumes stay as they were."""
         if not pool.backend.rescan_on_vol_change:
             return await self._settle_vol(pool, vol)
+        formats = {name: v.format for name, v in pool.volumes.items()} | {vol.name: vol.format}
         await self._refresh(pool)
-        found = pool.volumes[vol.name]
-        found.format = vol.format
-        return found
+        for name, found in pool.volumes.items():
+            found.format = formats.get(name, found.format)
+        return pool.volumes[vol.name]
 
     async def _settle_vol(self, pool: Pool, vol: Volume) -> Volume:
         """Record a new volume as found on disk, and the pool's new free space.

@@ -280,3 +280,44 @@ def test_disk_pool_gpt_defaults(module_daemon: DaemonProcess, loopdev: str) -> N
         d.virsh("pool-build", "dk2", "--overwrite")
     finally:
         _undefine(d, "dk2")
+
+
+def test_disk_pool_extended_and_logical_partitions(module_daemon: DaemonProcess,
+                                                   loopdev: str) -> None:
+    d, name = module_daemon, os.path.basename(loopdev)
+    d.virsh("pool-create-as", "dk3", "disk", "--source-dev", loopdev, "--target", "/dev",
+            "--build")
+    try:
+        assert "<format type='dos'/>" in d.virsh("pool-dumpxml", "dk3").stdout
+        d.virsh("vol-create-as", "dk3", f"{name}p1", "4M")
+        d.virsh("vol-create-as", "dk3", f"{name}p2", "30M", "--format", "extended")
+        res = d.virsh("vol-create-as", "dk3", "x", "1M", "--format", "extended", check=False)
+        assert "error: internal error: extended partition already exists" in res.stderr
+        d.virsh("vol-create-as", "dk3", f"{name}p3", "4M", "--format", "linux-swap")
+        d.virsh("vol-create-as", "dk3", f"{name}p4", "4M")
+        d.virsh("vol-create-as", "dk3", f"{name}p5", "5M")  # no primary left: a logical one
+        d.virsh("vol-create-as", "dk3", f"{name}p6", "6M")
+        table = _run("parted", "-s", loopdev, "unit", "B", "print").stdout
+        kinds = {line.split()[0]: line.split()[4] for line in table.splitlines()
+                 if line.strip()[:1].isdigit()}
+        assert kinds == {"1": "primary", "2": "extended", "3": "primary", "4": "primary",
+                         "5": "logical", "6": "logical"}
+        vols = d.virsh("vol-list", "dk3").stdout.split()
+        assert [v for v in vols if v.startswith(name)] == [
+            f"{name}p{i}" for i in (1, 2, 3, 4, 5, 6)]
+        ext = d.conn().storagePoolLookupByName("dk3").storageVolLookupByName(f"{name}p2")
+        with open(f"{loopdev}p5", "rb") as f5, open(f"{loopdev}p6", "rb") as f6:
+            sizes = [f5.seek(0, 2), f6.seek(0, 2)]
+        assert ext.info()[2] == sum(sizes)  # the extended one carries its logical ones
+        assert "<format type='linux-swap'/>" in d.virsh(
+            "vol-dumpxml", "--pool", "dk3", f"{name}p3").stdout
+        res = d.virsh("vol-wipe", "--pool", "dk3", f"{name}p2", check=False)
+        assert (f"error: this function is not supported by the connection driver: cannot "
+                f"wipe extended partition '{loopdev}p2'") in res.stderr
+        if os.path.exists(PARTHELPER):
+            xml = d.virsh("pool-dumpxml", "dk3").stdout
+            rows = _parthelper(loopdev)
+            allocation = sum(int(r[5]) for r in rows if r[2] == "data")
+            assert f"<allocation unit='bytes'>{allocation}</allocation>" in xml
+    finally:
+        d.virsh("pool-destroy", "dk3", check=False)
