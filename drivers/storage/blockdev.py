@@ -12,7 +12,7 @@ import os
 import stat
 
 from drivers.storage.perms import Perms
-from drivers.storage.vol_xml import Volume
+from drivers.storage.vol_xml import Backing, Volume
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 #: What libvirt zeroes at both ends of a device before labelling it.
@@ -214,6 +214,16 @@ def stat_block(vol: Volume) -> None:
     vol.capacity = vol.allocation = vol.physical = size
     vol.perms = Perms(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
     vol.timestamps = (_stamp(st.st_atime_ns), _stamp(st.st_mtime_ns), _stamp(st.st_ctime_ns))
+
+
+def stat_backing(back: Backing) -> None:
+    """Permissions and times of a backing volume, when it can be reached."""
+    try:
+        st = os.stat(back.path)
+    except OSError:
+        return
+    back.perms = Perms(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    back.timestamps = (_stamp(st.st_atime_ns), _stamp(st.st_mtime_ns), _stamp(st.st_ctime_ns))
 
 
 def apply_perms(path: str, perms: Perms) -> None:

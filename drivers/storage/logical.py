@@ -228,6 +228,7 @@ class LogicalBackend(Backend):
                     self.sparse.add(row.name)
                 if row.origin and not row.origin.startswith("["):
                     vol.backing = Backing(f"{self.d.target_path}/{row.origin}", "")
+                    blockdev.stat_backing(vol.backing)
                 blockdev.stat_block(vol)
                 vols[row.name] = vol
             vol.allocation = int(row.size)
