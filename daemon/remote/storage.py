@@ -11,7 +11,6 @@ from typing import Any
 
 from daemon.dispatch import Call
 from daemon.events import POOL_EVENT_IDS
-from drivers.storage import transfer
 from drivers.storage.capabilities import pool_capabilities
 from drivers.storage.driver import StorageDriver
 from drivers.storage.pool import BACKENDS, STATE_INACTIVE, STATE_RUNNING, Pool
@@ -293,12 +292,12 @@ _SPARSE_STREAM = 1 << 0
 
 async def storage_vol_download(call: Call, args: Any) -> None:
     _check_flags(args.flags, _SPARSE_STREAM, "storageVolDownload")
-    _, vol = _vol(call, args.vol)
+    pool, vol = _vol(call, args.vol)
     stream = call.stream
     assert stream is not None
     stream.sparse = bool(args.flags & _SPARSE_STREAM)
-    stream.serve(transfer.download(vol.path, args.offset, args.length, stream.sparse,
-                                   stream.send, stream.send_hole))
+    stream.serve(_driver(call).download_vol(pool, vol, args.offset, args.length, stream.sparse,
+                                            stream.send, stream.send_hole))
 
 
 async def storage_vol_upload(call: Call, args: Any) -> None:
@@ -307,13 +306,7 @@ async def storage_vol_upload(call: Call, args: Any) -> None:
     stream = call.stream
     assert stream is not None
     stream.sparse = bool(args.flags & _SPARSE_STREAM)
-    driver = _driver(call)
-
-    async def receive() -> None:
-        await transfer.upload(vol.path, args.offset, args.length, stream.recv)
-        await driver.refresh_vol(pool, vol)
-
-    stream.serve(receive())
+    stream.serve(_driver(call).upload_vol(pool, vol, args.offset, args.length, stream.recv))
 
 
 async def _fresh(call: Call, handle: Any) -> Volume:

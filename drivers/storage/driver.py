@@ -13,12 +13,13 @@ import contextlib
 import logging
 import os
 import uuid as uuidlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from daemon.paths import Paths
 from drivers.events import EventBus
+from drivers.storage import transfer
 from drivers.storage.pool import Pool, backend_class
 from drivers.storage.pool_xml import POOL_TYPES, PoolDef, clean_path, parse_pool, same_source
 from drivers.storage.schema import validate
@@ -405,8 +406,7 @@ class StorageDriver:
         lets the pool go, leaving those guests on volumes nothing manages any
         more; here the destroy fails instead, in the words libvirt uses for a
         volume a job holds."""
-        qemu = self.peers.get("qemu")
-        held = qemu.volumes_in_use(pool.name) if qemu is not None else {}
+        held = self.peers["qemu"].volumes_in_use(pool.name) if "qemu" in self.peers else {}
         if held:
             domain, names = next(iter(held.items()))
             raise _invalid(f"storage pool '{pool.name}' has volume '{names[0]}' in use by "
@@ -548,6 +548,27 @@ class StorageDriver:
         with self._job(pool, using=(pool, vol.name)):
             await pool.backend.wipe_vol(vol, algorithm)
         await self._settle_vol(pool, vol)
+
+    def _held_by_guests(self, pool: Pool, vol: Volume) -> bool:
+        qemu = self.peers.get("qemu")
+        held = qemu.volumes_in_use(pool.name) if qemu is not None else {}
+        return any(vol.name in names for names in held.values())
+
+    async def upload_vol(self, pool: Pool, vol: Volume, offset: int, length: int,
+                         recv: Callable[[], Awaitable[Any]]) -> None:
+        """The volume takes what the stream brings; it is in use (not deleted, its
+        pool not destroyed) until the stream ends. A file no guest has open is
+        replaced only by a complete upload (drivers/storage/transfer.py)."""
+        replace = not self._held_by_guests(pool, vol)
+        with self._job(pool, using=(pool, vol.name)):
+            await transfer.upload(vol.path, offset, length, recv, replace=replace)
+        await self.refresh_vol(pool, vol)
+
+    async def download_vol(self, pool: Pool, vol: Volume, offset: int, length: int,
+                           sparse: bool, send: Callable[[bytes], Awaitable[None]],
+                           send_hole: Callable[[int], Awaitable[Any]]) -> None:
+        with self._job(pool, using=(pool, vol.name)):
+            await transfer.download(vol.path, offset, length, sparse, send, send_hole)
 
     async def refresh_vol(self, pool: Pool, vol: Volume) -> Volume:
         """The volume re-read from disk (info and XML show real numbers)."""

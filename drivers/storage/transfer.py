@@ -3,13 +3,28 @@
 The stream side is two callables, so the driver stays off the wire: ``send``
 and ``send_hole`` for downloads, ``recv`` (bytes, a hole, or b"" at the end)
 for uploads.
+
+An upload gives the volume what libvirtd's would: the bytes sent from
+``offset`` on, zeros where the stream has a hole, and the old contents
+elsewhere, except that a hole cuts the file off at its end (libvirtd truncates
+there), so a sparse stream leaves holes and drops any preallocation. Unlike
+libvirtd, an upload cut off midway (the client aborts, or goes away) leaves
+the volume as it was: a plain file volume is written as a new file next to it,
+which the old contents not sent are copied into and which replaces the volume
+only when the stream ends cleanly. What cannot be swapped like that - a block
+device, or a file a running guest has open - is written in place, holes
+punched out, as libvirtd writes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import errno
 import os
+import stat
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +32,10 @@ from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 #: Bytes read from the file per step (the stream cuts them into packets).
 READ_SIZE = 4 << 20
+
+_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 
 
 def _error(message: str, err: OSError) -> VirError:
@@ -76,34 +95,143 @@ async def download(path: str, offset: int, length: int, sparse: bool,
         os.close(fd)
 
 
-async def upload(path: str, offset: int, length: int,
-                 recv: Callable[[], Awaitable[Any]]) -> None:
-    """Write what the client sends into ``path`` from ``offset``; a hole is skipped
-    over (the file grows to cover it). ``length`` (0: no limit) caps what is taken."""
+async def _blocking(func: Callable[..., Any], *args: Any) -> Any:
+    """``func`` in a worker thread. A cancelled caller still waits for the thread,
+    so the descriptors it uses stay open (and are not reused) until it is done."""
+    job = asyncio.ensure_future(asyncio.to_thread(func, *args))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        await asyncio.wait([job])
+        raise
+
+
+def _write_all(fd: int, data: bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, pos)
+        view, pos = view[written:], pos + written
+
+
+def _zero(fd: int, start: int, length: int) -> None:
+    """Make a range read as zeros without allocating it, where the file system can."""
+    if _libc.fallocate(fd, _PUNCH_HOLE, start, length) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.ENODEV, errno.EINVAL):
+        raise OSError(err, os.strerror(err))
+    zeros = bytes(min(length, READ_SIZE))
+    end = start + length
+    while start < end:
+        _write_all(fd, zeros[: end - start], start)
+        start += min(len(zeros), end - start)
+
+
+def _copy_range(src: int, dst: int, start: int, end: int) -> None:
+    """Copy what ``src`` holds in [start, end) into ``dst`` at the same offsets,
+    its holes left as holes (copy_file_range shares blocks where it can)."""
+    for pos, count, is_data in _extents(src, start, end):
+        while is_data and count > 0:
+            try:
+                done = os.copy_file_range(src, dst, count, pos, pos)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                done = len(chunk := os.pread(src, min(count, READ_SIZE), pos))
+                _write_all(dst, chunk, pos)
+            if done == 0:
+                break
+            pos, count = pos + done, count - done
+
+
+class _Sink:
+    """Where the stream's bytes go, and what a hole does there."""
+
+    def __init__(self, fd: int, block: bool, fresh: bool) -> None:
+        self.fd = fd
+        self.block = block  # a device: its size is fixed, holes are written as zeros
+        self.fresh = fresh  # a new empty file: a hole is simply not written
+        self.cut: int | None = None  # where the last hole ended, if there was one
+
+    def hole(self, start: int, length: int) -> None:
+        if not self.fresh:
+            _zero(self.fd, start, length)
+        if not self.block:
+            os.ftruncate(self.fd, start + length)
+            self.cut = start + length
+
+
+async def upload(path: str, offset: int, length: int,
+                 recv: Callable[[], Awaitable[Any]], replace: bool = True) -> None:
+    """Write what the client sends into ``path`` from ``offset``; ``length``
+    (0: no limit) caps what is taken. ``replace``: a regular file may be
+    swapped for the new contents (see the module docstring)."""
+    try:
+        old = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:
         raise _error(f"Unable to open '{path}'", e) from None
-    limit = offset + length if length else None
-    pos = offset
+    tmp: str | None = None
     try:
-        while True:
-            item = await recv()
-            if isinstance(item, bytes):
-                if not item:
-                    break
-                if limit is not None:
-                    item = item[: max(limit - pos, 0)]
-                view = memoryview(item)
-                while view:
-                    written = await asyncio.to_thread(os.pwrite, fd, view, pos)
-                    view = view[written:]
-                    pos += written
-            else:
-                pos += item.length if limit is None else min(item.length, max(limit - pos, 0))
-        if os.fstat(fd).st_size < pos:
-            os.ftruncate(fd, pos)
+        st = os.fstat(old)
+        fd = old
+        if replace and stat.S_ISREG(st.st_mode):
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                                       suffix=".upload", dir=os.path.dirname(path))
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, st.st_uid, st.st_gid)
+        sink = _Sink(fd, stat.S_ISBLK(st.st_mode), fresh=tmp is not None)
+        try:
+            end = await _receive(sink, offset, length, recv)
+            if tmp is not None:
+                await _blocking(_complete, old, fd, offset, end, st.st_size, sink.cut)
+                os.replace(tmp, path)
+                tmp = None
+        finally:
+            if fd != old:
+                os.close(fd)
     except OSError as e:
         raise _error(f"Unable to write to '{path}'", e) from None
     finally:
-        os.close(fd)
+        os.close(old)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+async def _receive(sink: _Sink, offset: int, length: int,
+                   recv: Callable[[], Awaitable[Any]]) -> int:
+    """Take the stream into ``sink`` up to its end; where the data ended."""
+    limit = offset + length if length else None
+    pos = offset
+    while True:
+        item = await recv()
+        if isinstance(item, bytes):
+            if not item:
+                return pos
+            if limit is not None:
+                item = item[: max(limit - pos, 0)]
+            if item:
+                await _blocking(_write_all, sink.fd, item, pos)
+                pos += len(item)
+        else:
+            size = item.length if limit is None else min(item.length, max(limit - pos, 0))
+            if size:
+                await _blocking(sink.hole, pos, size)
+                pos += size
+
+
+def _complete(old: int, new: int, offset: int, end: int, old_size: int,
+              cut: int | None) -> None:
+    """Give the new file the old contents the stream did not replace: what lies
+    before ``offset`` and, unless a hole cut the file off, what lies past ``end``."""
+    if offset:
+        _copy_range(old, new, 0, min(offset, old_size))
+    if cut is not None:
+        size = end
+    else:
+        if old_size > end:
+            _copy_range(old, new, end, old_size)
+        size = max(old_size, end if end > offset else 0)
+    if os.fstat(new).st_size < size:
+        os.ftruncate(new, size)
