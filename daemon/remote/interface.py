@@ -57,50 +57,50 @@ def _limit(maxnames: int) -> int:
 
 async def connect_list_all_interfaces(call: Call, args: Any) -> Any:
     _check_flags(args.flags, LIST_ACTIVE | LIST_INACTIVE, "udevConnectListAllInterfaces")
-    found = await _driver(call).list_all(args.flags)
+    found = _driver(call).list_all(args.flags)
     handles = [_handle(h) for h in found] if args.need_results else []
     return R.remote_connect_list_all_interfaces_ret(handles, len(found))
 
 
 async def connect_num_of_interfaces(call: Call, args: None) -> Any:
-    return R.remote_connect_num_of_interfaces_ret(len(await _driver(call).list_names(True)))
+    return R.remote_connect_num_of_interfaces_ret(len(_driver(call).list_names(True)))
 
 
 async def connect_list_interfaces(call: Call, args: Any) -> Any:
     limit = _limit(args.maxnames)
-    names = await _driver(call).list_names(True)
+    names = _driver(call).list_names(True)
     return R.remote_connect_list_interfaces_ret(names[:limit])
 
 
 async def connect_num_of_defined_interfaces(call: Call, args: None) -> Any:
-    count = len(await _driver(call).list_names(False))
+    count = len(_driver(call).list_names(False))
     return R.remote_connect_num_of_defined_interfaces_ret(count)
 
 
 async def connect_list_defined_interfaces(call: Call, args: Any) -> Any:
     limit = _limit(args.maxnames)
-    names = await _driver(call).list_names(False)
+    names = _driver(call).list_names(False)
     return R.remote_connect_list_defined_interfaces_ret(names[:limit])
 
 
 async def interface_lookup_by_name(call: Call, args: Any) -> Any:
-    h = await _driver(call).lookup_by_name(args.name)
+    h = _driver(call).lookup_by_name(args.name)
     return R.remote_interface_lookup_by_name_ret(_handle(h))
 
 
 async def interface_lookup_by_mac_string(call: Call, args: Any) -> Any:
-    h = await _driver(call).lookup_by_mac(args.mac)
+    h = _driver(call).lookup_by_mac(args.mac)
     return R.remote_interface_lookup_by_mac_string_ret(_handle(h))
 
 
 async def interface_is_active(call: Call, args: Any) -> Any:
-    active = await _driver(call).is_active(args.iface.name)
+    active = _driver(call).is_active(args.iface.name)
     return R.remote_interface_is_active_ret(int(active))
 
 
 async def interface_get_xml_desc(call: Call, args: Any) -> Any:
     _check_flags(args.flags, XML_INACTIVE, "udevInterfaceGetXMLDesc")
-    xml = await _driver(call).xml(args.iface.name, args.flags)
+    xml = _driver(call).xml(args.iface.name, args.flags)
     return R.remote_interface_get_xml_desc_ret(xml)
 
 

@@ -122,7 +122,7 @@ class InterfaceDriver:
             raise _no_iface(f"couldn't find interface named '{name}'")
         return d
 
-    async def list_all(self, flags: int = 0) -> list[Handle]:
+    def list_all(self, flags: int = 0) -> list[Handle]:
         snap = rtnl.snapshot()
         handles = []
         for name in self._names(snap):
@@ -133,7 +133,7 @@ class InterfaceDriver:
             handles.append(Handle(name, self._mac(name, snap.links.get(name))))
         return handles
 
-    async def list_names(self, active: bool) -> list[str]:
+    def list_names(self, active: bool) -> list[str]:
         """The old list calls: active ones, or "defined" ones, which udev takes to
         be links whose operstate is exactly "down" (so ``lo`` is in neither)."""
         snap = rtnl.snapshot()
@@ -145,14 +145,15 @@ class InterfaceDriver:
                 names.append(name)
         return names
 
-    async def lookup_by_name(self, name: str) -> Handle:
+    def lookup_by_name(self, name: str) -> Handle:
         link = rtnl.get(name)
         self._known(name, link)
         return Handle(name, self._mac(name, link))
 
-    async def lookup_by_mac(self, mac: str) -> Handle:
+    def lookup_by_mac(self, mac: str) -> Handle:
         snap = rtnl.snapshot()
-        found = [name for name in self._names(snap) if self._mac(name, snap.links.get(name)) == mac]
+        found = [name for name in self._names(snap)
+                 if self._mac(name, snap.links.get(name)) == mac]
         if not found:
             raise _no_iface(f"couldn't find interface with MAC address '{mac}'")
         if len(found) > 1:
@@ -160,12 +161,12 @@ class InterfaceDriver:
                        f"the MAC address '{mac}' matches multiple interfaces")
         return Handle(found[0], mac)
 
-    async def is_active(self, name: str) -> bool:
+    def is_active(self, name: str) -> bool:
         link = rtnl.get(name)
         self._known(name, link)
         return self._active(name, link)
 
-    async def xml(self, name: str, flags: int = 0) -> str:
+    def xml(self, name: str, flags: int = 0) -> str:
         d = self._defs.get(name)
         snap = rtnl.snapshot(addresses=d is not None)
         link = snap.links.get(name)
@@ -206,14 +207,14 @@ class InterfaceDriver:
 
     # -- start and stop ---------------------------------------------------------------
 
-    async def create(self, name: str, flags: int = 0) -> None:
+    async def create(self, name: str) -> None:
         async with self._lock:
             d = self._def(name)
             if self._active(name, rtnl.get(name)):
                 raise _invalid("interface is already running")
             await lifecycle.start(d)
 
-    async def destroy(self, name: str, flags: int = 0) -> None:
+    async def destroy(self, name: str) -> None:
         async with self._lock:
             d = self._def(name)
             snap = rtnl.snapshot()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 from collections.abc import Awaitable
 
 from drivers.interface import netlink, rtnl
@@ -42,6 +43,8 @@ async def start(d: InterfaceDef) -> None:
                            f"unsupported configuration: failed to create (start) interface "
                            f"{d.name}: DHCP ({proto.family}) on host interfaces is not "
                            f"supported, use static addresses", ErrorDomain.INTERFACE)
+        _check_addresses(d.name, proto.family, [ip.address for ip in proto.ips]
+                         + ([proto.gateway] if proto.gateway else []))
     created: list[int] = []
     try:
         index = await _device(d, created)
@@ -64,6 +67,18 @@ async def start(d: InterfaceDef) -> None:
                 await netlink.delete_link(made)
         detail = netlink.describe(e) if isinstance(e, netlink.NetlinkError) else str(e)
         raise _internal(f"failed to create (start) interface {d.name}: {detail}") from None
+
+
+def _check_addresses(name: str | None, family: str, addresses: list[str]) -> None:
+    version = 4 if family == "ipv4" else 6
+    for text in addresses:
+        try:
+            ok = ipaddress.ip_address(text).version == version
+        except ValueError:
+            ok = False
+        if not ok:
+            raise _internal(f"failed to create (start) interface {name}: '{text}' is not an "
+                            f"{family} address")
 
 
 async def _device(d: InterfaceDef, created: list[int]) -> int:

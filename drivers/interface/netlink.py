@@ -85,10 +85,13 @@ async def delete_link(index: int) -> None:
     await _run(lambda ipr: ipr.link("del", index=index))
 
 
+def _prefix(address: str, prefix: int) -> int:
+    """A host prefix when none was given, as ip(8) assumes."""
+    return prefix or (128 if ":" in address else 32)
+
+
 async def add_addr(index: int, address: str, prefix: int) -> None:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    if not prefix:
-        prefix = 128 if family == socket.AF_INET6 else 32
+    prefix = _prefix(address, prefix)
     try:
         await _run(lambda ipr: ipr.addr("add", index=index, address=address, prefixlen=prefix))
     except NetlinkError as e:
@@ -97,6 +100,7 @@ async def add_addr(index: int, address: str, prefix: int) -> None:
 
 
 async def del_addr(index: int, address: str, prefix: int) -> None:
+    prefix = _prefix(address, prefix)
     try:
         await _run(lambda ipr: ipr.addr("del", index=index, address=address, prefixlen=prefix))
     except NetlinkError as e:
