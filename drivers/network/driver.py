@@ -122,8 +122,8 @@ class Network:
         return self.config is not None
 
     def xml(self, inactive: bool = False) -> str:
-        if inactive and self.config is not None:
-            return format_network(self.config)
+        if inactive:
+            return format_network(self.config or self.live)
         return format_network(self.live, len(self.ports) if self.active else 0)
 
 
@@ -267,7 +267,7 @@ class NetworkDriver:
 
     def _parse(self, xml: str, flags: int) -> NetworkDef:
         if flags & VALIDATE:
-            validate(xml, "network")
+            _validate(xml, "network")
         d = parse_network(xml)
         fill_defaults(d, self._bridges(skip=d.name), _netdev_exists)
         return d
@@ -455,7 +455,7 @@ class NetworkDriver:
 
     def create_port(self, net: Network, xml: str, flags: int = 0) -> NetworkPort:
         if flags & PORT_CREATE_VALIDATE:
-            validate(xml, "networkport")
+            _validate(xml, "networkport")
         port = parse_port(xml, net.name)
         return self._add_port(net, port, reclaim=bool(flags & PORT_CREATE_RECLAIM))
 
@@ -512,6 +512,16 @@ class NetworkDriver:
                 self.delete_port(net, port)
                 return
         raise _no_port(port_uuid)
+
+
+def _validate(xml: str, schema: str) -> None:
+    """The schema check of the VALIDATE flags; libvirtd reports it from its XML code."""
+    try:
+        validate(xml, schema)
+    except VirError as e:
+        if e.code == ErrorCode.XML_INVALID_SCHEMA:
+            e.domain = ErrorDomain.XML
+        raise
 
 
 async def _in_task(work: Awaitable[T]) -> T:

@@ -321,9 +321,33 @@ def network_from_element(root: etree._Element) -> NetworkDef:
 
 
 def _raw(elem: etree._Element) -> str:
-    elem.tail = None
-    etree.indent(elem, "  ")
-    return etree.tostring(elem, encoding="unicode")
+    """An element kept as XML, printed back the way libvirtd prints its own.
+
+    ``<metadata>`` is foreign XML libvirt passes through libxml2 as it came;
+    the rest are libvirt elements in its own style (single quotes)."""
+    if elem.tag == "metadata":
+        elem.tail = None
+        etree.indent(elem, "  ")
+        return etree.tostring(elem, encoding="unicode")
+    return "\n".join(_libvirt_style(elem, ""))
+
+
+#: Elements libvirtd prints with an end tag even when empty.
+_NEVER_SHORT = frozenset({"portgroup"})
+
+
+def _libvirt_style(elem: etree._Element, prefix: str) -> list[str]:
+    head = f"{prefix}<{elem.tag}{attrs(*elem.attrib.items())}"
+    children = [c for c in elem if isinstance(c.tag, str)]
+    text = (elem.text or "").strip()
+    if text and not children:
+        return [f"{head}>{esc(text)}</{elem.tag}>"]
+    if not children:
+        if elem.tag in _NEVER_SHORT:
+            return [f"{head}>", f"{prefix}</{elem.tag}>"]
+        return [head + "/>"]
+    inner = [line for c in children for line in _libvirt_style(c, prefix + "  ")]
+    return [f"{head}>", *inner, f"{prefix}</{elem.tag}>"]
 
 
 def _forward(fwd: etree._Element) -> ForwardDef:

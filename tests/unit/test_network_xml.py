@@ -93,6 +93,93 @@ def test_schema_valid(tmp_path) -> None:
         assert res.returncode == 0, res.stderr
 
 
+#: Elements the model keeps as XML, NAT addresses and ports, tftp, leases, localPtr;
+#: RAW_SHOWN is what the reference libvirtd printed for RAW.
+RAW = """<network>
+  <name>netcore-raw</name>
+  <uuid>11111111-aaaa-3333-4444-555555555555</uuid>
+  <metadata><app1:foo xmlns:app1="http://app1.org/app1/">fooish</app1:foo></metadata>
+  <forward mode='nat'>
+    <nat ipv6='yes'>
+      <address start='1.2.3.4' end='1.2.3.10'/>
+      <port start='500' end='1000'/>
+    </nat>
+  </forward>
+  <bridge name='ncraw0' macTableManager='libvirt'/>
+  <mac address='52:54:00:12:0a:5e'/>
+  <bandwidth>
+    <inbound average='1000' peak='5000' burst='1024'/>
+    <outbound average='128' peak='256' burst='256'/>
+  </bandwidth>
+  <portgroup name='engineering' default='yes'>
+    <bandwidth>
+      <inbound average='1000' peak='5000' burst='5120'/>
+    </bandwidth>
+  </portgroup>
+  <portgroup name='sales' trustGuestRxFilters='no'/>
+  <ip address='10.77.9.1' prefix='24' localPtr='yes'>
+    <tftp root='/srv/tftp'/>
+    <dhcp>
+      <host mac='52:54:00:aa:bb:cc' ip='10.77.9.10'>
+        <lease expiry='30' unit='minutes'/>
+      </host>
+      <bootp file='pxelinux.0'/>
+    </dhcp>
+  </ip>
+  <ip family='ipv6' address='fd00:1::1' prefix='64'/>
+</network>
+"""
+
+RAW_SHOWN = """<network>
+  <name>netcore-raw</name>
+  <uuid>11111111-aaaa-3333-4444-555555555555</uuid>
+  <metadata>
+    <app1:foo xmlns:app1="http://app1.org/app1/">fooish</app1:foo>
+  </metadata>
+  <forward mode='nat'>
+    <nat ipv6='yes'>
+      <address start='1.2.3.4' end='1.2.3.10'/>
+      <port start='500' end='1000'/>
+    </nat>
+  </forward>
+  <bridge name='ncraw0' stp='on' delay='0' macTableManager='libvirt'/>
+  <mac address='52:54:00:12:0a:5e'/>
+  <bandwidth>
+    <inbound average='1000' peak='5000' burst='1024'/>
+    <outbound average='128' peak='256' burst='256'/>
+  </bandwidth>
+  <ip address='10.77.9.1' prefix='24' localPtr='yes'>
+    <tftp root='/srv/tftp'/>
+    <dhcp>
+      <host mac='52:54:00:aa:bb:cc' ip='10.77.9.10'>
+        <lease expiry='30' unit='minutes'/>
+      </host>
+      <bootp file='pxelinux.0'/>
+    </dhcp>
+  </ip>
+  <ip family='ipv6' address='fd00:1::1' prefix='64'>
+  </ip>
+  <portgroup name='engineering' default='yes'>
+    <bandwidth>
+      <inbound average='1000' peak='5000' burst='5120'/>
+    </bandwidth>
+  </portgroup>
+  <portgroup name='sales' trustGuestRxFilters='no'>
+  </portgroup>
+</network>
+"""
+
+
+def test_kept_elements_as_libvirtd_prints_them(tmp_path) -> None:
+    out = _fmt(RAW)
+    assert out == RAW_SHOWN
+    path = tmp_path / "raw.xml"
+    path.write_text(out)
+    res = subprocess.run(["virt-xml-validate", str(path), "network"], capture_output=True,
+                         text=True, check=False)
+    assert res.returncode == 0, res.stderr
+
+
 def test_bridge_mode_and_isolated_defaults() -> None:
     d = parse_network("<network><name>b</name><forward mode='bridge'/>"
                       "<bridge name='br0'/></network>")
