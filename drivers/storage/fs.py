@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 
-from drivers.storage.dir import DirBackend
+from drivers.storage.dir import DEFAULT_POOL_MODE, DirBackend
 from drivers.storage.pool_xml import (
     Host,
     PoolDef,
@@ -244,6 +244,13 @@ class NetfsBackend(FsBackend):
     """A network file system, ``<source><host/><dir/>``: NFS, CIFS or GlusterFS."""
 
     type = "netfs"
+
+    def _mkdir(self) -> None:
+        """libvirt gives a netfs target its default mode when the XML names none,
+        even over an existing directory's own."""
+        super()._mkdir()
+        if self.d.target_perms.mode is None:
+            os.chmod(self.target, DEFAULT_POOL_MODE)
 
     @classmethod
     async def find_sources(cls, spec: str | None) -> str:

@@ -214,6 +214,9 @@ async def test_netfs_build_has_no_device_to_format(tmp_path: Path) -> None:
     assert e.value.message == ("Requested operation is not valid: No source device specified "
                                "when formatting pool 'n'")
     assert (tmp_path / "n").is_dir()  # made first, as libvirt does
+    (tmp_path / "n").chmod(0o755)
+    await NetfsBackend(d).build(0)
+    assert (tmp_path / "n").stat().st_mode & 0o777 == 0o711  # libvirt's mode over the one found
 
 
 @pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="needs mkfs.ext4")
