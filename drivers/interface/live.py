@@ -22,25 +22,21 @@ from drivers.interface.iface_xml import (
 )
 from drivers.interface.rtnl import Link, Snapshot, link_speed
 
-_TYPES = {"bridge": "bridge", "bond": "bond", "vlan": "vlan"}
+_KINDS = ("bridge", "bond", "vlan")  # link kinds with a type of their own; others: ethernet
 
 
 def listed(snap: Snapshot, link: Link) -> bool:
     """Whether the udev backend lists ``link`` at all."""
-    return link.kind != "tun" and not bridge_port(snap, link)
-
-
-def bridge_port(snap: Snapshot, link: Link) -> bool:
     master = snap.by_index(link.master)
-    return master is not None and master.kind == "bridge"
+    return link.kind != "tun" and not (master is not None and master.kind == "bridge")
 
 
 def describe(snap: Snapshot, link: Link, addresses: bool = False) -> InterfaceDef:
     """The live definition of ``link``; ``addresses`` adds its ``<protocol>``s."""
-    d = InterfaceDef(_TYPES.get(link.kind or "", "ethernet"), link.name, mtu=link.mtu)
+    kind = link.kind if link.kind is not None and link.kind in _KINDS else "ethernet"
     speed = link_speed(link.name) if link.operstate == "up" else 0
-    d.link = LinkState(speed, link.operstate if link.operstate else "")
-    d.mac = link.mac
+    d = InterfaceDef(kind, link.name, mtu=link.mtu, link=LinkState(speed, link.operstate),
+                     mac=link.mac)
     if d.type == "bridge":
         d.stp = link.stp_state != 0
         d.delay = str(link.forward_delay)
