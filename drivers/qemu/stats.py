@@ -740,6 +740,12 @@ async def block_info(dom: Domain, path: str) -> tuple[int, int, int]:
     if found is None:
         raise _invalid_arg(f"invalid path {path} not assigned to domain")
     _n, disk = found
+    if disk.type == "volume" and disk.source is None:  # not resolved: the guest is off
+        raise VirError(
+            ErrorCode.INTERNAL_ERROR,
+            "internal error: missing storage backend for 'volume' storage",
+            ErrorDomain.STORAGE,
+        )
     if disk.source is None or disk.source_type not in ("file", "block"):
         raise _invalid_arg(f"disk '{disk.target}' does not currently have a source assigned")
     try:

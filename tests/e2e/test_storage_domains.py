@@ -106,6 +106,8 @@ def test_volume_disks_start_and_show_as_libvirtd(module_daemon: DaemonProcess, p
     assert ("<disk type='volume' device='disk'>\n      <driver name='qemu'/>\n"
             f"      <source pool='{POOL}' volume='raw1'/>\n"
             "      <target dev='vda' bus='virtio'/>") in inactive
+    assert ("error: internal error: missing storage backend for 'volume' storage"
+            in _fails(d, "domblkinfo", guest, "vda"))  # what libvirtd says of a guest off
     d.virsh("start", guest)
     live = d.virsh("dumpxml", guest).stdout
     _validate(tmp_path, live, "domain")
