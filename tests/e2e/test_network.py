@@ -281,6 +281,8 @@ def test_legacy_lists_and_lookups(d: DaemonProcess, tmp_path: Path) -> None:
         flags = libvirt.VIR_CONNECT_LIST_NETWORKS_INACTIVE
         assert [n.name() for n in conn.listAllNetworks(flags)] == ["lg"]
         assert net.DHCPLeases() == []
+        assert "lg" in d.virsh("net-list", "--all", "--name", uri=d.ro_uri).stdout.split()
+        assert "forbidden" in d.virsh("net-start", "lg", uri=d.ro_uri, check=False).stderr
         net.undefine()
         with pytest.raises(libvirt.libvirtError) as e:
             net.isActive()
@@ -357,10 +359,21 @@ def test_restart_keeps_networks_running_once(d: DaemonProcess, ns: NetNS,
                     "<uuid>11111111-2222-3333-4444-555555555555</uuid></owner>"
                     "<mac address='52:54:00:11:22:44'/></networkport>")
     d.virsh("net-port-create", "rs", str(path))
+    _define(d, tmp_path, _isolated("gone", "avdgone0", 12))
+    d.virsh("net-start", "gone")
     pidfile = d.root / "run/libvirt/network/rs.pid"
     pid = pidfile.read_text().strip()
     before = d.virsh("net-dumpxml", "rs").stdout
-    d.restart()
+    d.stop()
+    rules = ns.run("nft", "list", "ruleset").stdout
+    ns.run("ip", "link", "del", "avdgone0")  # gone while the daemon was away
+    d.start()
+    assert "Active:         no" in d.virsh("net-info", "gone").stdout
+    assert not (d.root / "run/libvirt/network/gone.xml").exists()
+    assert not [p for p in ns.pids() if "gone.conf" in _cmdline(p)]
+    after = ns.run("nft", "list", "ruleset").stdout
+    assert "avdgone0" not in after
+    assert after.count("avdrs0") == rules.count("avdrs0") > 0  # kept, not added twice
     rows = [r.split() for r in d.virsh("net-list", "--all").stdout.splitlines()[2:] if r]
     assert ["rs", "active", "yes", "yes"] in rows
     assert ["default", "active", "yes", "yes"] in rows
@@ -372,6 +385,7 @@ def test_restart_keeps_networks_running_once(d: DaemonProcess, ns: NetNS,
     assert _links(ns).count("avdrs0") == 1
     d.virsh("net-destroy", "rs")
     d.virsh("net-undefine", "rs")
+    d.virsh("net-undefine", "gone")
 
 
 def _cmdline(pid: int) -> str:
