@@ -27,7 +27,7 @@ R = remote().module
 
 
 def _driver(call: Call) -> InterfaceDriver:
-    driver = call.client.server.driver("interface")
+    driver: InterfaceDriver | None = call.client.server.driver("interface")
     if driver is None:
         raise VirError(ErrorCode.NO_SUPPORT,
                        "this function is not supported by the connection driver: "

@@ -22,6 +22,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from drivers.interface import rtnl
 
+__all__ = ["NetlinkError", "add_addr", "add_link", "default_route", "del_addr", "delete_link",
+           "describe", "set_link"]
+
 T = TypeVar("T")
 
 _THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")

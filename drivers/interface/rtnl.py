@@ -166,7 +166,7 @@ def _request(kind: int, flags: int, body: bytes) -> list[tuple[int, memoryview]]
                        socket.NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
         sock.send(_HDR.pack(_HDR.size + len(body), kind, flags | _NLM_F_REQUEST, seq, 0) + body)
-        answers = []
+        answers: list[tuple[int, memoryview]] = []
         while True:
             data = memoryview(sock.recv(1 << 16))
             offset = 0
