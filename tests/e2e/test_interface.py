@@ -240,6 +240,12 @@ def test_transactions(daemon: DaemonProcess, ns: NetNS, tmp_path: Path) -> None:
         d.virsh("iface-commit")
         d.virsh("iface-rollback", check=False)
         assert "<mtu size='1400'/>" in d.virsh("iface-dumpxml", "tr1", "--inactive").stdout
+
+        d.virsh("iface-begin")  # an open transaction outlives the daemon
+        d.virsh("iface-undefine", "tr1")
+        d.restart()
+        d.virsh("iface-rollback")
+        assert "<mtu size='1400'/>" in d.virsh("iface-dumpxml", "tr1", "--inactive").stdout
     finally:
         d.virsh("iface-rollback", check=False)
         for name in ("trbr0", "tr1"):
