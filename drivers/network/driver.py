@@ -168,6 +168,12 @@ class NetworkDriver:
         net = Network(d, persistent=True)
         net.autostart = (self.autostart_dir / path.name).exists()
         self._networks[d.name] = net
+        if d.virtual and (d.mac is None or not d.bridge):  # written by hand: fill in, as libvirtd
+            try:
+                fill_defaults(d, self._bridges(skip=d.name), _netdev_exists)
+                self._save(net)
+            except (OSError, VirError) as e:
+                log.warning("network config %s: %s", path, e)
 
     async def _load_state(self, path: Path) -> None:
         """A network that ran before this daemon started: adopt it if it still runs."""
