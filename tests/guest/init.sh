@@ -20,7 +20,7 @@ hostname tiny
 grep -qw noagent /proc/cmdline || aiovirtd-agent &
 # "dhcp" on the kernel command line: ask for an address on eth0 (a libvirt network's
 # dnsmasq) in the background; the hook prints it on the console.
-grep -qw dhcp /proc/cmdline && udhcpc -f -i eth0 -x hostname:tiny -T 1 -t 5 -A 2 >/dev/null 2>&1 &
+grep -qw dhcp /proc/cmdline && udhcpc -f -i eth0 -s /usr/share/udhcpc/default.script -x hostname:tiny -T 1 -t 5 -A 2 >/dev/null 2>&1 &
 echo "aiovirtd-test-guest ready"
 # setsid + cttyhack make ttyS0 the shell's controlling terminal, so Ctrl-C
 # works and job control is on; the loop brings a new shell when one exits.

@@ -10,7 +10,7 @@ bound|renew)
     ip -4 addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" dev "$interface"
     [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
-    echo "aiovirtd-test-guest: $interface has $ip"
+    echo "aiovirtd-test-guest: $interface has $ip" >/dev/console
     ;;
 esac
 exit 0
