@@ -21,7 +21,13 @@ from daemon.paths import Paths
 from drivers.events import EventBus
 from drivers.storage import transfer
 from drivers.storage.pool import Pool, backend_class
-from drivers.storage.pool_xml import POOL_TYPES, PoolDef, clean_path, parse_pool, same_source
+from drivers.storage.pool_xml import (
+    POOL_TYPES,
+    PoolDef,
+    clean_path,
+    parse_pool,
+    same_source,
+)
 from drivers.storage.schema import validate
 from drivers.storage.vol_xml import Volume, parse_vol
 from protocol.errors import ErrorCode, ErrorDomain, VirError
