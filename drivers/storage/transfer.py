@@ -36,6 +36,11 @@ READ_SIZE = 4 << 20
 _PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_libc.renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                            ctypes.c_uint)
+_RENAME_EXCHANGE = 1 << 1
+#: Pieces gathered into one write at most (well under IOV_MAX).
+_MAX_BATCH = 64
 
 
 def _error(message: str, err: OSError) -> VirError:
@@ -145,20 +150,42 @@ def _copy_range(src: int, dst: int, start: int, end: int) -> None:
 
 
 class _Sink:
-    """Where the stream's bytes go, and what a hole does there."""
+    """Where the stream's bytes go, gathered into few large writes, and what a
+    hole does there."""
 
     def __init__(self, fd: int, block: bool, fresh: bool) -> None:
         self.fd = fd
         self.block = block  # a device: its size is fixed, holes are written as zeros
-        self.fresh = fresh  # a new empty file: a hole is simply not written
+        self.fresh = fresh  # a new empty file: a hole there is already one
         self.cut: int | None = None  # where the last hole ended, if there was one
+        self._batch: list[bytes] = []
+        self._at = 0
+        self._size = 0
 
-    def hole(self, start: int, length: int) -> None:
-        if not self.fresh:
-            _zero(self.fd, start, length)
+    async def data(self, pos: int, item: bytes) -> None:
+        if not self._batch:
+            self._at = pos
+        self._batch.append(item)
+        self._size += len(item)
+        if self._size >= READ_SIZE or len(self._batch) >= _MAX_BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._batch:
+            batch, self._batch, self._size = self._batch, [], 0
+            await _blocking(_write_vec, self.fd, batch, self._at)
+
+    async def hole(self, start: int, length: int) -> None:
+        await self.flush()
         if not self.block:
-            os.ftruncate(self.fd, start + length)
             self.cut = start + length
+        if not self.fresh:
+            await _blocking(self._clear, start, length)
+
+    def _clear(self, start: int, length: int) -> None:
+        _zero(self.fd, start, length)
+        if not self.block:
+            os.ftruncate(self.fd, start + length)  # libvirtd cuts the file there
 
 
 async def upload(path: str, offset: int, length: int,
@@ -185,7 +212,7 @@ async def upload(path: str, offset: int, length: int,
             end = await _receive(sink, offset, length, recv)
             if tmp is not None:
                 await _blocking(_complete, old, fd, offset, end, st.st_size, sink.cut)
-                os.replace(tmp, path)
+                await _blocking(_swap, tmp, path)
                 tmp = None
         finally:
             if fd != old:
@@ -208,17 +235,43 @@ async def _receive(sink: _Sink, offset: int, length: int,
         item = await recv()
         if isinstance(item, bytes):
             if not item:
+                await sink.flush()
                 return pos
             if limit is not None:
                 item = item[: max(limit - pos, 0)]
             if item:
-                await _blocking(_write_all, sink.fd, item, pos)
+                await sink.data(pos, item)
                 pos += len(item)
         else:
             size = item.length if limit is None else min(item.length, max(limit - pos, 0))
             if size:
-                await _blocking(sink.hole, pos, size)
+                await sink.hole(pos, size)
                 pos += size
+
+
+def _write_vec(fd: int, batch: list[bytes], pos: int) -> None:
+    views = [memoryview(b) for b in batch]
+    while views:
+        done = os.pwritev(fd, views, pos)
+        pos += done
+        while views and done >= len(views[0]):
+            done -= len(views.pop(0))
+        if done:
+            views[0] = views[0][done:]
+
+
+def _swap(new: str, path: str) -> None:
+    """Put ``new`` in the place of ``path``. An exchange, where the file system
+    has it, spares ext4 the flush it does when a rename replaces a file."""
+    parent = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.renameat2(parent, os.path.basename(new).encode(), parent,
+                           os.path.basename(path).encode(), _RENAME_EXCHANGE) == 0:
+            os.unlink(new)  # the old contents now
+            return
+    finally:
+        os.close(parent)
+    os.replace(new, path)
 
 
 def _complete(old: int, new: int, offset: int, end: int, old_size: int,
