@@ -204,9 +204,10 @@ class QemuDriver:
     def defined_names(self) -> list[str]:
         return [d.name for d in self._by_uuid.values() if d.persistent and not d.active]
 
-    def volumes_in_use(self, pool: str) -> dict[str, list[str]]:
-        """Volumes of ``pool`` that running guests hold, by guest name (for the storage driver)."""
-        held = {dom.name: volumes.held(dom.live.devices.disks, pool)
+    def volumes_in_use(self, pool: str, paths: Mapping[str, str]) -> dict[str, list[str]]:
+        """Volumes of ``pool`` (``paths``: their names by path) that running guests
+        hold, by guest name: what the storage driver must not pull away."""
+        held = {dom.name: volumes.held(dom.live.devices.disks, pool, paths)
                 for dom in self._by_id.values() if dom.live is not None}
         return {name: vols for name, vols in held.items() if vols}
 

@@ -9,7 +9,7 @@ from pulling a pool from under them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from drivers.qemu.domain_xml import DomainDef
@@ -68,7 +68,13 @@ def resolve_all(storage: Any, d: DomainDef) -> None:
             resolve(storage, disk)
 
 
-def held(disks: Iterable[Disk], pool: str) -> list[str]:
-    """Names of the volumes of ``pool`` among ``disks``."""
-    return [x.volume.get("volume", "") for x in disks
-            if x.type == "volume" and x.volume.get("pool") == pool]
+def held(disks: Iterable[Disk], pool: str, paths: Mapping[str, str]) -> list[str]:
+    """Names of the volumes of ``pool`` among ``disks``: named as volumes, or given
+    by their path (``paths``: volume name by path), as virt-install gives them."""
+    found = []
+    for x in disks:
+        if x.type == "volume" and x.volume.get("pool") == pool:
+            found.append(x.volume.get("volume", ""))
+        elif x.type in ("file", "block") and x.source in paths:
+            found.append(paths[x.source])
+    return found

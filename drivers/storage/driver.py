@@ -412,7 +412,7 @@ class StorageDriver:
         lets the pool go, leaving those guests on volumes nothing manages any
         more; here the destroy fails instead, in the words libvirt uses for a
         volume a job holds."""
-        held = self.peers["qemu"].volumes_in_use(pool.name) if "qemu" in self.peers else {}
+        held = self._held(pool)
         if held:
             domain, names = next(iter(held.items()))
             raise _invalid(f"storage pool '{pool.name}' has volume '{names[0]}' in use by "
@@ -555,17 +555,19 @@ class StorageDriver:
             await pool.backend.wipe_vol(vol, algorithm)
         await self._settle_vol(pool, vol)
 
-    def _held_by_guests(self, pool: Pool, vol: Volume) -> bool:
+    def _held(self, pool: Pool) -> dict[str, list[str]]:
+        """Volumes of ``pool`` running guests use, by guest (the QEMU driver knows)."""
         qemu = self.peers.get("qemu")
-        held = qemu.volumes_in_use(pool.name) if qemu is not None else {}
-        return any(vol.name in names for names in held.values())
+        if qemu is None:
+            return {}
+        return qemu.volumes_in_use(pool.name, {v.path: v.name for v in pool.volumes.values()})
 
     async def upload_vol(self, pool: Pool, vol: Volume, offset: int, length: int,
                          recv: Callable[[], Awaitable[Any]]) -> None:
         """The volume takes what the stream brings; it is in use (not deleted, its
         pool not destroyed) until the stream ends. A file no guest has open is
         replaced only by a complete upload (drivers/storage/transfer.py)."""
-        replace = not self._held_by_guests(pool, vol)
+        replace = not any(vol.name in names for names in self._held(pool).values())
         with self._job(pool, using=(pool, vol.name)):
             await transfer.upload(vol.path, offset, length, recv, replace=replace)
         await self.refresh_vol(pool, vol)

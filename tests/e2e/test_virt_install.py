@@ -60,6 +60,10 @@ def test_import_onto_existing_and_new_volumes(daemon: DaemonProcess, tmp_path: P
         vol = daemon.virsh("vol-dumpxml", "--pool", "default", "vi2.qcow2").stdout
         _validate(tmp_path, vol, "storagevol")
         assert "<compat>1.1</compat>" in vol and "<lazy_refcounts/>" in vol
+        # Given by path, the volumes are still in use by the guests.
+        res = daemon.virsh("pool-destroy", "default", check=False)
+        assert res.returncode != 0
+        assert "has volume 'vi1.qcow2' in use by running domain 'vi1'" in res.stderr
     finally:
         for name in names:
             daemon.virsh("destroy", name, check=False)

@@ -107,5 +107,5 @@ def test_the_last_disk_is_resolved_first() -> None:
 
 def test_held_names_the_volumes_of_one_pool() -> None:
     disks = [_disk("p", "a"), _disk("q", "b"), Disk("file", "disk", "vdc", "virtio", "/x"),
-             _disk("p", "c")]
-    assert volumes.held(disks, "p") == ["a", "c"]
+             _disk("p", "c"), Disk("file", "disk", "vde", "virtio", "/p/d")]
+    assert volumes.held(disks, "p", {"/p/d": "d", "/p/a": "a"}) == ["a", "c", "d"]
