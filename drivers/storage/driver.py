@@ -505,7 +505,7 @@ class StorageDriver:
         found = await pool.backend.refresh_vol(Volume(vol.name, path=pool.backend.vol_path(vol.name)))
         found.cluster_size = None
         if found.format == "qcow2":
-            found.compat, found.lazy_refcounts = vol.compat, vol.lazy_refcounts
+            found.compat, found.features = vol.compat, vol.features
         pool.volumes[found.name] = found
         with contextlib.suppress(VirError):
             pool.scan.sizes = await pool.backend.sizes()
@@ -584,7 +584,9 @@ class StorageDriver:
             found = await pool.backend.refresh_vol(vol)
             # what only a pool refresh probes stays as it was
             found.cluster_size, found.compat = vol.cluster_size, vol.compat
-            found.lazy_refcounts = vol.lazy_refcounts
+            found.features = vol.features
+        except FileNotFoundError:
+            raise _no_vol(f"no storage vol with matching path '{vol.path}'") from None
         except OSError as e:
             raise VirError(ErrorCode.SYSTEM_ERROR,
                            f"cannot stat file '{vol.path}': {os.strerror(e.errno or 0)}",

@@ -15,6 +15,9 @@ from protocol.errors import ErrorCode, ErrorDomain, VirError
 FILE_FORMATS = frozenset({"raw", "dir", "bochs", "cloop", "dmg", "iso", "vpc", "vdi", "fat",
                           "vhd", "ploop", "cow", "qcow", "qcow2", "qed", "vmdk"})
 
+#: qcow2 features in virStorageFileFeature order.
+QCOW2_FEATURES = ("lazy_refcounts", "extended_l2")
+
 #: virStorageVolType numbers for GET_INFO.
 VOL_TYPES = {"file": 0, "block": 1, "dir": 2, "network": 3, "netdir": 4, "ploop": 5}
 
@@ -45,7 +48,9 @@ class Volume:
     cluster_size: int | None = None
     backing: Backing | None = None
     compat: str | None = None  # qcow2 compatibility level
-    lazy_refcounts: bool = False
+    #: qcow2 features by libvirt's names; () prints ``<features/>``, None nothing.
+    features: tuple[str, ...] | None = None
+    encryption: str | None = None  # the format of an encrypted image found on disk
     #: Where on the pool's devices the volume lies: (device path, start, end) in bytes.
     extents: list[tuple[str, int, int]] = field(default_factory=list)
     uuid: str | None = None  # a key of its own (an LVM volume's UUID) instead of the path
@@ -53,6 +58,10 @@ class Volume:
     @property
     def key(self) -> str:
         return self.uuid or self.path
+
+    @property
+    def lazy_refcounts(self) -> bool:
+        return "lazy_refcounts" in (self.features or ())
 
 
 def _xml_error(message: str, domain: ErrorDomain = ErrorDomain.STORAGE) -> VirError:
@@ -91,14 +100,27 @@ def parse_vol(xml: str, need_capacity: bool = True,
     vol.perms = parse_perms(root.find("target/permissions"))
     compat = root.findtext("target/compat")
     vol.compat = compat.strip() if compat else None
-    if root.find("target/features") is not None and vol.compat is None:
-        vol.compat = "1.1"  # features need qcow2 v3: libvirt implies it (virt-install relies on it)
-    vol.lazy_refcounts = root.find("target/features/lazy_refcounts") is not None
+    features = root.find("target/features")
+    if features is not None:
+        if vol.compat is None:
+            vol.compat = "1.1"  # features need qcow2 v3: libvirt implies it (virt-install too)
+        vol.features = _features(features)
     path = root.findtext("backingStore/path")
     if path:
         kind = root.find("backingStore/format")
         vol.backing = Backing(path.strip(), _format(kind) if kind is not None else "raw")
     return vol
+
+
+def _features(node: Any) -> tuple[str, ...]:
+    """The features asked for, in libvirt's order; an unknown one is refused."""
+    asked = [child.tag for child in node if isinstance(child.tag, str)]
+    unknown = [name for name in asked if name not in QCOW2_FEATURES]
+    if unknown:
+        raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
+                       f"unsupported configuration: unsupported feature {unknown[0]}",
+                       ErrorDomain.STORAGE)
+    return tuple(name for name in QCOW2_FEATURES if name in asked)
 
 
 def _format(node: Any, known: frozenset[str] = FILE_FORMATS) -> str:
@@ -119,7 +141,7 @@ def format_vol(vol: Volume) -> str:
         f"  <capacity unit='bytes'>{vol.capacity}</capacity>",
         f"  <allocation unit='bytes'>{vol.allocation or 0}</allocation>",
     ]
-    if vol.physical is not None:
+    if vol.physical:  # libvirt shows none of zero
         lines.append(f"  <physical unit='bytes'>{vol.physical}</physical>")
     lines += [
         "  <target>",
@@ -128,12 +150,17 @@ def format_vol(vol: Volume) -> str:
         *vol.perms.format("    "),
     ]
     lines += _timestamps(vol.timestamps)
+    if vol.encryption is not None:
+        lines += [f"    <encryption format='{vol.encryption}'>", "    </encryption>"]
     if vol.compat is not None:
         lines.append(f"    <compat>{_escape(vol.compat)}</compat>")
     if vol.cluster_size is not None:
         lines.append(f"    <clusterSize unit='B'>{vol.cluster_size}</clusterSize>")
-    if vol.lazy_refcounts:
-        lines += ["    <features>", "      <lazy_refcounts/>", "    </features>"]
+    if vol.features == ():
+        lines.append("    <features/>")
+    elif vol.features:
+        lines += ["    <features>", *[f"      <{name}/>" for name in vol.features],
+                  "    </features>"]
     lines.append("  </target>")
     if vol.backing is not None:
         back = vol.backing
