@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+from typing import Any
 
 from drivers.storage.backend import Backend, Scan, check_flags
 from drivers.storage.perms import Perms
@@ -29,10 +30,14 @@ _SCRUB_PATTERNS = {1: "nnsa", 2: "dod", 3: "bsi", 4: "gutmann", 5: "schneier",
                    6: "pfitzner7", 7: "pfitzner33", 8: "random"}
 
 #: Image headers worth asking qemu-img about; anything else is raw.
-_MAGICS = (b"QFI\xfb", b"QED\x00", b"KDMV", b"conectix", b"<<< ", b"OOOM", b"WithoutFreeSpace")
+_MAGICS = (b"QFI\xfb", b"QED\x00", b"KDMV", b"conectix", b"<<< ", b"OOOM", b"WithoutFreeSpace",
+           b"LUKS\xba\xbe")
 
 #: Formats qemu-img makes for us (libvirt hands these to it too).
 _QEMU_IMG_FORMATS = frozenset({"qcow2", "qed", "vmdk", "vpc", "vdi", "qcow", "cow", "vhd"})
+
+#: qcow2 features libvirt names, in its order, with qemu-img's key for each.
+_QCOW2_FEATURES = (("lazy_refcounts", "lazy-refcounts"), ("extended_l2", "extended-l2"))
 
 
 def _system_error(message: str, err: OSError) -> VirError:
@@ -52,9 +57,10 @@ async def qemu_img(*args: str) -> str:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     if proc.returncode != 0:
+        text = err.decode(errors="replace")
         raise VirError(ErrorCode.INTERNAL_ERROR,
                        f"internal error: Child process ({binary} {' '.join(args)}) "
-                       f"unexpected exit status {proc.returncode}: {err.decode().strip()}",
+                       f"unexpected exit status {proc.returncode}" + (f": {text}" if text else ""),
                        ErrorDomain.NONE)
     return out.decode()
 
@@ -84,6 +90,10 @@ def _backing(path: str, fmt: str) -> Backing:
 
 def _check_backing(vol: Volume) -> None:
     assert vol.backing is not None
+    if vol.format == "dir":
+        raise VirError(ErrorCode.NO_SUPPORT,
+                       "this function is not supported by the connection driver: backing "
+                       "storage not supported for directories volumes", ErrorDomain.STORAGE)
     if vol.format == "raw":
         raise VirError(ErrorCode.NO_SUPPORT,
                        "this function is not supported by the connection driver: backing "
@@ -99,6 +109,28 @@ def _check_prealloc(vol: Volume, flags: int) -> None:
         raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
                        "unsupported configuration: metadata preallocation is not supported "
                        "for raw volumes", ErrorDomain.STORAGE)
+
+
+def _apply_image_info(vol: Volume, info: dict[str, Any]) -> None:
+    """What libvirt's own header probe learns, from qemu-img's answer: a
+    cluster size and features for qcow2 alone, the newer qcow2 level named, a
+    LUKS container shown as raw data behind encryption."""
+    fmt = info.get("format", "raw")
+    specific = info.get("format-specific", {}).get("data", {})
+    if fmt == "luks" or specific.get("encrypt", {}).get("format") == "luks":
+        vol.encryption = "luks"
+    if fmt == "raw":
+        return  # a file qemu-img calls raw keeps its byte size (qemu counts whole sectors)
+    vol.format = "raw" if fmt == "luks" else fmt
+    vol.capacity = int(info.get("virtual-size", vol.capacity))
+    if fmt == "qcow2":
+        vol.cluster_size = int(info["cluster-size"]) if "cluster-size" in info else None
+        if specific.get("compat") == "1.1":
+            vol.compat = "1.1"
+            vol.features = tuple(name for name, key in _QCOW2_FEATURES if specific.get(key))
+    backing = info.get("full-backing-filename") or info.get("backing-filename")
+    if backing:
+        vol.backing = _backing(backing, info.get("backing-filename-format", "raw"))
 
 
 class DirBackend(Backend):
@@ -146,15 +178,14 @@ class DirBackend(Backend):
 
     async def start(self) -> None:
         if not os.path.isdir(self.target):
-            err = OSError(2 if not os.path.exists(self.target) else 20, "")
-            raise _system_error(f"cannot open directory '{self.target}'", err)
+            code = errno.ENOENT if not os.path.exists(self.target) else errno.ENOTDIR
+            raise VirError(ErrorCode.SYSTEM_ERROR,
+                           f"cannot open directory '{self.target}': {os.strerror(code)}")
 
     async def delete(self, flags: int) -> None:
         check_flags(flags, 0, "virStorageBackendDeleteLocal")
         try:
             os.rmdir(self.target)
-        except FileNotFoundError:
-            pass
         except OSError as e:
             raise _system_error(f"failed to remove pool '{self.target}'", e) from None
 
@@ -191,25 +222,16 @@ class DirBackend(Backend):
         found = Volume(vol.name, path=path)
         found.perms = Perms(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
         found.timestamps = (_stamp(st.st_atime_ns), _stamp(st.st_mtime_ns), _stamp(st.st_ctime_ns))
-        found.allocation = st.st_blocks * 512
         if stat.S_ISDIR(st.st_mode):
+            # libvirt gives a directory no size at all, whatever its blocks
             found.type = found.format = "dir"
-            found.capacity = found.physical = st.st_size
+            found.allocation = 0
             return found
+        found.allocation = st.st_blocks * 512
         found.physical = found.capacity = st.st_size
         if _has_image_header(path):
             info = json.loads(await qemu_img("info", "--output=json", "-U", path))
-            found.format = info.get("format", "raw")
-            found.capacity = int(info.get("virtual-size", st.st_size))
-            if "cluster-size" in info:
-                found.cluster_size = int(info["cluster-size"])
-            specific = info.get("format-specific", {}).get("data", {})
-            if found.format == "qcow2" and specific.get("compat") == "1.1":
-                found.compat = "1.1"  # libvirt names only the newer level
-                found.lazy_refcounts = bool(specific.get("lazy-refcounts"))
-            backing = info.get("full-backing-filename") or info.get("backing-filename")
-            if backing:
-                found.backing = _backing(backing, info.get("backing-filename-format", "raw"))
+            _apply_image_info(found, info)
         return found
 
     async def create_vol(self, vol: Volume, flags: int) -> None:
@@ -221,6 +243,9 @@ class DirBackend(Backend):
             _check_backing(vol)
         if vol.format == "raw":
             await asyncio.to_thread(self._create_raw, vol, path)
+        elif vol.format == "dir":
+            self._create_dir(vol, path)
+            return
         elif vol.format in _QEMU_IMG_FORMATS:
             await self._create_image(vol, path, flags)
         else:
@@ -267,13 +292,28 @@ class DirBackend(Backend):
         options = []
         if vol.format == "qcow2":
             options.append(f"compat={vol.compat or '0.10'}")
-            if vol.lazy_refcounts:
-                options.append("lazy_refcounts=on")
+            options += [f"{name}=on" for name in vol.features or ()]
         if flags & VOL_CREATE_PREALLOC_METADATA:
             # libvirt asks for data too when the whole capacity is to be allocated.
             full = (vol.allocation or 0) // 1024 >= (vol.capacity + 1023) // 1024
             options.append("preallocation=falloc" if full else "preallocation=metadata")
         return options
+
+    @staticmethod
+    def _create_dir(vol: Volume, path: str) -> None:
+        """A directory volume, with the volume's mode (as libvirt's, 0600 by default)."""
+        perms = vol.perms
+        mode = perms.mode if perms.mode is not None else DEFAULT_VOL_MODE
+        try:
+            os.mkdir(path)
+            os.chmod(path, mode)
+            if perms.owner is not None or perms.group is not None:
+                os.chown(path, perms.owner if perms.owner is not None else -1,
+                         perms.group if perms.group is not None else -1)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            raise _system_error(f"cannot create path '{path}'", e) from None
 
     def _create_raw(self, vol: Volume, path: str) -> None:
         try:
@@ -326,8 +366,9 @@ class DirBackend(Backend):
                 raise VirError(ErrorCode.OPERATION_UNSUPPORTED,
                                "Operation not supported: preallocate is only supported for "
                                "raw type volume", ErrorDomain.STORAGE)
+            # no -f: libvirt lets qemu-img probe, and its errors show that command
             extra = ["--shrink"] if shrink else []
-            await qemu_img("resize", *extra, "-f", vol.format, vol.path, str(capacity))
+            await qemu_img("resize", *extra, vol.path, str(capacity))
             return
         await asyncio.to_thread(self._resize_raw, vol.path, capacity, allocate)
 
@@ -344,8 +385,10 @@ class DirBackend(Backend):
                            ErrorDomain.NONE) from None
 
     async def wipe_vol(self, vol: Volume, algorithm: int) -> None:
+        # The volume is opened first whatever the algorithm, so what cannot be
+        # written (a directory) fails alike, as in libvirt.
+        await asyncio.to_thread(self._wipe, vol.path, algorithm == 0)
         if algorithm == 0:
-            await asyncio.to_thread(self._wipe, vol.path)
             return
         # The other patterns are scrub(1)'s, as in libvirt.
         scrub = shutil.which("scrub")
@@ -364,24 +407,41 @@ class DirBackend(Backend):
                            f"{proc.returncode}: {err.decode().strip()}")
 
     @staticmethod
-    def _wipe(path: str) -> None:
+    def _wipe(path: str, zero: bool) -> None:
         """A sparse file becomes all holes; a dense one is written over with zeros,
-        its blocks kept (as libvirt's zero algorithm does)."""
+        its blocks kept (as libvirt's zero algorithm does). Without ``zero`` the
+        volume is only opened, to fail where libvirt does."""
         try:
-            with open(path, "r+b") as f:
-                st = os.fstat(f.fileno())
-                if st.st_blocks * 512 < st.st_size:
-                    os.ftruncate(f.fileno(), 0)
-                    os.ftruncate(f.fileno(), st.st_size)
-                    return
-                chunk = bytes(1 << 20)
-                left = st.st_size
-                while left > 0:
-                    left -= f.write(chunk[: min(left, len(chunk))])
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(path, os.O_RDWR)
         except OSError as e:
-            raise _system_error(f"cannot wipe '{path}'", e) from None
+            raise _system_error(f"Failed to open storage volume with path '{path}'", e) from None
+        try:
+            st = os.fstat(fd)
+            if not zero:
+                return
+            if stat.S_ISREG(st.st_mode) and st.st_blocks < st.st_size // 512:
+                for size in (0, st.st_size):
+                    try:
+                        os.ftruncate(fd, size)
+                    except OSError as e:
+                        raise _system_error(f"Failed to truncate volume with path '{path}' "
+                                            f"to {size} bytes", e) from None
+                return
+            chunk = bytes(1 << 20)
+            left = st.st_size
+            while left > 0:
+                size = min(left, len(chunk))
+                try:
+                    left -= os.write(fd, chunk[:size])
+                except OSError as e:
+                    raise _system_error(f"Failed to write {size} bytes to storage volume "
+                                        f"with path '{path}'", e) from None
+            try:
+                os.fdatasync(fd)
+            except OSError as e:
+                raise _system_error(f"cannot sync data to volume with path '{path}'", e) from None
+        finally:
+            os.close(fd)
 
     async def delete_vol(self, vol: Volume, flags: int) -> None:
         try:
@@ -392,5 +452,6 @@ class DirBackend(Backend):
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise _system_error(f"cannot unlink file '{vol.path}'", e) from None
+            what = "remove directory" if vol.type == "dir" else "unlink file"
+            raise _system_error(f"cannot {what} '{vol.path}'", e) from None
 
