@@ -218,7 +218,12 @@ class NetworkDriver:
 
     def _make_default(self) -> None:
         """libvirt's ``default`` NAT network, on a subnet and bridge the host does not
-        use yet (as Debian's package picks them), set to autostart."""
+        use yet (as Debian's package picks them).
+
+        It autostarts as libvirtd's does for the system daemon (root ``/``) and for
+        a daemon in a network namespace of its own; a daemon under another root on
+        the host's network (benchmarks, ``make run``, tests) only defines it, so it
+        changes the host's network only when asked to (``virsh net-start default``)."""
         subnet = _free_subnet()
         base = subnet.network_address
         d = NetworkDef(DEFAULT_NETWORK, uuidlib.uuid4().bytes, ForwardDef("nat"),
@@ -229,7 +234,7 @@ class NetworkDriver:
         net = Network(d, persistent=True)
         self._networks[d.name] = net
         self._save(net)
-        self.set_autostart(net, True)
+        self.set_autostart(net, self.paths.root == Path("/") or _own_netns())
 
     async def shutdown(self) -> None:
         """Networks keep running: their state files stay for the next start."""
@@ -528,6 +533,17 @@ def _validate(xml: str, schema: str) -> None:
         if e.code == ErrorCode.XML_INVALID_SCHEMA:
             e.domain = ErrorDomain.XML
         raise
+
+
+def _own_netns() -> bool:
+    """Whether this process runs in a named network namespace (``ip netns exec``),
+    found as ``ip netns identify`` finds it."""
+    try:
+        mine = os.stat("/proc/self/ns/net")
+        return any(os.stat(p).st_ino == mine.st_ino and os.stat(p).st_dev == mine.st_dev
+                   for p in Path("/run/netns").iterdir())
+    except OSError:
+        return False
 
 
 async def _in_task(work: Awaitable[T]) -> T:

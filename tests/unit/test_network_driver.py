@@ -72,7 +72,9 @@ def _driver(root: Path, events: list[tuple[str, int]] | None = None) -> netdrive
     return drv
 
 
-def test_first_start_makes_and_starts_default(tmp_path: Path, rt: FakeRuntime) -> None:
+def test_first_start_makes_and_starts_default(tmp_path: Path, rt: FakeRuntime,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netdriver, "_own_netns", lambda: True)
     drv = _driver(tmp_path)
     net = drv.lookup_by_name("default")
     assert net.active and net.autostart and net.persistent
@@ -85,6 +87,17 @@ def test_first_start_makes_and_starts_default(tmp_path: Path, rt: FakeRuntime) -
     drv = _driver(tmp_path)
     assert drv.lookup_by_name("default").active
     assert rt.calls == [("reattach", "default")]
+
+
+def test_default_only_defined_on_the_hosts_network(tmp_path: Path, rt: FakeRuntime,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon under a root of its own on the host's network (a benchmark, make run)
+    defines ``default`` but leaves the host's network alone."""
+    monkeypatch.setattr(netdriver, "_own_netns", lambda: False)
+    drv = _driver(tmp_path)
+    net = drv.lookup_by_name("default")
+    assert (net.active, net.autostart) == (False, False)
+    assert rt.calls == []
 
 
 def test_existing_config_dir_means_no_default(tmp_path: Path, rt: FakeRuntime) -> None:
