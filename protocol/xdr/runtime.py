@@ -19,7 +19,7 @@ __all__ = ["CompileError", "XDRError", "Codec", "build_module", "GENERATED_VERSI
 
 # Version of the generated code's conventions (prelude names, chunk layout);
 # part of the cache key, so bump it whenever codegen output changes.
-GENERATED_VERSION = "3"
+GENERATED_VERSION = "4"
 
 
 class XDRError(ValueError):
@@ -119,7 +119,7 @@ def build_module(unit: tuple, name: str) -> types.ModuleType:
 
     Type chunks are compiled on first use.
     """
-    consts, enums, comments, chunks = unit
+    consts, enums, comments, chunks, zdict = unit
     module = types.ModuleType(name, f"XDR codecs compiled by protocol.xdr ({name})")
     ns = module.__dict__
     ns.update(_PRELUDE)
@@ -130,15 +130,18 @@ def build_module(unit: tuple, name: str) -> types.ModuleType:
     done: set[str] = set()
     lock = threading.RLock()  # a type must be compiled once, or it has two classes
 
+    def source(type_name: str) -> bytes:
+        z = zlib.decompressobj(zdict=zdict)
+        return z.decompress(chunks[type_name][0]) + z.flush()
+
     def materialize(type_name: str) -> None:
         if type_name in done:
             return
         done.add(type_name)  # first, so that recursive types terminate
         try:
-            source, deps = chunks[type_name]
-            for dep in deps:
+            for dep in chunks[type_name][1]:
                 materialize(dep)
-            exec(compile(zlib.decompress(source), f"<xdr {name}:{type_name}>", "exec"), ns)
+            exec(compile(source(type_name), f"<xdr {name}:{type_name}>", "exec"), ns)
         except BaseException:
             done.discard(type_name)
             raise
@@ -163,6 +166,6 @@ def build_module(unit: tuple, name: str) -> types.ModuleType:
     ns["__getattr__"] = __getattr__
     ns["__xdr_types__"] = frozenset(chunks)
     ns["__xdr_comments__"] = comments
-    ns["__xdr_source__"] = lambda type_name: zlib.decompress(chunks[type_name][0]).decode()
+    ns["__xdr_source__"] = lambda type_name: source(type_name).decode()
     ns["__xdr_materialize_all__"] = materialize_all
     return module
