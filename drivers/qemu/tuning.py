@@ -1,11 +1,10 @@
 """Resource tuning of QEMU guests: memory, vCPUs, pinning, scheduler and cgroup limits.
 
-Each setter follows libvirt's impact flags: the running guest (live), its
-persistent definition (config), or whichever the domain's state means
-(current). A live change goes to QEMU or the kernel first and is then written
-into the live definition, so the live XML and the status file say what is in
-force; a config change replaces the persistent definition with an edited copy
-(definitions are never changed in place).
+Each setter changes the definitions libvirt's AFFECT flags name, through
+``affect.modify``. A live change goes to QEMU or the kernel first and is then
+written into the live definition, so the live XML and the status file say what
+is in force; a config change edits a copy that replaces the persistent
+definition.
 
 The ``<cputune>``, ``<memtune>`` and ``<blkiotune>`` sections are kept by the
 XML model as elements; the helpers here read and rebuild them in libvirt's
@@ -15,7 +14,6 @@ order of children.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import os
 from pathlib import Path
@@ -25,6 +23,14 @@ from lxml import etree
 
 from drivers.host import format_cpu_list, parse_cpu_list
 from drivers.qemu import cgroup, stats
+from drivers.qemu.affect import (
+    AFFECT_CONFIG,
+    AFFECT_LIVE,
+    Edit,
+    live_changed,
+    modify,
+    one_def,
+)
 from drivers.qemu.domain import Domain
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
@@ -34,8 +40,6 @@ if TYPE_CHECKING:
     from drivers.qemu.domain_xml import DomainDef
     from drivers.qemu.driver import QemuDriver
 
-AFFECT_LIVE = 1 << 0
-AFFECT_CONFIG = 1 << 1
 MEM_MAXIMUM = 1 << 2
 VCPU_MAXIMUM = 1 << 2
 VCPU_GUEST = 1 << 3
@@ -61,49 +65,12 @@ def _bad_arg(text: str, domain: ErrorDomain = ErrorDomain.QEMU) -> VirError:
     return _error(ErrorCode.INVALID_ARG, f"invalid argument: {text}", domain)
 
 
-# -- which definitions a call touches --------------------------------------------
-
-
-def impact(dom: Domain, flags: int) -> tuple[bool, bool]:
-    """(live, config) for libvirt's AFFECT flags, with its errors."""
-    live, config = bool(flags & AFFECT_LIVE), bool(flags & AFFECT_CONFIG)
-    if not live and not config:
-        live, config = dom.active, not dom.active
-    if live and not dom.active:
-        raise _invalid("domain is not running", ErrorDomain.DOMAIN)
-    if config and not dom.persistent:
-        raise _invalid("transient domains do not have any persistent config", ErrorDomain.DOMAIN)
-    return live, config
-
-
-def one_def(dom: Domain, flags: int) -> DomainDef:
-    """The one definition a getter reads: live or config, never both."""
-    if flags & AFFECT_LIVE and flags & AFFECT_CONFIG:
-        raise _error(
-            ErrorCode.INVALID_ARG,
-            "Flags 'VIR_DOMAIN_AFFECT_LIVE' and 'VIR_DOMAIN_AFFECT_CONFIG' are mutually exclusive",
-            ErrorDomain.DOMAIN,
-        )
-    live, _config = impact(dom, flags)
-    if live:
-        assert dom.live is not None
-        return dom.live
-    return dom.config or dom.definition
-
-
-def _config_copy(dom: Domain) -> DomainDef:
-    assert dom.config is not None
-    return copy.deepcopy(dom.config)
-
-
-def _commit(driver: QemuDriver, dom: Domain, live: bool, config: DomainDef | None) -> None:
-    """Make edits last: the new persistent definition on disk, the live one in the status."""
-    if config is not None:
-        driver._save_config(config)
-        dom.set_config(config)
-    if live:
-        dom.xml_cache.clear()
-        driver._save_status(dom)
+def _config_only(edit: Edit, text: str) -> DomainDef:
+    """The config copy for a change libvirt makes to the persistent definition only."""
+    if edit.live is not None:
+        raise _invalid(text)
+    assert edit.config is not None
+    return edit.config
 
 
 def _process(dom: Domain) -> Any:
@@ -278,27 +245,16 @@ def _drop_pins_from(d: DomainDef, first: int) -> None:
 
 async def set_memory(driver: QemuDriver, dom: Domain, kib: int, flags: int) -> None:
     """virDomainSetMemoryFlags: the balloon target, or with MEM_MAXIMUM the maximum."""
-    async with dom.lock:
-        driver._check_present(dom)
-        live, config = impact(dom, flags & (AFFECT_LIVE | AFFECT_CONFIG))
-        new = _config_copy(dom) if config else None
+    async with modify(driver, dom, flags) as edit:
         if flags & MEM_MAXIMUM:
-            if live:
-                raise _invalid("cannot resize the maximum memory on an active domain")
-            assert new is not None
+            new = _config_only(edit, "cannot resize the maximum memory on an active domain")
             new.memory = kib
             new.current_memory = min(new.current_memory, kib)
-            _commit(driver, dom, False, new)
             return
-        if live:
-            assert dom.live is not None
-            if kib > dom.live.memory:
-                raise _bad_arg("cannot set memory higher than max memory")
-        if new is not None and kib > new.memory:
+        if any(kib > d.memory for d in edit.defs()):
             raise _bad_arg("cannot set memory higher than max memory")
-        if live:
-            assert dom.live is not None
-            mb = dom.live.devices.memballoon
+        if edit.live is not None:
+            mb = edit.live.devices.memballoon
             if mb is None or mb.model == "none":
                 raise _invalid(
                     "Unable to change memory of active domain without the balloon"
@@ -306,38 +262,31 @@ async def set_memory(driver: QemuDriver, dom: Domain, kib: int, flags: int) -> N
                 )
             # The live size follows the guest: BALLOON_CHANGE events report it.
             await _process(dom).monitor.execute("balloon", {"value": kib * 1024})
-        if new is not None:
-            new.current_memory = kib
-        _commit(driver, dom, live, new)
+        if edit.config is not None:
+            edit.config.current_memory = kib
 
 
 async def set_memory_stats_period(driver: QemuDriver, dom: Domain, period: int, flags: int) -> None:
     """How often the balloon driver refreshes the guest's memory statistics."""
-    async with dom.lock:
-        driver._check_present(dom)
-        live, config = impact(dom, flags)
+    async with modify(driver, dom, flags) as edit:
         if period < 0:
             raise _bad_arg("stats period must be >= 0")
-        new = _config_copy(dom) if config else None
-        for d in ([dom.live] if live else []) + ([new] if new is not None else []):
-            assert d is not None
-            mb = d.devices.memballoon
-            if mb is None or mb.model == "none":
-                raise _invalid(
-                    "No memory balloon device configured, can not set the collection period"
-                )
-        if live:
-            assert dom.live is not None and dom.live.devices.memballoon is not None
-            mb = dom.live.devices.memballoon
+        balloons = [d.devices.memballoon for d in edit.defs()]
+        if any(mb is None or mb.model == "none" for mb in balloons):
+            raise _invalid(
+                "No memory balloon device configured, can not set the collection period"
+            )
+        if edit.live is not None:
+            mb = edit.live.devices.memballoon
+            assert mb is not None
             path = f"/machine/peripheral/{mb.info.alias or 'balloon0'}"
             await _process(dom).monitor.execute(
                 "qom-set",
                 {"path": path, "property": "guest-stats-polling-interval", "value": period},
             )
+        for mb in balloons:
+            assert mb is not None
             mb.stats_period = period or None
-        if new is not None and new.devices.memballoon is not None:
-            new.devices.memballoon.stats_period = period or None
-        _commit(driver, dom, live, new)
 
 
 # -- vCPU counts ---------------------------------------------------------------------
@@ -372,48 +321,39 @@ async def set_vcpus(driver: QemuDriver, dom: Domain, n: int, flags: int) -> None
         )
     if flags & VCPU_GUEST:
         raise _no_agent()
-    async with dom.lock:
-        driver._check_present(dom)
-        live, config = impact(dom, flags & (AFFECT_LIVE | AFFECT_CONFIG))
-        new = _config_copy(dom) if config else None
+    async with modify(driver, dom, flags) as edit:
         if flags & VCPU_MAXIMUM:
-            if live:
-                raise _invalid("maximum vcpu count of a live domain can't be modified")
-            assert new is not None
+            new = _config_only(edit, "maximum vcpu count of a live domain can't be modified")
             new.vcpus = n
             current = min(new.vcpu_current or n, n)
             new.vcpu_current = current if current != n else None
             _drop_pins_from(new, n)
-            _commit(driver, dom, False, new)
             return
-        if live:
-            assert dom.live is not None
-            if n > dom.live.vcpus:
-                raise _bad_arg(
-                    "requested vcpus is greater than max allowable vcpus for the live"
-                    f" domain: {n} > {dom.live.vcpus}"
-                )
-        if new is not None and n > new.vcpus:
+        if edit.live is not None and n > edit.live.vcpus:
+            raise _bad_arg(
+                "requested vcpus is greater than max allowable vcpus for the live"
+                f" domain: {n} > {edit.live.vcpus}"
+            )
+        if edit.config is not None and n > edit.config.vcpus:
             raise _bad_arg(
                 "requested vcpus is greater than max allowable vcpus for the persistent"
-                f" domain: {n} > {new.vcpus}"
+                f" domain: {n} > {edit.config.vcpus}"
             )
-        if live:
-            assert dom.live is not None
+        if edit.live is not None:
             try:
                 await _hotplug(dom, n)
-                await _apply_pins(dom, dom.live)
+                await _apply_pins(dom, edit.live)
                 if cgroup.path("cpuacct", dom.uuid_str).exists():
                     _join_cpuacct(dom, await vcpu_threads(dom))
                 group = driver._cgroup(dom)
                 if group is not None and (group / "emulator").is_dir():
                     # New vCPU threads start in the emulator group: to their own.
-                    await _apply_thread_bandwidth(driver, dom, _live_sched_values(dom.live))
-            finally:  # what did get plugged is in the live definition
-                _commit(driver, dom, True, None)
-        if new is not None:
-            new.vcpu_current = n if n != new.vcpus else None
-            _commit(driver, dom, False, new)
+                    await _apply_thread_bandwidth(driver, dom, _live_sched_values(edit.live))
+            except BaseException:
+                live_changed(driver, dom)  # what did get plugged is in the live definition
+                raise
+        if edit.config is not None:
+            edit.config.vcpu_current = n if n != edit.config.vcpus else None
 
 
 def _slot_key(cpu: dict[str, Any]) -> tuple[int, ...]:
@@ -546,25 +486,18 @@ def _vcpu_range(d: DomainDef, vcpu: int, which: str) -> None:
 
 
 async def pin_vcpu(driver: QemuDriver, dom: Domain, vcpu: int, cpumap: bytes, flags: int) -> None:
-    async with dom.lock:
-        driver._check_present(dom)
-        live, config = impact(dom, flags)
+    async with modify(driver, dom, flags) as edit:
         cpus = _pin_set(cpumap)
-        new = _config_copy(dom) if config else None
-        if live:
-            assert dom.live is not None
-            _vcpu_range(dom.live, vcpu, "live")
-        if new is not None:
-            _vcpu_range(new, vcpu, "persistent")
-        if live:
-            assert dom.live is not None
+        if edit.live is not None:
+            _vcpu_range(edit.live, vcpu, "live")
+        if edit.config is not None:
+            _vcpu_range(edit.config, vcpu, "persistent")
+        if edit.live is not None:
             threads = await vcpu_threads(dom)
             if vcpu in threads:  # an offline vCPU takes its pin when plugged
                 _set_affinity(threads[vcpu], cpus)
-            _set_vcpu_pin(dom.live, vcpu, cpus)
-        if new is not None:
-            _set_vcpu_pin(new, vcpu, cpus)
-        _commit(driver, dom, live, new)
+        for d in edit.defs():
+            _set_vcpu_pin(d, vcpu, cpus)
 
 
 def get_vcpu_pin_info(dom: Domain, ncpumaps: int, maplen: int, flags: int) -> tuple[bytes, int]:
@@ -575,22 +508,16 @@ def get_vcpu_pin_info(dom: Domain, ncpumaps: int, maplen: int, flags: int) -> tu
 
 
 async def pin_emulator(driver: QemuDriver, dom: Domain, cpumap: bytes, flags: int) -> None:
-    async with dom.lock:
-        driver._check_present(dom)
-        live, config = impact(dom, flags)
+    async with modify(driver, dom, flags) as edit:
         cpus = _pin_set(cpumap)
-        new = _config_copy(dom) if config else None
-        if live:
-            assert dom.live is not None
+        if edit.live is not None:
             proc = _process(dom)
             vcpus = set((await vcpu_threads(dom)).values())
             for tid in _threads(proc.pid):
                 if tid not in vcpus:
                     _set_affinity(tid, cpus)
-            _set_emulator_pin(dom.live, cpus)
-        if new is not None:
-            _set_emulator_pin(new, cpus)
-        _commit(driver, dom, live, new)
+        for d in edit.defs():
+            _set_emulator_pin(d, cpus)
 
 
 def _threads(pid: int) -> list[int]:
@@ -779,9 +706,7 @@ def _live_sched_values(d: DomainDef) -> dict[str, int | None]:
 
 async def set_scheduler_params(driver: QemuDriver, dom: Domain, values: dict[str, int],
                                flags: int) -> None:
-    async with dom.lock:
-        driver._check_present(dom)
-        live, config = impact(dom, flags)
+    async with modify(driver, dom, flags) as edit:
         for name, _tag, is_period in SCHED_PARAMS:
             value = values.get(name)
             if value is None or name == "cpu_shares":
@@ -789,14 +714,12 @@ async def set_scheduler_params(driver: QemuDriver, dom: Domain, values: dict[str
             lo, hi = PERIOD_RANGE if is_period else QUOTA_RANGE
             if not (lo <= value <= hi) and (is_period or value not in (-1, 0)):
                 raise _bad_arg(f"value of '{name}' is out of range [{lo}, {hi}]")
-        new = _config_copy(dom) if config else None
-        if live:
-            assert dom.live is not None
+        if edit.live is not None:
             group = _cpu_group(driver, dom)
             try:
                 _apply_guest_sched(group, values)
                 if set(values) & set(THREAD_SCHED):
-                    merged = {**_live_sched_values(dom.live), **values}
+                    merged = {**_live_sched_values(edit.live), **values}
                     await _apply_thread_bandwidth(driver, dom, merged)
             except OSError as e:
                 raise _cgroup_error(group, e) from None
@@ -805,12 +728,11 @@ async def set_scheduler_params(driver: QemuDriver, dom: Domain, values: dict[str
             for name, tag, _ in SCHED_PARAMS:
                 if name in values:
                     guest_wide = name in ("cpu_shares", "global_period", "global_quota")
-                    _set_cputune(dom.live, tag, actual[name] if guest_wide else values[name])
-        if new is not None:
+                    _set_cputune(edit.live, tag, actual[name] if guest_wide else values[name])
+        if edit.config is not None:
             for name, tag, _ in SCHED_PARAMS:
                 if name in values:
-                    _set_cputune(new, tag, values[name])
-        _commit(driver, dom, live, new)
+                    _set_cputune(edit.config, tag, values[name])
 
 
 # cpu_shares is written as it is: cpu.shares on v1, cpu.weight on v2, each with its range.
@@ -905,12 +827,8 @@ def _apply_memtune(dom: Domain, values: dict[str, int], old: dict[str, int]) -> 
 
 async def set_memory_params(driver: QemuDriver, dom: Domain, values: dict[str, int],
                             flags: int) -> None:
-    async with dom.lock:
-        driver._check_present(dom)
-        live, config = impact(dom, flags)
-        new = _config_copy(dom) if config else None
-        for d in ([dom.live] if live else []) + ([new] if new is not None else []):
-            assert d is not None
+    async with modify(driver, dom, flags) as edit:
+        for d in edit.defs():
             merged = {**memtune_values(d), **values}
             if merged["hard_limit"] > merged["swap_hard_limit"]:
                 raise _bad_arg(
@@ -918,13 +836,10 @@ async def set_memory_params(driver: QemuDriver, dom: Domain, values: dict[str, i
                     " swap_hard_limit",
                     ErrorDomain.DOMAIN,
                 )
-        if live:
-            assert dom.live is not None
-            _apply_memtune(dom, values, memtune_values(dom.live))
-            _set_memtune(dom.live, values)
-        if new is not None:
-            _set_memtune(new, values)
-        _commit(driver, dom, live, new)
+        if edit.live is not None:
+            _apply_memtune(dom, values, memtune_values(edit.live))
+        for d in edit.defs():
+            _set_memtune(d, values)
 
 
 # -- block I/O tuning -------------------------------------------------------------------------
@@ -1065,20 +980,14 @@ def _apply_blkio(dom: Domain, values: dict[str, Any]) -> None:
 
 async def set_blkio_params(driver: QemuDriver, dom: Domain, values: dict[str, Any],
                            flags: int) -> None:
-    async with dom.lock:
-        driver._check_present(dom)
-        live, config = impact(dom, flags)
+    async with modify(driver, dom, flags) as edit:
         for name in BLKIO_DEVICE:
             if name in values:
                 parse_device_list(name, values[name])
-        new = _config_copy(dom) if config else None
-        if live:
-            assert dom.live is not None
+        if edit.live is not None:
             _apply_blkio(dom, values)
-            _set_blkiotune(dom.live, values)
-        if new is not None:
-            _set_blkiotune(new, values)
-        _commit(driver, dom, live, new)
+        for d in edit.defs():
+            _set_blkiotune(d, values)
 
 
 # -- at start ------------------------------------------------------------------------------------

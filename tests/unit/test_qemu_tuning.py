@@ -16,7 +16,7 @@ import pytest
 from daemon.paths import Paths
 from drivers import host
 from drivers.events import EventBus
-from drivers.qemu import cgroup, domain_xml, tuning
+from drivers.qemu import affect, cgroup, domain_xml, tuning
 from drivers.qemu.capabilities import MachineInfo, QemuCaps
 from drivers.qemu.domain import Domain, State
 from drivers.qemu.domain_xml import LiveState
@@ -89,15 +89,15 @@ def saved_xml(driver: QemuDriver) -> str:
 
 async def test_impact_follows_the_state(driver: QemuDriver) -> None:
     dom = await defined(driver)
-    assert tuning.impact(dom, 0) == (False, True)
+    assert affect.impact(dom, 0) == (False, True)
     with pytest.raises(VirError) as e:
-        tuning.impact(dom, tuning.AFFECT_LIVE)
+        affect.impact(dom, tuning.AFFECT_LIVE)
     assert e.value.code == ErrorCode.OPERATION_INVALID
     assert e.value.domain == ErrorDomain.DOMAIN
     assert str(e.value.message) == "Requested operation is not valid: domain is not running"
     run(dom, FakeMonitor())
-    assert tuning.impact(dom, 0) == (True, False)
-    assert tuning.impact(dom, 3) == (True, True)
+    assert affect.impact(dom, 0) == (True, False)
+    assert affect.impact(dom, 3) == (True, True)
 
 
 async def test_getters_refuse_live_and_config_together(driver: QemuDriver) -> None:
