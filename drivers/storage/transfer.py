@@ -11,9 +11,10 @@ there), so a sparse stream leaves holes and drops any preallocation. Unlike
 libvirtd, an upload cut off midway (the client aborts, or goes away) leaves
 the volume as it was: a plain file volume is written as a new file next to it,
 which the old contents not sent are copied into and which replaces the volume
-only when the stream ends cleanly. What cannot be swapped like that - a block
-device, or a file a running guest has open - is written in place, holes
-punched out, as libvirtd writes it.
+only when the stream ends cleanly (the price: room for a second copy while
+the upload runs). What cannot be swapped like that - a block device, or a
+file a running guest has open - is written in place as libvirtd writes it,
+its holes punched out rather than left with the old bytes.
 """
 
 from __future__ import annotations
