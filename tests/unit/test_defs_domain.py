@@ -6,38 +6,20 @@ optional marker) shows up as a byte mismatch rather than a silent change.
 """
 
 import re
-import struct
 from pathlib import Path
 
 import pytest
+from xdr_bytes import UUID, i32, s, u32, u64
 
 from protocol.xdr import XDRError, compile_files
 
 DEFS = Path(__file__).resolve().parents[2] / "protocol" / "defs"
-UUID = bytes(range(16))
 
 
 @pytest.fixture(scope="module")
 def m():
     paths = [str(DEFS / n) for n in ("libvirt.x", "remote.x", "remote_domain.x")]
     return compile_files(paths, "test_defs_domain")
-
-
-def u32(v: int) -> bytes:
-    return struct.pack(">I", v)
-
-
-def i32(v: int) -> bytes:
-    return struct.pack(">i", v)
-
-
-def u64(v: int) -> bytes:
-    return struct.pack(">Q", v)
-
-
-def s(text: str) -> bytes:
-    raw = text.encode()
-    return u32(len(raw)) + raw + bytes(-len(raw) & 3)
 
 
 def dom_bytes(name: str = "vm", id_: int = 3) -> bytes:

@@ -4,31 +4,12 @@ Expected bytes are written out by hand (RFC 4506), so a field out of order,
 a lost optional marker or a wrong bound shows up as a mismatch.
 """
 
-import struct
 
 import pytest
+from xdr_bytes import UUID, i32, i64, s, u32, u64
 
 from protocol import programs
 from protocol.xdr import XDRError
-
-UUID = bytes(range(16))
-
-
-def u32(v: int) -> bytes:
-    return struct.pack(">I", v)
-
-
-def i32(v: int) -> bytes:
-    return struct.pack(">i", v)
-
-
-def u64(v: int) -> bytes:
-    return struct.pack(">Q", v)
-
-
-def s(text: str) -> bytes:
-    raw = text.encode()
-    return u32(len(raw)) + raw + bytes(-len(raw) & 3)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +100,7 @@ def test_admin_typed_params(admin) -> None:
 def test_admin_client_handle(admin) -> None:
     m = admin.module
     clnt = m.admin_nonnull_client(m.admin_nonnull_server("libvirtd"), 42, -5, 1)
-    wire = s("libvirtd") + u64(42) + struct.pack(">q", -5) + u32(1)
+    wire = s("libvirtd") + u64(42) + i64(-5) + u32(1)
     assert m.admin_nonnull_client_codec.encode(clnt) == wire
     lookup = m.admin_server_lookup_client_args(clnt.srv, 42, 0)
     codec = m.admin_server_lookup_client_args_codec

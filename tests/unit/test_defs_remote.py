@@ -11,12 +11,12 @@ import struct
 from pathlib import Path
 
 import pytest
+from xdr_bytes import UUID, i32, i64, s, u32, u64
 
 from protocol import programs
 from protocol.xdr import XDRError
 
 DEFS = Path(__file__).resolve().parents[2] / "protocol" / "defs"
-UUID = bytes(range(16))
 
 
 @pytest.fixture(scope="module")
@@ -27,23 +27,6 @@ def prog():
 @pytest.fixture(scope="module")
 def m(prog):
     return prog.module
-
-
-def u32(v: int) -> bytes:
-    return struct.pack(">I", v)
-
-
-def i32(v: int) -> bytes:
-    return struct.pack(">i", v)
-
-
-def u64(v: int) -> bytes:
-    return struct.pack(">Q", v)
-
-
-def s(text: str) -> bytes:
-    raw = text.encode()
-    return u32(len(raw)) + raw + bytes(-len(raw) & 3)
 
 
 def by_name(prog):
@@ -182,7 +165,7 @@ def test_error_body(m):
 
 
 @pytest.mark.parametrize("tag,value,body", [
-    (1, -2, i32(-2)), (2, 7, u32(7)), (3, -(1 << 40), struct.pack(">q", -(1 << 40))),
+    (1, -2, i32(-2)), (2, 7, u32(7)), (3, -(1 << 40), i64(-(1 << 40))),
     (4, 1 << 63, u64(1 << 63)), (5, 0.5, struct.pack(">d", 0.5)), (6, 1, i32(1)),
     (7, "x", s("x")),
 ])
@@ -229,7 +212,7 @@ def test_auth(m):
 def test_dhcp_lease(m):
     lease = m.remote_network_dhcp_lease("virbr0", 1700000000, 0, "52:54:00:00:00:01", None,
                                         "192.168.122.5", 24, "guest", None)
-    want = (s("virbr0") + struct.pack(">q", 1700000000) + i32(0) + u32(1) + s("52:54:00:00:00:01")
+    want = (s("virbr0") + i64(1700000000) + i32(0) + u32(1) + s("52:54:00:00:00:01")
             + u32(0) + s("192.168.122.5") + u32(24) + u32(1) + s("guest") + u32(0))
     assert m.remote_network_dhcp_lease_codec.encode(lease) == want
     assert m.remote_network_dhcp_lease_codec.decode(want) == lease
