@@ -8,30 +8,16 @@ libvirt's errors for each flag combination.
 from __future__ import annotations
 
 import asyncio
-import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
+from qemu_fakes import FakeMonitor, make_driver, run
 
-from daemon.paths import Paths
-from drivers import host
-from drivers.events import EventBus
-from drivers.qemu import domain_xml, hotplug
-from drivers.qemu.capabilities import MachineInfo, QemuCaps
-from drivers.qemu.domain import Domain, State
-from drivers.qemu.domain_xml import LiveState
+from drivers.qemu import hotplug
 from drivers.qemu.driver import QemuDriver
 from protocol.errors import ErrorCode, VirError
 
-CAPS = QemuCaps(
-    emulator="/usr/bin/qemu-system-x86_64",
-    arch="x86_64",
-    version=7002022,
-    kvm_usable=False,
-    machines={"pc-i440fx-7.2": MachineInfo("pc-i440fx-7.2", "pc", 255, True)},
-    cpu_models=["qemu64"],
-)
 XML = (
     "<domain type='qemu'><name>t</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
     "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
@@ -44,17 +30,17 @@ DISK = "<disk type='file'><driver name='qemu' type='qcow2'/><source file='/img/b
 NIC = "<interface type='user'><mac address='52:54:00:01:02:03'/><model type='virtio'/></interface>"
 
 
-class FakeMonitor:
+class HotplugMonitor(FakeMonitor):
+    """Answers the queries hotplug makes; ``on_device_del`` plays the guest letting go."""
+
     def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
+        super().__init__()
         self.block: list[dict[str, Any]] = []
         self.on_device_del: Any = None
-        self.replies: dict[str, Any] = {}
 
-    async def execute(self, cmd: str, args: Any = None, timeout: float | None = None) -> Any:
-        self.calls.append((cmd, args))
+    def answer(self, cmd: str, args: Any) -> Any:
         if cmd in self.replies:
-            return self.replies[cmd](args)
+            return super().answer(cmd, args)
         if cmd == "query-block":
             return self.block
         if cmd == "query-named-block-nodes":
@@ -63,25 +49,10 @@ class FakeMonitor:
             asyncio.get_running_loop().call_soon(self.on_device_del, args["id"])
         return {}
 
-    def sent(self) -> list[str]:
-        return [cmd for cmd, _ in self.calls if not cmd.startswith("query-")]
-
-
-class FakeProcess:
-    def __init__(self, monitor: FakeMonitor) -> None:
-        self.pid = 999999
-        self.monitor_path = "/nonexistent"
-        self.monitor = monitor
-
 
 @pytest.fixture
 def driver(tmp_path: Path) -> QemuDriver:
-    drv = QemuDriver(Paths(tmp_path), EventBus())
-    drv.all_caps = {host.host_arch(): CAPS}
-    for d in (drv.dirs.config_dir, drv.dirs.state_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    drv._cgroup_root = None
-    return drv
+    return make_driver(tmp_path)
 
 
 @pytest.fixture
@@ -93,18 +64,6 @@ def events(driver: QemuDriver) -> list[tuple[str, str]]:
     return seen
 
 
-def run(dom: Domain) -> FakeMonitor:
-    """Make ``dom`` look running; its QMP is the returned fake."""
-    assert dom.config is not None
-    live = copy.deepcopy(dom.config)
-    domain_xml.assign_aliases(live)
-    monitor = FakeMonitor()
-    dom.process = FakeProcess(monitor)  # type: ignore[assignment]
-    dom.started(7, live, LiveState(id=7))
-    dom.set_state(State.RUNNING, 1)
-    return monitor
-
-
 def targets(d: Any) -> list[str]:
     return [x.target for x in d.devices.disks]
 
@@ -113,7 +72,7 @@ async def test_live_disk_attach_sends_libvirts_sequence(
     driver: QemuDriver, events: list[tuple[str, str]]
 ) -> None:
     dom = await driver.define_xml(XML)
-    mon = run(dom)
+    mon = run(dom, HotplugMonitor())
     await hotplug.attach(driver, dom, DISK, hotplug.AFFECT_LIVE)
     assert mon.sent() == ["blockdev-add", "blockdev-add", "device_add"]
     storage, fmt, dev = (args for cmd, args in mon.calls if not cmd.startswith("query-"))
@@ -133,7 +92,7 @@ async def test_live_attach_errors(driver: QemuDriver) -> None:
     with pytest.raises(VirError) as e:
         await hotplug.attach(driver, dom, DISK, hotplug.AFFECT_LIVE)
     assert e.value.message == "Requested operation is not valid: domain is not running"
-    mon = run(dom)
+    mon = run(dom, HotplugMonitor())
     taken = DISK.replace("vdb", "vda")
     with pytest.raises(VirError) as e:
         await hotplug.attach(driver, dom, taken, hotplug.AFFECT_LIVE)
@@ -166,7 +125,7 @@ async def test_detach_returns_after_the_timeout_and_finishes_later(
 ) -> None:
     monkeypatch.setattr(hotplug, "UNPLUG_TIMEOUT", 0.05)
     dom = await driver.define_xml(XML)
-    mon = run(dom)
+    mon = run(dom, HotplugMonitor())
     mon.block = [{"qdev": "/machine/peripheral/virtio-disk0/virtio-backend",
                   "inserted": {"node-name": "libvirt-2-format"}}]
     await hotplug.detach(driver, dom, "<disk><target dev='vda'/></disk>", 0)
@@ -188,7 +147,7 @@ async def test_detach_waits_for_a_prompt_guest(
     driver: QemuDriver, events: list[tuple[str, str]]
 ) -> None:
     dom = await driver.define_xml(XML)
-    mon = run(dom)
+    mon = run(dom, HotplugMonitor())
     mon.on_device_del = lambda alias: hotplug.on_device_event(
         driver, dom, "DEVICE_DELETED", {"device": alias}
     )
@@ -226,7 +185,7 @@ async def test_config_attach_and_detach(driver: QemuDriver) -> None:
 
 async def test_config_of_a_transient_domain(driver: QemuDriver) -> None:
     dom = await driver.define_xml(XML)
-    run(dom)
+    run(dom, HotplugMonitor())
     dom.set_config(None)
     with pytest.raises(VirError) as e:
         await hotplug.attach(driver, dom, DISK, hotplug.AFFECT_CONFIG)
@@ -237,7 +196,7 @@ async def test_config_of_a_transient_domain(driver: QemuDriver) -> None:
 
 async def test_cdrom_change_and_eject(driver: QemuDriver) -> None:
     dom = await driver.define_xml(XML)
-    mon = run(dom)
+    mon = run(dom, HotplugMonitor())
     mon.block = [{"qdev": "ide0-1-0", "tray_open": True, "removable": True}]
     media = "<disk type='file' device='cdrom'><source file='/img/x.iso'/><target dev='hdc'/></disk>"
     await hotplug.update(driver, dom, media, hotplug.AFFECT_LIVE)
@@ -262,7 +221,7 @@ async def test_cdrom_change_and_eject(driver: QemuDriver) -> None:
 
 async def test_link_state_and_alias_detach(driver: QemuDriver) -> None:
     dom = await driver.define_xml(XML.replace("</devices>", NIC + "</devices>"))
-    mon = run(dom)
+    mon = run(dom, HotplugMonitor())
     down = NIC.replace("</interface>", "<link state='down'/></interface>")
     await hotplug.update(driver, dom, down, 0)
     assert mon.calls == [("set_link", {"name": "net0", "up": False})]
@@ -282,7 +241,7 @@ async def test_link_state_and_alias_detach(driver: QemuDriver) -> None:
 async def test_refresh_from_qemu_after_a_restart(driver: QemuDriver) -> None:
     xml = XML.replace("</devices>", NIC + NIC.replace("01:02:03", "01:02:04") + "</devices>")
     dom = await driver.define_xml(xml)
-    mon = run(dom)
+    mon = run(dom, HotplugMonitor())
     d = dom.live
     assert d is not None
     assert [n.info.alias for n in d.devices.interfaces] == ["net0", "net1"]
@@ -307,7 +266,7 @@ async def test_refresh_from_qemu_after_a_restart(driver: QemuDriver) -> None:
 async def test_ide_attach_is_left_to_qemu(driver: QemuDriver) -> None:
     """libvirtd lets QEMU refuse an IDE hotplug; the nodes made for it go again."""
     dom = await driver.define_xml(XML)
-    mon = run(dom)
+    mon = run(dom, HotplugMonitor())
 
     async def refuse(cmd: str, args: Any = None, timeout: float | None = None) -> Any:
         mon.calls.append((cmd, args))
@@ -330,7 +289,7 @@ async def test_ide_attach_is_left_to_qemu(driver: QemuDriver) -> None:
 
 async def test_rng_backend_object_comes_and_goes_with_it(driver: QemuDriver) -> None:
     dom = await driver.define_xml(XML)
-    mon = run(dom)
+    mon = run(dom, HotplugMonitor())
     mon.on_device_del = lambda alias: hotplug.on_device_event(
         driver, dom, "DEVICE_DELETED", {"device": alias}
     )
@@ -348,7 +307,7 @@ async def test_rng_backend_object_comes_and_goes_with_it(driver: QemuDriver) -> 
 async def test_a_busy_controller_stays(driver: QemuDriver) -> None:
     xml = XML.replace("<target dev='vda'/>", "<target dev='sda' bus='scsi'/>")
     dom = await driver.define_xml(xml)
-    mon = run(dom)
+    mon = run(dom, HotplugMonitor())
     with pytest.raises(VirError) as e:
         await hotplug.detach(driver, dom, "<controller type='scsi' index='0'/>", 0)
     assert e.value.message == "operation failed: device cannot be detached: device is busy"

@@ -9,22 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qemu_fakes import CAPS
 
 from drivers.qemu import stats
-from drivers.qemu.capabilities import MachineInfo, QemuCaps
 from drivers.qemu.domain import Domain
 from drivers.qemu.domain_xml import parse
 from protocol.errors import ErrorCode, VirError
 from protocol.typed import BOOLEAN, INT, UINT, ULLONG
-
-CAPS = QemuCaps(
-    emulator="/usr/bin/qemu-system-x86_64",
-    arch="x86_64",
-    version=7002022,
-    kvm_usable=False,
-    machines={"pc-i440fx-7.2": MachineInfo("pc-i440fx-7.2", "pc", 255, True)},
-    cpu_models=["qemu64"],
-)
 
 
 def domain(disk: Path, fmt: str = "raw") -> Domain:

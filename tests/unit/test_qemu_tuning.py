@@ -7,30 +7,17 @@ order, and the QMP commands a live change sends.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
+from qemu_fakes import CAPS, FakeMonitor, make_driver, run
 
-from daemon.paths import Paths
-from drivers import host
-from drivers.events import EventBus
 from drivers.qemu import affect, cgroup, domain_xml, tuning
-from drivers.qemu.capabilities import MachineInfo, QemuCaps
-from drivers.qemu.domain import Domain, State
-from drivers.qemu.domain_xml import LiveState
+from drivers.qemu.domain import Domain
 from drivers.qemu.driver import QemuDriver
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
-CAPS = QemuCaps(
-    emulator="/usr/bin/qemu-system-x86_64",
-    arch="x86_64",
-    version=7002022,
-    kvm_usable=False,
-    machines={"pc-i440fx-7.2": MachineInfo("pc-i440fx-7.2", "pc", 255, True)},
-    cpu_models=["qemu64"],
-)
 XML = (
     "<domain type='qemu'><name>t</name><memory unit='MiB'>256</memory>"
     "<vcpu current='1'>2</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>"
@@ -38,46 +25,13 @@ XML = (
 )
 
 
-class FakeMonitor:
-    def __init__(self, replies: dict[str, Any] | None = None) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.replies = replies or {}
-
-    async def execute(self, cmd: str, args: Any = None, timeout: float | None = None) -> Any:
-        self.calls.append((cmd, args))
-        reply = self.replies.get(cmd)
-        return reply(args) if callable(reply) else reply
-
-
-class FakeProcess:
-    def __init__(self, monitor: FakeMonitor) -> None:
-        self.pid = 999999
-        self.monitor_path = "/nonexistent"
-        self.monitor = monitor
-
-
 @pytest.fixture
 def driver(tmp_path: Path) -> QemuDriver:
-    drv = QemuDriver(Paths(tmp_path), EventBus())
-    drv.all_caps = {host.host_arch(): CAPS}
-    for d in (drv.dirs.config_dir, drv.dirs.state_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    drv._cgroup_root = None
-    return drv
+    return make_driver(tmp_path)
 
 
 async def defined(driver: QemuDriver, xml: str = XML) -> Domain:
     return await driver.define_xml(xml)
-
-
-def run(dom: Domain, monitor: FakeMonitor) -> None:
-    """Make ``dom`` look running with ``monitor`` as its QMP."""
-    assert dom.config is not None
-    live = copy.deepcopy(dom.config)
-    domain_xml.assign_aliases(live)
-    dom.process = FakeProcess(monitor)  # type: ignore[assignment]
-    dom.started(7, live, LiveState(id=7))
-    dom.set_state(State.RUNNING, 1)
 
 
 def saved_xml(driver: QemuDriver) -> str:
