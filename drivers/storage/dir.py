@@ -291,7 +291,14 @@ class DirBackend(Backend):
     def _image_options(vol: Volume, flags: int) -> list[str]:
         options = []
         if vol.format == "qcow2":
-            options.append(f"compat={vol.compat or '0.10'}")
+            compat = vol.compat or "0.10"
+            for name in vol.features or ():
+                if compat == "0.10":
+                    quoted = name if name == "lazy_refcounts" else f"'{name}'"  # libvirt's words
+                    raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
+                                   f"unsupported configuration: {quoted} not supported with "
+                                   f"compat level {compat}", ErrorDomain.STORAGE)
+            options.append(f"compat={compat}")
             options += [f"{name}=on" for name in vol.features or ()]
         if flags & VOL_CREATE_PREALLOC_METADATA:
             # libvirt asks for data too when the whole capacity is to be allocated.

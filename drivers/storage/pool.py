@@ -8,7 +8,6 @@ from drivers.storage.disk import DiskBackend
 from drivers.storage.fs import FsBackend, NetfsBackend
 from drivers.storage.iscsi import IscsiBackend
 from drivers.storage.logical import LogicalBackend
-from drivers.storage.perms import Perms
 from drivers.storage.pool_xml import PoolDef, PoolSizes, format_pool, missing_backend
 from drivers.storage.vol_xml import Volume
 
@@ -39,7 +38,7 @@ class Pool:
         self.config: PoolDef | None = d if persistent else None
         self.active = False
         self.autostart = False
-        self.scan = Scan(PoolSizes(), Perms())
+        self.scan = Scan(PoolSizes(), d.target_perms)
         self.building: set[str] = set()  # names of volumes being created
         self.in_use: dict[str, int] = {}  # volumes being read or written by a job
         self.jobs = 0  # long operations under way (libvirt's asyncjobs)
@@ -62,13 +61,18 @@ class Pool:
         return self.scan.volumes
 
     def use(self, d: PoolDef) -> None:
-        """Make ``d`` the live definition (when the pool is not running)."""
+        """Make ``d`` the live definition (when the pool is not running). A new
+        definition forgets what the last refresh found; the same one keeps it."""
+        if d is not self.live:
+            self.scan = Scan(PoolSizes(), d.target_perms)
         self.live = d
         self.backend = backend_class(d.type)(d)
 
     def xml(self, inactive: bool = False) -> str:
-        if inactive and self.config is not None:
-            return format_pool(self.config, PoolSizes())
-        if not self.active:
-            return format_pool(self.live, PoolSizes())
-        return format_pool(self.live, self.scan.sizes, self.scan.perms)
+        """Like libvirtd, a pool stopped still shows the sizes and target
+        permissions its last refresh found, until it is defined anew; a
+        redefinition waiting for the pool to stop shows none."""
+        d = self.config if inactive and self.config is not None else self.live
+        if d is not self.live:
+            return format_pool(d, PoolSizes())
+        return format_pool(d, self.scan.sizes, self.scan.perms)
