@@ -238,11 +238,15 @@ async def _receive(sink: _Sink, offset: int, length: int,
             if not item:
                 await sink.flush()
                 return pos
-            if limit is not None:
-                item = item[: max(limit - pos, 0)]
-            if item:
-                await sink.data(pos, item)
-                pos += len(item)
+            if limit is not None and pos + len(item) > limit:
+                # libvirtd takes what fits, then fails the stream
+                await sink.data(pos, item[: max(limit - pos, 0)])
+                await sink.flush()
+                raise VirError(ErrorCode.SYSTEM_ERROR,
+                               "cannot write to stream: No space left on device",
+                               ErrorDomain.STREAMS)
+            await sink.data(pos, item)
+            pos += len(item)
         else:
             size = item.length if limit is None else min(item.length, max(limit - pos, 0))
             if size:

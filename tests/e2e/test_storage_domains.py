@@ -287,6 +287,31 @@ def test_upload_aborted_midway_leaves_volume_as_it_was(module_daemon: DaemonProc
         d.virsh("vol-delete", "--pool", POOL, "ab", check=False)
 
 
+def test_upload_past_its_length_fails_as_libvirtd(module_daemon: DaemonProcess,
+                                                  pool: Path) -> None:
+    d = module_daemon
+    d.virsh("vol-create-as", POOL, "len", "4M", "--format", "raw")
+    try:
+        old = os.urandom(4 * MiB)
+        (pool / "len").write_bytes(old)
+        conn = d.conn()
+        vol = conn.storagePoolLookupByName(POOL).storageVolLookupByName("len")
+        stream = conn.newStream()
+        vol.upload(stream, 0, MiB, 0)
+
+        def send() -> None:
+            stream.send(b"x" * MiB)
+            stream.send(b"y" * MiB)
+            stream.finish()
+
+        assert _error(send) == (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_STREAMS,
+                                "cannot write to stream: No space left on device")
+        _wait(lambda: not _leftovers(pool))
+        assert (pool / "len").read_bytes() == old
+    finally:
+        d.virsh("vol-delete", "--pool", POOL, "len", check=False)
+
+
 CLIENT = textwrap.dedent("""
     import sys, libvirt
     conn = libvirt.open(sys.argv[1])

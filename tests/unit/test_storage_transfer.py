@@ -78,10 +78,21 @@ def test_a_trailing_hole_keeps_the_size(tmp_path: Path) -> None:
     assert path.stat().st_blocks * 512 <= MiB + 64 * 1024
 
 
-def test_length_caps_what_is_taken(tmp_path: Path) -> None:
-    path = _volume(tmp_path, bytes(MiB))
+def test_length_caps_holes(tmp_path: Path) -> None:
+    path = _volume(tmp_path, b"\xff" * MiB)
     _upload(path, [b"x" * 1000, Hole(500)], length=1200)
-    assert path.read_bytes()[:1200] == b"x" * 1000 + bytes(200)
+    assert path.read_bytes() == b"x" * 1000 + bytes(200)
+
+
+def test_data_past_length_fails_as_libvirtd_and_changes_nothing(tmp_path: Path) -> None:
+    path = _volume(tmp_path, b"\xff" * MiB)
+    with pytest.raises(VirError) as info:
+        _upload(path, [b"x" * 1000, b"y" * 1000], length=1200)
+    assert (info.value.code, info.value.domain, info.value.message) == (
+        ErrorCode.SYSTEM_ERROR, ErrorDomain.STREAMS,
+        "cannot write to stream: No space left on device")
+    assert path.read_bytes() == b"\xff" * MiB
+    assert _others(tmp_path) == []
 
 
 ABORTED = VirError(ErrorCode.RPC, "stream aborted at client request", ErrorDomain.STREAMS)
