@@ -315,12 +315,22 @@ def network_from_element(root: etree._Element) -> NetworkDef:
     for tag in ("metadata", *_RAW_AFTER_DNS, *_RAW_TAIL):
         found = root.findall(tag)
         if found:
-            d.raw[tag] = [_raw(e) for e in found]
+            d.raw[tag] = [parse_portgroup(e) if tag == "portgroup" else raw_xml(e)
+                          for e in found]
     check(d)
     return d
 
 
-def _raw(elem: etree._Element) -> str:
+def parse_portgroup(node: etree._Element) -> str:
+    """A ``<portgroup>`` kept as XML once checked; ``default`` shows only when yes."""
+    if not node.get("name"):
+        raise _xml_err("Missing required name attribute in portgroup")
+    if node.get("default") != "yes":
+        node.attrib.pop("default", None)
+    return raw_xml(node)
+
+
+def raw_xml(elem: etree._Element) -> str:
     """An element kept as XML, printed back the way libvirtd prints its own.
 
     ``<metadata>`` is foreign XML libvirt passes through libxml2 as it came;
@@ -369,7 +379,7 @@ def _forward(fwd: etree._Element) -> ForwardDef:
         port = nat.find("port")
         if port is not None:
             f.nat_port = (int(port.get("start", "0")), int(port.get("end", "0")))
-    f.raw_pf = [_raw(e) for e in fwd if e.tag in ("pf", "address")]
+    f.raw_pf = [raw_xml(e) for e in fwd if e.tag in ("pf", "address")]
     return f
 
 

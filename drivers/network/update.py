@@ -23,6 +23,7 @@ from drivers.network.network_xml import (
     parse_dns_srv,
     parse_dns_txt,
     parse_host,
+    parse_portgroup,
     parse_range,
     parse_xml_doc,
 )
@@ -34,7 +35,8 @@ MODIFY, DELETE, ADD_LAST, ADD_FIRST = 1, 2, 3, 4
 #: virNetworkUpdateSection names, by number.
 SECTIONS = ("none", "bridge", "domain", "ip", "ip-dhcp-host", "ip-dhcp-range", "forward",
             "forward-interface", "forward-pf", "portgroup", "dns-host", "dns-txt", "dns-srv")
-IP_DHCP_HOST, IP_DHCP_RANGE, DNS_HOST, DNS_TXT, DNS_SRV = 4, 5, 10, 11, 12
+IP_DHCP_HOST, IP_DHCP_RANGE, FORWARD_INTERFACE, PORTGROUP = 4, 5, 7, 9
+DNS_HOST, DNS_TXT, DNS_SRV = 10, 11, 12
 
 #: Sections whose change dnsmasq must learn of (the others need no reload).
 DNSMASQ_SECTIONS = frozenset({IP_DHCP_HOST, IP_DHCP_RANGE, DNS_HOST, DNS_TXT, DNS_SRV})
@@ -239,5 +241,54 @@ def _dns_srv(d: NetworkDef, command: int, parent_index: int, xml: str) -> None:
     _insert(srvs, new, command)
 
 
-_HANDLERS = {IP_DHCP_HOST: _dhcp_host, IP_DHCP_RANGE: _dhcp_range, DNS_HOST: _dns_host,
-             DNS_TXT: _dns_txt, DNS_SRV: _dns_srv}
+def _forward_interface(d: NetworkDef, command: int, parent_index: int, xml: str) -> None:
+    if command == MODIFY:
+        raise _unsupported("forward interface entries cannot be modified, only added or deleted")
+    dev = _element(d, xml, "interface").get("dev")
+    if not dev:
+        raise VirError(ErrorCode.XML_ERROR, "XML error: missing dev attribute in <interface> "
+                       "element", ErrorDomain.NETWORK)
+    ifaces = d.forward.interfaces
+    if command == DELETE:
+        if dev not in ifaces:
+            raise _invalid(f"couldn't find an interface entry in network '{d.name}' matching "
+                           f"<interface dev='{dev}'>")
+        ifaces.remove(dev)
+        return
+    if dev in ifaces:
+        raise _invalid(f"there is an existing interface entry in network '{d.name}' that "
+                       f"matches \"<interface dev='{dev}'>\"")
+    _insert(ifaces, dev, command)
+
+
+def _portgroup(d: NetworkDef, command: int, parent_index: int, xml: str) -> None:
+    node = _element(d, xml, "portgroup")
+    new = parse_portgroup(node)
+    name = node.get("name")
+    groups = d.raw.setdefault("portgroup", [])
+    parsed = [etree.fromstring(g) for g in groups]
+    at = next((i for i, g in enumerate(parsed) if g.get("name") == name), None)
+    if command == DELETE or command == MODIFY:
+        if at is None:
+            raise _invalid(f"couldn't find a portgroup entry in network '{d.name}' matching "
+                           f"<portgroup name='{name}'>")
+    elif at is not None:
+        raise _invalid(f"there is an existing portgroup entry in network '{d.name}' that "
+                       f"matches \"<portgroup name='{name}'>\"")
+    if command != DELETE and node.get("default") == "yes" and any(
+            g.get("default") == "yes" and i != at for i, g in enumerate(parsed)):
+        raise _invalid(f"a different portgroup entry in network '{d.name}' is already set "
+                       "as the default. Only one default is allowed.")
+    if command == DELETE:
+        del groups[at]
+    elif command == MODIFY:
+        groups[at] = new
+    else:
+        _insert(groups, new, command)
+    if not groups:
+        del d.raw["portgroup"]
+
+
+_HANDLERS = {IP_DHCP_HOST: _dhcp_host, IP_DHCP_RANGE: _dhcp_range,
+             FORWARD_INTERFACE: _forward_interface, PORTGROUP: _portgroup,
+             DNS_HOST: _dns_host, DNS_TXT: _dns_txt, DNS_SRV: _dns_srv}

@@ -424,3 +424,44 @@ def test_port_xml() -> None:
            "  </owner>\n  <mac address='52:54:00:11:22:33'/>\n"
            "  <plug type='network' bridge='virbr0'/>\n</networkport>\n")
     assert parse_port(xml, "n").xml() == xml
+
+
+def test_update_forward_interfaces_and_portgroups() -> None:
+    """The reference libvirtd's answers to the same sequence."""
+    d = parse_network("<network><name>fi</name><forward mode='passthrough'>"
+                      "<interface dev='eth9'/></forward></network>")
+    FI, PG = update.FORWARD_INTERFACE, update.PORTGROUP
+    for command, section, xml, error in [
+        (update.ADD_LAST, FI, "<interface dev='eth10'/>", None),
+        (update.ADD_FIRST, FI, "<interface dev='eth8'/>", None),
+        (update.ADD_LAST, FI, "<interface dev='eth10'/>", ("there is an existing interface "
+         "entry in network 'fi' that matches \"<interface dev='eth10'>\"")),
+        (update.MODIFY, FI, "<interface dev='eth10'/>", ("forward interface entries cannot be "
+         "modified, only added or deleted")),
+        (update.DELETE, FI, "<interface dev='eth10'/>", None),
+        (update.DELETE, FI, "<interface dev='eth10'/>", ("couldn't find an interface entry in "
+         "network 'fi' matching <interface dev='eth10'>")),
+        (update.ADD_LAST, FI, "<interface/>", "missing dev attribute in <interface> element"),
+        (update.ADD_LAST, PG, "<portgroup name='pg1' default='yes'/>", None),
+        (update.ADD_LAST, PG, "<portgroup name='pg2'><vlan><tag id='42'/></vlan></portgroup>",
+         None),
+        (update.ADD_LAST, PG, "<portgroup name='pg1'/>", ("there is an existing portgroup entry "
+         "in network 'fi' that matches \"<portgroup name='pg1'>\"")),
+        (update.ADD_LAST, PG, "<portgroup name='pg3' default='yes'/>", ("a different portgroup "
+         "entry in network 'fi' is already set as the default. Only one default is allowed.")),
+        (update.MODIFY, PG, "<portgroup name='pg2' default='no'/>", None),
+        (update.DELETE, PG, "<portgroup name='pg1'/>", None),
+        (update.DELETE, PG, "<portgroup name='pg1'/>", ("couldn't find a portgroup entry in "
+         "network 'fi' matching <portgroup name='pg1'>")),
+        (update.ADD_LAST, PG, "<portgroup/>", "Missing required name attribute in portgroup"),
+    ]:
+        if error is None:
+            d = update.apply(d, command, section, -1, xml)
+        else:
+            with pytest.raises(VirError) as e:
+                update.apply(d, command, section, -1, xml)
+            assert e.value.message.endswith(error)
+    out = format_network(d)
+    assert out.endswith("  <forward dev='eth8' mode='passthrough'>\n"
+                        "    <interface dev='eth8'/>\n    <interface dev='eth9'/>\n"
+                        "  </forward>\n  <portgroup name='pg2'>\n  </portgroup>\n</network>\n")
