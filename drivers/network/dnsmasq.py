@@ -283,9 +283,13 @@ async def start(files: Files) -> int:
     argv = [binary(), f"--conf-file={files.conf}", f"--dhcp-leasefile={files.leases}"]
     with contextlib.suppress(FileNotFoundError):
         files.pid.unlink()
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    except FileNotFoundError:
+        raise VirError(ErrorCode.SYSTEM_ERROR, f"Cannot find '{argv[0]}' in path: No such "
+                       "file or directory", ErrorDomain.NONE) from None
     try:
         _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     except TimeoutError:

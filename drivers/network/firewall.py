@@ -128,9 +128,13 @@ def script(net: NetworkDef, family: str, stale: list[tuple[str, int]]) -> str:
 async def nft(script_text: str | None, *args: str) -> str:
     """Run ``nft`` (a script on its stdin when given); its message is the error."""
     argv = ["nft", *args] if script_text is None else ["nft", *args, "-f", "-"]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError:
+        raise VirError(ErrorCode.SYSTEM_ERROR, "Cannot find 'nft' in path: No such file or "
+                       "directory", ErrorDomain.NONE) from None
     try:
         out, err = await asyncio.wait_for(
             proc.communicate(script_text.encode() if script_text else None), TIMEOUT)
