@@ -178,26 +178,33 @@ class EventRelay:
 
     def _on_pool_event(self, kind: str, pool: Any, data: dict[str, Any]) -> None:
         event_id, name, fields = POOL_EVENTS[kind]
-        module = self.program.module
-        proc = self.procedures[f"STORAGE_POOL_EVENT_{name}"]
-        msg = getattr(module, f"remote_storage_pool_event_{name.lower()}_msg")
-        handle = module.remote_nonnull_storage_pool(pool.name, pool.uuid)
-        for client, regs in list(self._clients.items()):
-            for callback_id, (wanted, uuid) in regs.pool_callbacks.items():
-                if not client.closed and wanted == event_id and uuid in (None, pool.uuid):
-                    body = proc.args.encode(msg(callback_id, handle, *fields(data)))
-                    self._send(client, proc.number, body)
+        handle = self.program.module.remote_nonnull_storage_pool(pool.name, pool.uuid)
+        self._to_callbacks(f"STORAGE_POOL_EVENT_{name}", event_id, pool.uuid,
+                           lambda regs: regs.pool_callbacks, [handle, *fields(data)])
 
     def _on_network_event(self, kind: str, net: Any, data: dict[str, Any]) -> None:
         event_id, name, fields = NETWORK_EVENTS[kind]
-        module = self.program.module
-        proc = self.procedures[f"NETWORK_EVENT_{name}"]
-        msg = getattr(module, f"remote_network_event_{name.lower()}_msg")
-        handle = module.remote_nonnull_network(net.name, net.uuid)
+        handle = self.program.module.remote_nonnull_network(net.name, net.uuid)
+        self._to_callbacks(f"NETWORK_EVENT_{name}", event_id, net.uuid,
+                           lambda regs: regs.network_callbacks, [handle, *fields(data)])
+
+    def _to_callbacks(
+        self,
+        proc_name: str,
+        event_id: int,
+        uuid: bytes,
+        callbacks: Callable[[Registrations], dict[int, tuple[int, bytes | None]]],
+        fields: list[Any],
+    ) -> None:
+        """An event of an object that is not a domain, to each callback registered
+        for its kind on that object or on all: the message is the callback id, then
+        ``fields``."""
+        proc = self.procedures[proc_name]
+        msg = getattr(self.program.module, f"remote_{proc_name.lower()}_msg")
         for client, regs in list(self._clients.items()):
-            for callback_id, (wanted, uuid) in regs.network_callbacks.items():
-                if not client.closed and wanted == event_id and uuid in (None, net.uuid):
-                    body = proc.args.encode(msg(callback_id, handle, *fields(data)))
+            for callback_id, (wanted, want_uuid) in callbacks(regs).items():
+                if not client.closed and wanted == event_id and want_uuid in (None, uuid):
+                    body = proc.args.encode(msg(callback_id, *fields))
                     self._send(client, proc.number, body)
 
     def _send(self, client: Client, proc: int, body: bytes) -> None:
