@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from daemon.paths import DriverPaths
     from drivers.network.network_xml import NetworkDef
 
+
 def _files(net: NetworkDef, dirs: DriverPaths) -> Files:
     return Files(dirs.state_dir, net.name)
 
