@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from e2e.daemon import DaemonProcess
 from guest import PROMPT, ensure_guest
+
+from e2e.daemon import DaemonProcess
 
 BOOT_TIMEOUT = 60.0
 KVM = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
@@ -46,6 +49,17 @@ def define_and_start(daemon: DaemonProcess, name: str, xml: str) -> None:
     path.write_text(xml)
     daemon.virsh("define", str(path))
     daemon.virsh("start", name)
+
+
+@contextmanager
+def running(daemon: DaemonProcess, name: str, xml: str) -> Iterator[None]:
+    """The guest defined and running for the block, destroyed and undefined after it."""
+    define_and_start(daemon, name, xml)
+    try:
+        yield
+    finally:
+        daemon.virsh("destroy", name, check=False)
+        daemon.virsh("undefine", name, check=False)
 
 
 class Console:

@@ -8,6 +8,7 @@ teardown kills whatever a failing test leaves running.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -18,6 +19,7 @@ import pytest
 
 from drivers.qemu.process import cpu_cgroup_root
 from e2e.daemon import DaemonProcess
+from e2e.watch import VirshEvents
 
 pytestmark = pytest.mark.slow
 
@@ -35,37 +37,18 @@ def guest_xml(name: str, uuid: str | None = None) -> str:
     )
 
 
-class EventWatch:
-    """``virsh event --loop --all`` in the background, its lines read on demand."""
+class EventWatch(VirshEvents):
+    """``virsh event --loop --all``, each line as what happened: "Started Booted"."""
 
     def __init__(self, daemon: DaemonProcess) -> None:
-        self.path = daemon.root / f"events-{time.monotonic_ns()}.txt"
-        self._out = open(self.path, "w")
-        self.proc = subprocess.Popen(
-            ["virsh", "-c", daemon.uri, "event", "--loop", "--all"],
-            stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=dict(os.environ, LC_ALL="C"),
-        )
+        super().__init__(daemon, "event", "--loop", "--all")
         time.sleep(0.5)  # let it register before anything happens
 
     def lines(self) -> list[str]:
-        text = self.path.read_text()
-        return [
-            line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("event ")
-        ]
+        return [line.split(": ", 1)[1] for line in super().lines()]
 
     def wait_for(self, line: str, timeout: float = 15.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while line not in self.lines():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no event {line!r} in {self.lines()}")
-            time.sleep(0.05)
-        return self.lines()
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
-        self._out.close()
+        return super().wait_for(re.escape(line), timeout)
 
 
 @pytest.fixture

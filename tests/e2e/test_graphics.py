@@ -10,7 +10,7 @@ from xml.etree import ElementTree
 import libvirt
 import pytest
 
-from e2e.access import define_and_start, firmware_xml
+from e2e.access import firmware_xml, running
 from e2e.daemon import DaemonProcess
 
 pytestmark = pytest.mark.slow
@@ -21,10 +21,8 @@ RFB = b"RFB 003.008\n"
 
 @pytest.fixture(scope="module")
 def guest(module_daemon: DaemonProcess) -> Iterator[DaemonProcess]:
-    define_and_start(module_daemon, NAME, firmware_xml(NAME))
-    yield module_daemon
-    module_daemon.virsh("destroy", NAME, check=False)
-    module_daemon.virsh("undefine", NAME, check=False)
+    with running(module_daemon, NAME, firmware_xml(NAME)):
+        yield module_daemon
 
 
 def _vnc_port(daemon: DaemonProcess) -> int:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -14,8 +12,9 @@ import libvirt
 import libvirt_qemu
 import pytest
 
-from e2e.access import define_and_start, firmware_xml
+from e2e.access import firmware_xml, running
 from e2e.daemon import DaemonProcess
+from e2e.watch import VirshEvents
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +23,8 @@ NAME = "i3e-qemu"
 
 @pytest.fixture(scope="module")
 def guest(module_daemon: DaemonProcess) -> Iterator[DaemonProcess]:
-    define_and_start(module_daemon, NAME, firmware_xml(NAME))
-    yield module_daemon
-    module_daemon.virsh("destroy", NAME, check=False)
-    module_daemon.virsh("undefine", NAME, check=False)
+    with running(module_daemon, NAME, firmware_xml(NAME)):
+        yield module_daemon
 
 
 def test_qmp_command(guest: DaemonProcess) -> None:
@@ -60,41 +57,16 @@ def test_command_on_a_guest_not_running(guest: DaemonProcess) -> None:
         guest.virsh("undefine", "i3e-qemu-off")
 
 
-class EventWatch:
-    """``virsh qemu-monitor-event --loop ...`` in the background."""
-
-    def __init__(self, daemon: DaemonProcess, *args: str) -> None:
-        self.path = daemon.root / f"qemu-events-{time.monotonic_ns()}.txt"
-        self._out = open(self.path, "w")
-        self.proc = subprocess.Popen(
-            ["virsh", "-c", daemon.uri, "qemu-monitor-event", "--loop", *args],
-            stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=dict(os.environ, LC_ALL="C"),
-        )
-
-    def lines(self) -> list[str]:
-        return [line for line in self.path.read_text().splitlines() if line.startswith("event ")]
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while not any(re.fullmatch(pattern, line) for line in self.lines()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no event like {pattern!r} in {self.lines()}")
-            time.sleep(0.05)
-        return self.lines()
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
-        self._out.close()
+def monitor_events(daemon: DaemonProcess, *args: str) -> VirshEvents:
+    return VirshEvents(daemon, "qemu-monitor-event", "--loop", *args)
 
 
 def test_monitor_events_with_filters(guest: DaemonProcess) -> None:
     watches = {
-        "all": EventWatch(guest),
-        "stop": EventWatch(guest, "--domain", NAME, "--event", "STOP"),
-        "nocase": EventWatch(guest, "--event", "resume", "--no-case"),
-        "regex": EventWatch(guest, "--event", "^(RES|XYZ)", "--regex"),
+        "all": monitor_events(guest),
+        "stop": monitor_events(guest, "--domain", NAME, "--event", "STOP"),
+        "nocase": monitor_events(guest, "--event", "resume", "--no-case"),
+        "regex": monitor_events(guest, "--event", "^(RES|XYZ)", "--regex"),
     }
     try:
         time.sleep(1.0)  # let them register
@@ -118,7 +90,7 @@ def test_monitor_events_with_filters(guest: DaemonProcess) -> None:
 
 def test_monitor_event_details(guest: DaemonProcess) -> None:
     """An event with data (a VNC client connecting) comes with it as compact JSON."""
-    watch = EventWatch(guest, "--domain", NAME, "--event", "VNC_CONNECTED")
+    watch = monitor_events(guest, "--domain", NAME, "--event", "VNC_CONNECTED")
     try:
         time.sleep(1.0)
         port = int(re.findall(r"<graphics type='vnc' port='(\d+)'",
