@@ -28,9 +28,8 @@ AFFECT_CONFIG = 1 << 1
 
 
 def _invalid(text: str) -> VirError:
-    return VirError(
-        ErrorCode.OPERATION_INVALID, f"Requested operation is not valid: {text}", ErrorDomain.DOMAIN
-    )
+    message = f"Requested operation is not valid: {text}"
+    return VirError(ErrorCode.OPERATION_INVALID, message, ErrorDomain.DOMAIN)
 
 
 def impact(dom: Domain, flags: int) -> tuple[bool, bool]:

@@ -73,12 +73,6 @@ def _config_only(edit: Edit, text: str) -> DomainDef:
     return edit.config
 
 
-def _process(dom: Domain) -> Any:
-    if dom.process is None or not dom.active:
-        raise _invalid("domain is not running")
-    return dom.process
-
-
 # -- CPU sets --------------------------------------------------------------------
 
 
@@ -261,7 +255,7 @@ async def set_memory(driver: QemuDriver, dom: Domain, kib: int, flags: int) -> N
                     " device and guest OS balloon driver"
                 )
             # The live size follows the guest: BALLOON_CHANGE events report it.
-            await _process(dom).monitor.execute("balloon", {"value": kib * 1024})
+            await stats.running_process(dom).monitor.execute("balloon", {"value": kib * 1024})
         if edit.config is not None:
             edit.config.current_memory = kib
 
@@ -280,7 +274,7 @@ async def set_memory_stats_period(driver: QemuDriver, dom: Domain, period: int, 
             mb = edit.live.devices.memballoon
             assert mb is not None
             path = f"/machine/peripheral/{mb.info.alias or 'balloon0'}"
-            await _process(dom).monitor.execute(
+            await stats.running_process(dom).monitor.execute(
                 "qom-set",
                 {"path": path, "property": "guest-stats-polling-interval", "value": period},
             )
@@ -369,7 +363,7 @@ async def _hotplug(dom: Domain, n: int) -> None:
     ``vcpuN`` ids) can go, and only when the guest lets them: QEMU says so
     by dropping them from ``query-hotpluggable-cpus``.
     """
-    monitor = _process(dom).monitor
+    monitor = stats.running_process(dom).monitor
     slots = sorted(await monitor.execute("query-hotpluggable-cpus"), key=_slot_key)
     present = [i for i, c in enumerate(slots) if "qom-path" in c]
     try:
@@ -438,7 +432,7 @@ def _record_vcpus(dom: Domain, slots: list[dict[str, Any]]) -> None:
 
 async def vcpu_threads(dom: Domain) -> dict[int, int]:
     """vCPU index -> host thread id, from QEMU."""
-    cpus = await _process(dom).monitor.execute("query-cpus-fast")
+    cpus = await stats.running_process(dom).monitor.execute("query-cpus-fast")
     return {int(c["cpu-index"]): int(c["thread-id"]) for c in cpus}
 
 
@@ -461,7 +455,7 @@ async def get_vcpus(dom: Domain, maxinfo: int, maplen: int) -> tuple[list[VcpuIn
     """virDomainGetVcpus: (number, state, cpu_time, cpu) per online vCPU, and their maps."""
     if not dom.active:
         raise _invalid("cannot retrieve vcpu information for inactive domain")
-    proc = _process(dom)
+    proc = stats.running_process(dom)
     threads = await vcpu_threads(dom)
     info = []
     maps = bytearray()
@@ -511,7 +505,7 @@ async def pin_emulator(driver: QemuDriver, dom: Domain, cpumap: bytes, flags: in
     async with modify(driver, dom, flags) as edit:
         cpus = _pin_set(cpumap)
         if edit.live is not None:
-            proc = _process(dom)
+            proc = stats.running_process(dom)
             vcpus = set((await vcpu_threads(dom)).values())
             for tid in _threads(proc.pid):
                 if tid not in vcpus:
@@ -539,7 +533,7 @@ def cpu_stats_total(driver: QemuDriver, dom: Domain) -> list[tuple[str, int]]:
     from the same counters as the domain stats (its cgroup, else its process)."""
     if not dom.active:
         raise _invalid("domain is not running", ErrorDomain.DOMAIN)
-    times = stats.cgroup_times(dom.uuid_str) or stats.process_times(_process(dom).pid)
+    times = stats.cgroup_times(dom.uuid_str) or stats.process_times(stats.running_process(dom).pid)
     total, user, system = times or (0, 0, 0)
     return [("cpu_time", total), ("user_time", user), ("system_time", system)]
 
@@ -585,7 +579,7 @@ def _join_cpuacct(dom: Domain, threads: dict[int, int]) -> None:
     if cgroup.is_v2() or not cgroup.available("cpuacct"):
         return
     try:
-        group = cgroup.join("cpuacct", dom.uuid_str, _process(dom).pid)
+        group = cgroup.join("cpuacct", dom.uuid_str, stats.running_process(dom).pid)
         for index, tid in threads.items():
             sub = group / f"vcpu{index}"
             sub.mkdir(exist_ok=True)
@@ -687,7 +681,7 @@ async def _apply_thread_bandwidth(driver: QemuDriver, dom: Domain,
         )
     threads = await vcpu_threads(dom)
     kinds = [(f"vcpu{i}", [tid], "vcpu") for i, tid in sorted(threads.items())]
-    others = [t for t in _threads(_process(dom).pid) if t not in threads.values()]
+    others = [t for t in _threads(stats.running_process(dom).pid) if t not in threads.values()]
     kinds.append(("emulator", others, "emulator"))
     for name, tids, kind in kinds:
         sub = group / name
@@ -813,7 +807,7 @@ def _apply_memtune(dom: Domain, values: dict[str, int], old: dict[str, int]) -> 
     if values.get("swap_hard_limit", 0) > old["swap_hard_limit"]:
         order = order[2:] + order[:2]
     try:
-        group = cgroup.join("memory", dom.uuid_str, _process(dom).pid)
+        group = cgroup.join("memory", dom.uuid_str, stats.running_process(dom).pid)
         for name in (n for n in order if n in values):
             value = values[name]
             if value >= UNLIMITED:
@@ -968,7 +962,7 @@ def _apply_blkio(dom: Domain, values: dict[str, Any]) -> None:
     if not cgroup.available("blkio"):
         raise _invalid("blkio cgroup isn't mounted")
     try:
-        group = cgroup.join("blkio", dom.uuid_str, _process(dom).pid)
+        group = cgroup.join("blkio", dom.uuid_str, stats.running_process(dom).pid)
         if "weight" in values:
             cgroup.write(group, _weight_file(group), str(values["weight"]))
         for name in BLKIO_DEVICE:
@@ -1018,7 +1012,7 @@ async def _apply_pins(dom: Domain, d: DomainDef) -> None:
     threads = await vcpu_threads(dom)
     for index, tid in threads.items():
         _set_affinity(tid, vcpu_pin(d, index))
-    for tid in _threads(_process(dom).pid):
+    for tid in _threads(stats.running_process(dom).pid):
         if tid not in threads.values():
             _set_affinity(tid, emulator_pin(d))
 
