@@ -11,7 +11,7 @@ in place: the copy replaces the persistent definition only at the end.
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -79,24 +79,18 @@ def live_changed(driver: QemuDriver, dom: Domain) -> None:
 
 
 @asynccontextmanager
-async def modify(
-    driver: QemuDriver,
-    dom: Domain,
-    flags: int,
-    affected: Callable[[Domain, int], tuple[bool, bool]] = impact,
-) -> AsyncIterator[Edit]:
+async def modify(driver: QemuDriver, dom: Domain, flags: int) -> AsyncIterator[Edit]:
     """Change ``dom`` as ``flags`` say, under its job lock.
 
     The body changes the guest first, then ``edit.live`` and ``edit.config``.
     If it returns, the copy is saved as the persistent definition and a live
     change goes into the status file; if it raises, nothing is saved (a body
     that leaves a half-done live change behind calls ``live_changed`` itself).
-    ``affected`` decides (live, config) for calls whose errors differ from
-    ``impact``'s.
+    The body may also replace ``edit.config`` with a new definition of its own.
     """
     async with dom.lock:
         driver._check_present(dom)
-        live, config = affected(dom, flags)
+        live, config = impact(dom, flags)
         if live:
             assert dom.live is not None
         if config:
