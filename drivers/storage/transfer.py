@@ -57,6 +57,8 @@ def _extents(fd: int, start: int, end: int) -> list[tuple[int, int, bool]]:
         try:
             data = os.lseek(fd, pos, os.SEEK_DATA)
         except OSError as e:
+            if e.errno == errno.EINVAL:  # a block device: it knows no holes
+                return [*runs, (pos, end - pos, True)]
             if e.errno != errno.ENXIO:
                 raise
             data = end  # nothing but hole up to the end of the file
@@ -80,7 +82,7 @@ async def download(path: str, offset: int, length: int, sparse: bool,
     except OSError as e:
         raise _error(f"Unable to open '{path}'", e) from None
     try:
-        size = os.fstat(fd).st_size
+        size = os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for a block device
         end = size if length == 0 else min(size, offset + length)
         runs = _extents(fd, offset, end) if sparse else [(offset, end - offset, True)]
         for start, count, is_data in runs:

@@ -243,6 +243,12 @@ def test_disk_pool_life_cycle(module_daemon: DaemonProcess, loopdev: str,
         d.virsh("vol-upload", "--pool", "dk1", f"{name}p1", str(tmp_path / "in.bin"))
         with open(f"{loopdev}p1", "rb") as f:
             assert f.read(len(data)) == data
+        for sparse in ((), ("--sparse",)):  # a block device has no holes to send
+            d.virsh("vol-download", "--pool", "dk1", f"{name}p1", str(tmp_path / "out.bin"),
+                    *sparse)
+            out = (tmp_path / "out.bin").read_bytes()
+            with open(f"{loopdev}p1", "rb") as f:
+                assert out == f.read()
         d.virsh("vol-clone", "--pool", "dk1", f"{name}p1", f"{name}p3")
         with open(f"{loopdev}p3", "rb") as f:
             assert f.read(len(data)) == data
