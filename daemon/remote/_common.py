@@ -35,6 +35,12 @@ def check_flags(flags: int, allowed: int, api: str) -> None:
         )
 
 
+def rpc_limit(value: int, limit: int, text: str) -> None:
+    """A count beyond what the protocol allows: refused as libvirt's RPC layer refuses it."""
+    if value > limit:
+        raise VirError(ErrorCode.RPC, text, ErrorDomain.RPC)
+
+
 def running_process(dom: Domain) -> Any:
     """The QEMU process of a running domain, or libvirt's "not running" error."""
     if dom.process is None or not dom.active:

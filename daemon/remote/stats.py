@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
-from daemon.remote._common import check_flags, dom_of, handle_of
+from daemon.remote._common import check_flags, dom_of, handle_of, rpc_limit
 from drivers.qemu import stats
 from protocol import typed
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -25,11 +25,6 @@ _STATS_ENFORCE = 1 << 31
 _TYPED_STRING_OKAY = 1 << 2
 _JOB_STATS_COMPLETED = 1 << 0
 _JOB_STATS_KEEP_COMPLETED = 1 << 1
-
-
-def _rpc_limit(value: int, limit: int, text: str) -> None:
-    if value > limit:
-        raise VirError(ErrorCode.RPC, text, ErrorDomain.RPC)
 
 
 async def connect_get_all_domain_stats(call: Call, args: Any) -> Any:
@@ -66,7 +61,7 @@ async def connect_get_all_domain_stats(call: Call, args: Any) -> Any:
 
 
 async def domain_memory_stats(call: Call, args: Any) -> Any:
-    _rpc_limit(
+    rpc_limit(
         args.maxStats, R.REMOTE_DOMAIN_MEMORY_STATS_MAX, "maxStats > REMOTE_DOMAIN_MEMORY_STATS_MAX"
     )
     dom = dom_of(call, args.dom)
@@ -85,7 +80,7 @@ async def domain_block_stats(call: Call, args: Any) -> Any:
 
 
 async def domain_block_stats_flags(call: Call, args: Any) -> Any:
-    _rpc_limit(
+    rpc_limit(
         args.nparams, R.REMOTE_DOMAIN_BLOCK_STATS_PARAMETERS_MAX, "nparams too large"
     )
     dom = dom_of(call, args.dom)
@@ -110,7 +105,7 @@ async def domain_get_block_info(call: Call, args: Any) -> Any:
 
 
 async def domain_get_disk_errors(call: Call, args: Any) -> Any:
-    _rpc_limit(
+    rpc_limit(
         args.maxerrors,
         R.REMOTE_DOMAIN_DISK_ERRORS_MAX,
         "maxerrors > REMOTE_DOMAIN_DISK_ERRORS_MAX",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
-from daemon.remote._common import check_flags, dom_of
+from daemon.remote._common import check_flags, dom_of, rpc_limit
 from drivers.qemu import tuning
 from protocol import typed
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -76,10 +76,8 @@ async def domain_get_max_vcpus(call: Call, args: Any) -> Any:
 
 
 def _check_maps(count: int, maplen: int, what: str) -> None:
-    if count > R.REMOTE_VCPUINFO_MAX:
-        raise VirError(ErrorCode.RPC, f"{what} > REMOTE_VCPUINFO_MAX", ErrorDomain.RPC)
-    if count * maplen > R.REMOTE_CPUMAPS_MAX:
-        raise VirError(ErrorCode.RPC, f"{what} * maplen > REMOTE_CPUMAPS_MAX", ErrorDomain.RPC)
+    rpc_limit(count, R.REMOTE_VCPUINFO_MAX, f"{what} > REMOTE_VCPUINFO_MAX")
+    rpc_limit(count * maplen, R.REMOTE_CPUMAPS_MAX, f"{what} * maplen > REMOTE_CPUMAPS_MAX")
 
 
 async def domain_get_vcpus(call: Call, args: Any) -> Any:
@@ -134,10 +132,8 @@ _PERCPU_PARAMS = 2  # cpu_time, vcpu_time
 
 async def domain_get_cpu_stats(call: Call, args: Any) -> Any:
     """Totals (start_cpu -1) or per host CPU; ``nparams`` 0 asks for counts only."""
-    if args.nparams > R.REMOTE_NODE_CPU_STATS_MAX:
-        raise VirError(ErrorCode.RPC, "nparams too large", ErrorDomain.RPC)
-    if args.ncpus > R.REMOTE_DOMAIN_GET_CPU_STATS_NCPUS_MAX:
-        raise VirError(ErrorCode.RPC, "ncpus too large", ErrorDomain.RPC)
+    rpc_limit(args.nparams, R.REMOTE_NODE_CPU_STATS_MAX, "nparams too large")
+    rpc_limit(args.ncpus, R.REMOTE_DOMAIN_GET_CPU_STATS_NCPUS_MAX, "ncpus too large")
     check_flags(args.flags, _TYPED_STRING_OKAY, "qemuDomainGetCPUStats")
     dom = dom_of(call, args.dom)
     if args.start_cpu == -1:
@@ -178,8 +174,7 @@ async def domain_get_scheduler_type(call: Call, args: Any) -> Any:
 
 
 def _sched_params(call: Call, dom: Any, nparams: int, flags: int) -> list[Any]:
-    if nparams > R.REMOTE_DOMAIN_SCHEDULER_PARAMETERS_MAX:
-        raise VirError(ErrorCode.RPC, "nparams too large", ErrorDomain.RPC)
+    rpc_limit(nparams, R.REMOTE_DOMAIN_SCHEDULER_PARAMETERS_MAX, "nparams too large")
     tuning.scheduler_type(call.driver, dom)
     values = tuning.get_scheduler_params(call.driver, dom, flags)
     return typed.encode((n, _SCHED_TYPES[n], v) for n, v in values[: max(nparams, 0)])
