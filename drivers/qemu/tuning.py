@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -795,10 +797,20 @@ def _memory_files(v2: bool) -> dict[str, str]:
             "swap_hard_limit": "memory.memsw.limit_in_bytes"}
 
 
+@contextmanager
+def _joined(dom: Domain, controller: str, unmounted: str) -> Iterator[Path]:
+    """The guest's group of ``controller``, the guest moved into it first; a
+    write there that fails is libvirt's cgroup error."""
+    if not cgroup.available(controller):
+        raise _invalid(unmounted)
+    try:
+        yield cgroup.join(controller, dom.uuid_str, stats.running_process(dom).pid)
+    except OSError as e:
+        raise _cgroup_error(cgroup.path(controller, dom.uuid_str), e) from None
+
+
 def _apply_memtune(dom: Domain, values: dict[str, int], old: dict[str, int]) -> None:
-    """Write memory limits (KiB) into the guest's memory cgroup, joining it first."""
-    if not cgroup.available("memory"):
-        raise _invalid("cgroup memory controller is not mounted")
+    """Write memory limits (KiB) into the guest's memory cgroup."""
     v2 = cgroup.is_v2()
     files = _memory_files(v2)
     # v1 wants the swap limit never below the hard limit: a raised one goes
@@ -806,8 +818,7 @@ def _apply_memtune(dom: Domain, values: dict[str, int], old: dict[str, int]) -> 
     order = ["hard_limit", "soft_limit", "swap_hard_limit"]
     if values.get("swap_hard_limit", 0) > old["swap_hard_limit"]:
         order = order[2:] + order[:2]
-    try:
-        group = cgroup.join("memory", dom.uuid_str, stats.running_process(dom).pid)
+    with _joined(dom, "memory", "cgroup memory controller is not mounted") as group:
         for name in (n for n in order if n in values):
             value = values[name]
             if value >= UNLIMITED:
@@ -815,8 +826,6 @@ def _apply_memtune(dom: Domain, values: dict[str, int], old: dict[str, int]) -> 
             else:
                 text = str(value * 1024)
             cgroup.write(group, files[name], text)
-    except OSError as e:
-        raise _cgroup_error(cgroup.path("memory", dom.uuid_str), e) from None
 
 
 async def set_memory_params(driver: QemuDriver, dom: Domain, values: dict[str, int],
@@ -958,18 +967,13 @@ def _write_device_limits(group: Any, name: str, devices: dict[str, int]) -> None
 
 
 def _apply_blkio(dom: Domain, values: dict[str, Any]) -> None:
-    """Write the weight and device limits into the guest's blkio/io cgroup, joining it first."""
-    if not cgroup.available("blkio"):
-        raise _invalid("blkio cgroup isn't mounted")
-    try:
-        group = cgroup.join("blkio", dom.uuid_str, stats.running_process(dom).pid)
+    """Write the weight and device limits into the guest's blkio/io cgroup."""
+    with _joined(dom, "blkio", "blkio cgroup isn't mounted") as group:
         if "weight" in values:
             cgroup.write(group, _weight_file(group), str(values["weight"]))
         for name in BLKIO_DEVICE:
             if name in values:
                 _write_device_limits(group, name, parse_device_list(name, values[name]))
-    except OSError as e:
-        raise _cgroup_error(cgroup.path("blkio", dom.uuid_str), e) from None
 
 
 async def set_blkio_params(driver: QemuDriver, dom: Domain, values: dict[str, Any],
