@@ -126,16 +126,28 @@ def not_running() -> VirError:
                     "Requested operation is not valid: domain is not running", ErrorDomain.QEMU)
 
 
-def process_cpu_time(pid: int) -> int:
-    """User plus system CPU time of ``pid`` in nanoseconds (0 if it is gone)."""
+def proc_stat(path: str) -> list[bytes] | None:
+    """The fields of a /proc stat file after the command name (state first), None
+    when the process or thread is gone. The name may hold spaces and parentheses:
+    the fields start after its last ')'."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return 0
+        with open(path, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def stat_cpu_time(fields: list[bytes]) -> int:
+    """User plus system CPU time in nanoseconds from ``proc_stat`` fields."""
     # After the command name: state is field 3, utime 14 and stime 15 (1-based).
     ticks = int(fields[11]) + int(fields[12])
     return ticks * 1_000_000_000 // _CLOCK_TICKS
+
+
+def process_cpu_time(pid: int) -> int:
+    """User plus system CPU time of ``pid`` in nanoseconds (0 if it is gone)."""
+    fields = proc_stat(f"/proc/{pid}/stat")
+    return stat_cpu_time(fields) if fields is not None else 0
 
 
 class Domain:

@@ -33,7 +33,7 @@ from drivers.qemu.affect import (
     modify,
     one_def,
 )
-from drivers.qemu.domain import Domain
+from drivers.qemu.domain import Domain, proc_stat, stat_cpu_time
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ UNLIMITED = 9007199254740991
 PERIOD_RANGE = (1000, 1000000)
 QUOTA_RANGE = (1000, 17592186044415)
 UNPLUG_TIMEOUT = 5.0
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _error(code: ErrorCode, text: str, domain: ErrorDomain = ErrorDomain.QEMU) -> VirError:
@@ -440,14 +439,11 @@ async def vcpu_threads(dom: Domain) -> dict[int, int]:
 
 def thread_stat(pid: int, tid: int) -> tuple[int, int]:
     """(CPU time in ns, the CPU it last ran on) of one thread."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
+    fields = proc_stat(f"/proc/{pid}/task/{tid}/stat")
+    if fields is None:
         return 0, 0
-    # After the name: utime and stime are fields 14 and 15, processor 39 (1-based).
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks * 1_000_000_000 // _CLOCK_TICKS, int(fields[36])
+    # After the name, the processor is field 39 (1-based).
+    return stat_cpu_time(fields), int(fields[36])
 
 
 VcpuInfo = tuple[int, int, int, int]  # number, state, cpu_time, cpu
