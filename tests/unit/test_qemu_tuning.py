@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from qemu_fakes import CAPS, FakeMonitor, make_driver, run
 
-from drivers.qemu import affect, cgroup, domain_xml, tuning
+from drivers.qemu import cgroup, domain_xml, tuning
 from drivers.qemu.domain import Domain
 from drivers.qemu.driver import QemuDriver
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -38,38 +38,12 @@ def saved_xml(driver: QemuDriver) -> str:
     return (driver.dirs.config_dir / "t.xml").read_text()
 
 
-# -- flags ------------------------------------------------------------------------------
-
-
-async def test_impact_follows_the_state(driver: QemuDriver) -> None:
-    dom = await defined(driver)
-    assert affect.impact(dom, 0) == (False, True)
-    with pytest.raises(VirError) as e:
-        affect.impact(dom, tuning.AFFECT_LIVE)
-    assert e.value.code == ErrorCode.OPERATION_INVALID
-    assert e.value.domain == ErrorDomain.DOMAIN
-    assert str(e.value.message) == "Requested operation is not valid: domain is not running"
-    run(dom, FakeMonitor())
-    assert affect.impact(dom, 0) == (True, False)
-    assert affect.impact(dom, 3) == (True, True)
-
-
-async def test_getters_refuse_live_and_config_together(driver: QemuDriver) -> None:
-    dom = await defined(driver)
-    run(dom, FakeMonitor())
-    with pytest.raises(VirError, match="mutually exclusive"):
-        tuning.one_def(dom, tuning.AFFECT_LIVE | tuning.AFFECT_CONFIG)
-    assert tuning.one_def(dom, tuning.AFFECT_CONFIG) is dom.config
-    assert tuning.one_def(dom, 0) is dom.live
-
-
 # -- memory ----------------------------------------------------------------------------------
 
 
 async def test_setmem_live_balloons_and_config_persists(driver: QemuDriver) -> None:
     dom = await defined(driver)
-    mon = FakeMonitor()
-    run(dom, mon)
+    mon = run(dom, FakeMonitor())
     await tuning.set_memory(driver, dom, 200 * 1024, tuning.AFFECT_LIVE | tuning.AFFECT_CONFIG)
     assert mon.calls == [("balloon", {"value": 200 * 1024 * 1024})]
     assert dom.live is not None and dom.live.current_memory == 262144  # until the guest acts
@@ -102,8 +76,7 @@ async def test_setmem_without_balloon(driver: QemuDriver) -> None:
 
 async def test_stats_period_goes_to_the_balloon(driver: QemuDriver) -> None:
     dom = await defined(driver)
-    mon = FakeMonitor()
-    run(dom, mon)
+    mon = run(dom, FakeMonitor())
     await tuning.set_memory_stats_period(driver, dom, 5, 0)
     assert mon.calls == [("qom-set", {"path": "/machine/peripheral/balloon0",
                                       "property": "guest-stats-polling-interval", "value": 5})]
