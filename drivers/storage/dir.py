@@ -33,8 +33,8 @@ _SCRUB_PATTERNS = {1: "nnsa", 2: "dod", 3: "bsi", 4: "gutmann", 5: "schneier",
 _MAGICS = (b"QFI\xfb", b"QED\x00", b"KDMV", b"conectix", b"<<< ", b"OOOM", b"WithoutFreeSpace",
            b"LUKS\xba\xbe")
 
-#: Formats qemu-img makes for us (libvirt hands these to it too).
-_QEMU_IMG_FORMATS = frozenset({"qcow2", "qed", "vmdk", "vpc", "vdi", "qcow", "cow", "vhd"})
+#: Where an ISO 9660 volume descriptor says so.
+_ISO_MAGIC, _ISO_MAGIC_AT = b"CD001", 32769
 
 #: qcow2 features libvirt names, in its order, with qemu-img's key for each.
 _QCOW2_FEATURES = (("lazy_refcounts", "lazy-refcounts"), ("extended_l2", "extended-l2"))
@@ -71,10 +71,15 @@ def _target_exists(path: str) -> VirError:
                     "already exists", ErrorDomain.STORAGE)
 
 
-def _has_image_header(path: str) -> bool:
-    """Whether the file starts like an image format qemu-img should read (else raw)."""
+def _sniff(path: str) -> str:
+    """"image" when the file starts like a format qemu-img should read, "iso"
+    for an ISO 9660 image (which libvirt's probe names and qemu-img calls raw),
+    else "raw"."""
     with open(path, "rb") as f:
-        return f.read(32).startswith(_MAGICS)
+        if f.read(32).startswith(_MAGICS):
+            return "image"
+        f.seek(_ISO_MAGIC_AT)
+        return "iso" if f.read(len(_ISO_MAGIC)) == _ISO_MAGIC else "raw"
 
 
 def _backing(path: str, fmt: str) -> Backing:
@@ -88,20 +93,24 @@ def _backing(path: str, fmt: str) -> Backing:
     return back
 
 
-def _check_backing(vol: Volume) -> None:
+def _check_backing(vol: Volume, target: str, flags: int) -> None:
+    """libvirt's refusals of a backing store, per the way the volume gets made."""
     assert vol.backing is not None
-    if vol.format == "dir":
+    if vol.format in ("dir", "raw"):
+        kind = "directories" if vol.format == "dir" else "raw"
         raise VirError(ErrorCode.NO_SUPPORT,
                        "this function is not supported by the connection driver: backing "
-                       "storage not supported for directories volumes", ErrorDomain.STORAGE)
-    if vol.format == "raw":
-        raise VirError(ErrorCode.NO_SUPPORT,
-                       "this function is not supported by the connection driver: backing "
-                       "storage not supported for raw volumes", ErrorDomain.STORAGE)
-    if not os.path.exists(vol.backing.path):
-        raise VirError(ErrorCode.SYSTEM_ERROR,
-                       f"inaccessible backing store volume {vol.backing.path}: "
-                       f"{os.strerror(errno.ENOENT)}", ErrorDomain.STORAGE)
+                       f"storage not supported for {kind} volumes", ErrorDomain.STORAGE)
+    if vol.format == "iso":  # made by qemu-img as raw
+        raise VirError(ErrorCode.CONFIG_UNSUPPORTED, "unsupported configuration: cannot set "
+                       "backing store for raw volume", ErrorDomain.STORAGE)
+    if flags & VOL_CREATE_PREALLOC_METADATA:
+        raise VirError(ErrorCode.CONFIG_UNSUPPORTED, "unsupported configuration: metadata "
+                       "preallocation conflicts with backing store", ErrorDomain.STORAGE)
+    try:
+        os.stat(os.path.join(target, vol.backing.path))  # a relative path is the pool's
+    except OSError as e:
+        raise _system_error(f"inaccessible backing store volume {vol.backing.path}", e) from None
 
 
 def _check_prealloc(vol: Volume, flags: int) -> None:
@@ -109,6 +118,18 @@ def _check_prealloc(vol: Volume, flags: int) -> None:
         raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
                        "unsupported configuration: metadata preallocation is not supported "
                        "for raw volumes", ErrorDomain.STORAGE)
+
+
+def _check_image(vol: Volume, flags: int) -> None:
+    """What libvirt refuses before handing a volume to qemu-img: the options only
+    qcow2 has."""
+    for given, what in ((flags & VOL_CREATE_PREALLOC_METADATA, "metadata preallocation"),
+                        (vol.compat is not None, "compatibility option"),
+                        (vol.features is not None, "format features")):
+        if given and vol.format != "qcow2":
+            raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
+                           f"unsupported configuration: {what} only available with qcow2",
+                           ErrorDomain.STORAGE)
 
 
 def _apply_image_info(vol: Volume, info: dict[str, Any]) -> None:
@@ -229,29 +250,39 @@ class DirBackend(Backend):
             return found
         found.allocation = st.st_blocks * 512
         found.physical = found.capacity = st.st_size
-        if _has_image_header(path):
+        kind = _sniff(path)
+        if kind == "image":
             info = json.loads(await qemu_img("info", "--output=json", "-U", path))
             _apply_image_info(found, info)
+        elif kind == "iso":
+            found.format = "iso"
         return found
 
     async def create_vol(self, vol: Volume, flags: int) -> None:
         path = self.vol_path(vol.name)
         if os.path.lexists(path):
             raise _target_exists(path)
-        _check_prealloc(vol, flags)
-        if vol.backing is not None:
-            _check_backing(vol)
-        if vol.format == "raw":
-            await asyncio.to_thread(self._create_raw, vol, path)
-        elif vol.format == "dir":
+        if vol.format == "dir":
+            check_flags(flags, 0, "createFileDir")
+            if vol.backing is not None:
+                _check_backing(vol, self.target, flags)
             self._create_dir(vol, path)
             return
-        elif vol.format in _QEMU_IMG_FORMATS:
-            await self._create_image(vol, path, flags)
+        if vol.format == "ploop":
+            check_flags(flags, 0, "storageBackendCreatePloop")
+            raise VirError(ErrorCode.INTERNAL_ERROR, "internal error: unable to find ploop, "
+                           "please install ploop tools", ErrorDomain.STORAGE)
+        if vol.format == "raw":
+            _check_prealloc(vol, flags)
         else:
-            raise VirError(ErrorCode.OPERATION_UNSUPPORTED,
-                           f"Operation not supported: format of volume '{vol.name}' "
-                           f"cannot be created: {vol.format}", ErrorDomain.STORAGE)
+            _check_image(vol, flags)
+        if vol.backing is not None:
+            _check_backing(vol, self.target, flags)
+        if vol.format == "raw":
+            await asyncio.to_thread(self._create_raw, vol, path)
+        else:
+            # qemu-img makes or refuses every other format, as with libvirt
+            await self._create_image(vol, path, flags)
         try:
             self._apply_perms(vol, path)
         except OSError as e:
@@ -261,7 +292,10 @@ class DirBackend(Backend):
 
     async def create_vol_from(self, vol: Volume, source: Volume, flags: int) -> None:
         """A copy of ``source`` in ``vol``'s format, grown to its capacity; sparse."""
-        _check_prealloc(vol, flags)
+        if vol.format == "raw" and (source.type != "file" or source.format == "raw"):
+            _check_prealloc(vol, flags)
+        else:
+            _check_image(vol, flags)  # libvirt converts with qemu-img
         path = self.vol_path(vol.name)
         if os.path.lexists(path):
             raise _target_exists(path)
@@ -289,21 +323,25 @@ class DirBackend(Backend):
 
     @staticmethod
     def _image_options(vol: Volume, flags: int) -> list[str]:
+        """qemu-img's -o list, in libvirt's order and words."""
         options = []
-        if vol.format == "qcow2":
-            compat = vol.compat or "0.10"
-            for name in vol.features or ():
-                if compat == "0.10":
-                    quoted = name if name == "lazy_refcounts" else f"'{name}'"  # libvirt's words
-                    raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
-                                   f"unsupported configuration: {quoted} not supported with "
-                                   f"compat level {compat}", ErrorDomain.STORAGE)
-            options.append(f"compat={compat}")
-            options += [f"{name}=on" for name in vol.features or ()]
         if flags & VOL_CREATE_PREALLOC_METADATA:
-            # libvirt asks for data too when the whole capacity is to be allocated.
-            full = (vol.allocation or 0) // 1024 >= (vol.capacity + 1023) // 1024
+            # data too when the whole capacity is to be allocated (whole KiB, as libvirt)
+            full = ((vol.allocation or 0) + 1023) // 1024 >= (vol.capacity + 1023) // 1024
             options.append("preallocation=falloc" if full else "preallocation=metadata")
+        if vol.compat is not None:
+            options.append(f"compat={vol.compat}")
+        elif vol.format == "qcow2":
+            options.append("compat=0.10")
+        if vol.cluster_size:
+            options.append(f"cluster_size={vol.cluster_size}")
+        for name in vol.features or ():
+            if vol.compat == "0.10":
+                quoted = name if name == "lazy_refcounts" else f"'{name}'"  # libvirt's words
+                raise VirError(ErrorCode.CONFIG_UNSUPPORTED,
+                               f"unsupported configuration: {quoted} not supported with "
+                               f"compat level {vol.compat}", ErrorDomain.STORAGE)
+            options.append(name if name == "lazy_refcounts" else f"{name}=on")
         return options
 
     @staticmethod
@@ -346,7 +384,7 @@ class DirBackend(Backend):
 
     async def _create_image(self, vol: Volume, path: str, flags: int) -> None:
         options = self._image_options(vol, flags)
-        args = ["create", "-f", vol.format]
+        args = ["create", "-f", "raw" if vol.format == "iso" else vol.format]
         if vol.backing is not None:
             args += ["-b", vol.backing.path]
             options.insert(0, f"backing_fmt={vol.backing.format}")
@@ -394,8 +432,9 @@ class DirBackend(Backend):
     async def wipe_vol(self, vol: Volume, algorithm: int) -> None:
         # The volume is opened first whatever the algorithm, so what cannot be
         # written (a directory) fails alike, as in libvirt.
-        await asyncio.to_thread(self._wipe, vol.path, algorithm == 0)
+        await asyncio.to_thread(self._wipe, vol.path, algorithm == 0, vol.allocation or 0)
         if algorithm == 0:
+            self._wiped(vol)
             return
         # The other patterns are scrub(1)'s, as in libvirt.
         scrub = shutil.which("scrub")
@@ -412,12 +451,21 @@ class DirBackend(Backend):
                            f"internal error: Child process ({scrub} -f -p "
                            f"{_SCRUB_PATTERNS[algorithm]} {vol.path}) unexpected exit status "
                            f"{proc.returncode}: {err.decode().strip()}")
+        self._wiped(vol)
 
     @staticmethod
-    def _wipe(path: str, zero: bool) -> None:
-        """A sparse file becomes all holes; a dense one is written over with zeros,
-        its blocks kept (as libvirt's zero algorithm does). Without ``zero`` the
-        volume is only opened, to fail where libvirt does."""
+    def _wiped(vol: Volume) -> None:
+        """libvirtd records what it wiped as plain data: raw, its image features
+        gone (its compat level and cluster size stay until a pool refresh)."""
+        if vol.type == "file":
+            vol.format, vol.features = "raw", None
+
+    @staticmethod
+    def _wipe(path: str, zero: bool, allocation: int) -> None:
+        """A sparse file becomes all holes; a dense one gets zeros over as many
+        bytes as it had allocated (as libvirt's zero algorithm writes, which can
+        round the file up to whole blocks). Without ``zero`` the volume is only
+        opened, to fail where libvirt does."""
         try:
             fd = os.open(path, os.O_RDWR)
         except OSError as e:
@@ -435,7 +483,7 @@ class DirBackend(Backend):
                                             f"to {size} bytes", e) from None
                 return
             chunk = bytes(1 << 20)
-            left = st.st_size
+            left = allocation
             while left > 0:
                 size = min(left, len(chunk))
                 try:

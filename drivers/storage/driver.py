@@ -500,12 +500,11 @@ class StorageDriver:
     async def _settle_vol(self, pool: Pool, vol: Volume) -> Volume:
         """Record a new volume as found on disk, and the pool's new free space.
 
-        Like libvirtd, a volume made here shows the compat level and features it
-        was asked for, and its cluster size only once a pool refresh probed it."""
+        Like libvirtd, a volume shows the format, compat level, cluster size and
+        features it was made with (or last probed) until a pool refresh probes it."""
         found = await pool.backend.refresh_vol(Volume(vol.name, path=pool.backend.vol_path(vol.name)))
-        found.cluster_size = None
-        if found.format == "qcow2":
-            found.compat, found.features = vol.compat, vol.features
+        found.format, found.cluster_size = vol.format, vol.cluster_size
+        found.compat, found.features = vol.compat, vol.features
         pool.volumes[found.name] = found
         with contextlib.suppress(VirError):
             pool.scan.sizes = await pool.backend.sizes()

@@ -100,6 +100,9 @@ def parse_vol(xml: str, need_capacity: bool = True,
     vol.perms = parse_perms(root.find("target/permissions"))
     compat = root.findtext("target/compat")
     vol.compat = compat.strip() if compat else None
+    size = root.find("target/clusterSize")
+    if size is not None:
+        vol.cluster_size = scale(size.text or "", size.get("unit"), "clusterSize") or None
     features = root.find("target/features")
     if features is not None:
         if vol.compat is None:

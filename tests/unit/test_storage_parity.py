@@ -121,10 +121,81 @@ async def test_wipe_zero_of_sparse_and_dense_files(tmp_path: Path) -> None:
     sparse.write_bytes(b"data")
     os.truncate(sparse, 1 << 20)
     dense.write_bytes(b"\xff" * 10_000)
+    allocated = dense.stat().st_blocks * 512
     for path in (sparse, dense):
-        await backend.wipe_vol(Volume(path.name, path=str(path)), 0)
+        vol = await backend.refresh_vol(Volume(path.name))
+        await backend.wipe_vol(vol, 0)
         assert path.read_bytes() == bytes(path.stat().st_size)
-    assert sparse.stat().st_size == 1 << 20 and dense.stat().st_size == 10_000
+        assert vol.format == "raw"
+    # libvirt writes zeros over what was allocated: whole blocks
+    assert sparse.stat().st_size == 1 << 20 and dense.stat().st_size == allocated
+
+
+async def test_wiped_image_becomes_raw_data(tmp_path: Path) -> None:
+    from drivers.storage.dir import qemu_img
+
+    backend = DirBackend(_def(tmp_path))
+    await qemu_img("create", "-q", "-f", "qcow2", str(tmp_path / "q"), "1M")
+    vol = await backend.refresh_vol(Volume("q"))
+    assert (vol.format, vol.features, vol.compat) == ("qcow2", (), "1.1")
+    await backend.wipe_vol(vol, 0)
+    assert (vol.format, vol.features, vol.compat) == ("raw", None, "1.1")
+
+
+async def test_iso_images_are_named(tmp_path: Path) -> None:
+    iso = tmp_path / "i"
+    iso.write_bytes(bytes(32769) + b"CD001" + bytes(2000))
+    (tmp_path / "r").write_bytes(bytes(40000))
+    backend = DirBackend(_def(tmp_path))
+    assert (await backend.refresh_vol(Volume("i"))).format == "iso"
+    assert (await backend.refresh_vol(Volume("r"))).format == "raw"
+
+
+@pytest.mark.parametrize(("fmt", "target", "flags", "message"), [
+    ("vmdk", "", 1, "unsupported configuration: metadata preallocation only available with qcow2"),
+    ("vmdk", "<compat>1.1</compat>", 0,
+     "unsupported configuration: compatibility option only available with qcow2"),
+    ("iso", "<features/>", 0,
+     "unsupported configuration: compatibility option only available with qcow2"),
+    ("raw", "", 1,
+     "unsupported configuration: metadata preallocation is not supported for raw volumes"),
+    ("dir", "", 1, "unsupported flags (0x1) in function createFileDir"),
+    ("ploop", "", 1, "unsupported flags (0x1) in function storageBackendCreatePloop"),
+    ("ploop", "", 0, "internal error: unable to find ploop, please install ploop tools"),
+    ("qcow2", "<backingStore><path>nothere</path></backingStore>", 0,
+     "inaccessible backing store volume nothere: No such file or directory"),
+    ("qcow2", "<backingStore><path>/etc/hostname</path></backingStore>", 1,
+     "unsupported configuration: metadata preallocation conflicts with backing store"),
+    ("iso", "<backingStore><path>/etc/hostname</path></backingStore>", 0,
+     "unsupported configuration: cannot set backing store for raw volume"),
+])
+async def test_volume_creation_refused(tmp_path: Path, fmt: str, target: str, flags: int,
+                                       message: str) -> None:
+    inner, _, backing = target.partition("<backingStore>")
+    vol = parse_vol(f"<volume><name>v</name><capacity>1024</capacity><target>"
+                    f"<format type='{fmt}'/>{inner}</target>"
+                    + (f"<backingStore>{backing}" if backing else "") + "</volume>")
+    with pytest.raises(VirError) as e:
+        await DirBackend(_def(tmp_path)).create_vol(vol, flags)
+    assert e.value.message == message
+    assert not (tmp_path / "v").exists()
+
+
+async def test_iso_made_as_raw_and_qemu_img_options(tmp_path: Path) -> None:
+    backend = DirBackend(_def(tmp_path))
+    await backend.create_vol(parse_vol("<volume><name>i</name><capacity>4096</capacity>"
+                                       "<target><format type='iso'/></target></volume>"), 0)
+    assert (tmp_path / "i").stat().st_size == 4096
+    vol = parse_vol("<volume><name>q</name><capacity>1048576</capacity><allocation>1048576"
+                    "</allocation><target><format type='qcow2'/><clusterSize unit='KiB'>4"
+                    "</clusterSize><features><extended_l2/><lazy_refcounts/></features>"
+                    "</target></volume>")
+    assert vol.cluster_size == 4096
+    assert backend._image_options(vol, 1) == [
+        "preallocation=falloc", "compat=1.1", "cluster_size=4096", "lazy_refcounts",
+        "extended_l2=on"]
+    vol.allocation = 0
+    assert backend._image_options(vol, 1)[0] == "preallocation=metadata"
 
 
 # -- what qemu-img's probe becomes -------------------------------------------------------
