@@ -361,26 +361,28 @@ class DirBackend(Backend):
             raise _system_error(f"cannot create path '{path}'", e) from None
 
     def _create_raw(self, vol: Volume, path: str) -> None:
+        """ftruncate to the capacity, then allocate; each step fails with
+        libvirt's own words for it."""
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DEFAULT_VOL_MODE)
         except FileExistsError:
             raise _target_exists(path) from None
         except OSError as e:
-            raise _system_error(f"cannot create path '{path}'", e) from None
-        step = "extend"
+            raise _system_error(f"Failed to create file '{path}'", e) from None
+        step = "extend file"
         try:
             try:
                 os.ftruncate(fd, vol.capacity)
                 alloc = min(vol.allocation or 0, vol.capacity)
                 if alloc:
-                    step = "fill"
+                    step = f"allocate {alloc} bytes in file"
                     os.posix_fallocate(fd, 0, alloc)
             finally:
                 os.close(fd)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(path)
-            raise _system_error(f"cannot {step} file '{path}'", e) from None
+            raise _system_error(f"cannot {step} '{path}'", e) from None
 
     async def _create_image(self, vol: Volume, path: str, flags: int) -> None:
         options = self._image_options(vol, flags)

@@ -256,3 +256,12 @@ def test_features_asked_for() -> None:
         features("<features><lazy_refcounts/><bogus/></features>")
     assert (e.value.code, e.value.message) == (
         ErrorCode.CONFIG_UNSUPPORTED, "unsupported configuration: unsupported feature bogus")
+
+
+async def test_raw_volume_in_a_directory_gone(tmp_path: Path) -> None:
+    backend = DirBackend(_def(tmp_path / "gone"))
+    vol = parse_vol("<volume><name>r</name><capacity>1024</capacity></volume>")
+    with pytest.raises(VirError) as e:
+        await backend.create_vol(vol, 0)
+    assert e.value.message == (f"Failed to create file '{tmp_path}/gone/r': "
+                               "No such file or directory")
