@@ -26,7 +26,7 @@ async def _step(what: str, change: Awaitable[object]) -> None:
     try:
         await change
     except netlink.NetlinkError as e:
-        raise _Failed(f"{what}: {netlink.describe(e)}") from None
+        raise _Failed(f"{what}: {e.describe()}") from None
 
 
 def _internal(message: str) -> VirError:
@@ -65,7 +65,7 @@ async def start(d: InterfaceDef) -> None:
         for made in reversed(created):
             with contextlib.suppress(netlink.NetlinkError):
                 await netlink.delete_link(made)
-        detail = netlink.describe(e) if isinstance(e, netlink.NetlinkError) else str(e)
+        detail = e.describe() if isinstance(e, netlink.NetlinkError) else str(e)
         raise _internal(f"failed to create (start) interface {d.name}: {detail}") from None
 
 
@@ -134,7 +134,7 @@ async def _add(name: str, kind: str, created: list[int], **attrs: int) -> int:
     try:
         index = await netlink.add_link(name, kind, **attrs)
     except netlink.NetlinkError as e:
-        detail = netlink.describe(e)
+        detail = e.describe()
         if e.code == errno.EOPNOTSUPP:
             detail += f" (this kernel has no {kind} support)"
         raise _Failed(f"cannot create {kind} device {name}: {detail}") from None
@@ -185,4 +185,4 @@ async def bring_up(index: int) -> None:
     try:
         await netlink.set_link(index, state="up")
     except netlink.NetlinkError as e:
-        raise _internal(netlink.describe(e)) from None
+        raise _internal(e.describe()) from None

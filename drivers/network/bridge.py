@@ -1,42 +1,28 @@
-"""The Linux bridge of a virtual network, through netlink (pyroute2).
+"""The Linux bridge of a virtual network, through netlink (drivers.netlink).
 
 A bridge we make carries the alias ``aiovirtd network NAME``: after a crash
 that mark is the proof that a leftover bridge is ours to take back. A bridge
 of that name without the mark, or with ports still attached, is someone
 else's (or still in use), and starting the network says how to free the name.
-
-pyroute2's asyncio socket is a datagram endpoint that uvloop cannot open for
-AF_NETLINK, so the netlink work runs on a thread of its own, each call on a
-fresh IPRoute over a plain selector loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import ipaddress
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
+from drivers.netlink import Links, NetlinkError, run
 from drivers.network.dnsmasq import interface
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 if TYPE_CHECKING:
     from drivers.network.network_xml import NetworkDef, RouteDef
 
-T = TypeVar("T")
-
-TIMEOUT = 10.0
 SYSCTL = Path("/proc/sys/net")
-
-_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-netlink")
 
 
 def mark(net: NetworkDef) -> str:
@@ -49,21 +35,7 @@ def _system_error(message: str, err: NetlinkError | OSError) -> VirError:
                     ErrorDomain.NONE)
 
 
-def _with_socket(fn: Callable[[IPRoute], T]) -> T:
-    loop = asyncio.SelectorEventLoop()
-    try:
-        with IPRoute(use_event_loop=loop) as ipr:
-            return fn(ipr)
-    finally:
-        loop.close()
-
-
-async def _run(fn: Callable[[IPRoute], T]) -> T:
-    loop = asyncio.get_running_loop()
-    return await asyncio.wait_for(loop.run_in_executor(_THREAD, _with_socket, fn), TIMEOUT)
-
-
-def _link(ipr: IPRoute, name: str) -> Any:
+def _link(ipr: Links, name: str) -> Any:
     """The link message of ``name``, None when there is none."""
     try:
         return ipr.link("get", ifname=name)[0]
@@ -73,7 +45,7 @@ def _link(ipr: IPRoute, name: str) -> Any:
         raise
 
 
-def _ports(ipr: IPRoute, index: int) -> list[str]:
+def _ports(ipr: Links, index: int) -> list[str]:
     return [link.get("ifname") for link in ipr.get_links() if link.get("master") == index]
 
 
@@ -85,12 +57,12 @@ def _ours(link: Any, net: NetworkDef) -> bool:
 
 async def state(net: NetworkDef) -> tuple[bool, list[str]]:
     """Whether the network's bridge is there and marked ours, and its ports."""
-    def look(ipr: IPRoute) -> tuple[bool, list[str]]:
+    def look(ipr: Links) -> tuple[bool, list[str]]:
         link = _link(ipr, net.bridge)
         if link is None:
             return False, []
         return _ours(link, net), _ports(ipr, link["index"])
-    return await _run(look)
+    return await run(look)
 
 
 async def claim(net: NetworkDef) -> None:
@@ -98,7 +70,7 @@ async def claim(net: NetworkDef) -> None:
     on it is deleted, any other device of that name is refused."""
     name = net.bridge
 
-    def look(ipr: IPRoute) -> tuple[bool, list[str]] | None:
+    def look(ipr: Links) -> tuple[bool, list[str]] | None:
         link = _link(ipr, name)
         if link is None:
             return None
@@ -108,7 +80,7 @@ async def claim(net: NetworkDef) -> None:
             return None
         return ours, ports
 
-    found = await _run(look)
+    found = await run(look)
     if found is None:
         return
     ours, ports = found
@@ -192,7 +164,7 @@ def enable_forwarding(net: NetworkDef) -> None:
         raise _system_error("failed to enable IP forwarding", e) from None
 
 
-def _build(ipr: IPRoute, net: NetworkDef) -> None:
+def _build(ipr: Links, net: NetworkDef) -> None:
     name = net.bridge
     spec: dict[str, Any] = {"ifname": name, "kind": "bridge",
                             "br_stp_state": 1 if net.stp else 0,
@@ -236,12 +208,12 @@ def _build(ipr: IPRoute, net: NetworkDef) -> None:
 
 async def create(net: NetworkDef) -> None:
     """The bridge with its MAC, MTU, STP, addresses and routes, up."""
-    await _run(lambda ipr: _build(ipr, net))
+    await run(lambda ipr: _build(ipr, net))
 
 
 async def delete(net: NetworkDef) -> None:
     """Down and gone; only a bridge that is ours, and nothing when it is already gone."""
-    def drop(ipr: IPRoute) -> None:
+    def drop(ipr: Links) -> None:
         link = _link(ipr, net.bridge)
         if link is None or link.get("ifalias") != mark(net):
             return
@@ -249,4 +221,4 @@ async def delete(net: NetworkDef) -> None:
             ipr.link("set", index=link["index"], state="down")
         with contextlib.suppress(NetlinkError):
             ipr.link("del", index=link["index"])
-    await _run(drop)
+    await run(drop)
