@@ -255,3 +255,40 @@ def test_qemu_img_errors_whole(module_daemon: DaemonProcess, pool: tuple[str, Pa
         f"error: internal error: Child process ({shutil.which('qemu-img')} resize "
         f"{target}/d.vmdk 2097152) unexpected exit status 1: qemu-img: Image format driver "
         "does not support resize\n\n")
+
+
+def test_resize_clone_wipe_keep_what_libvirtd_keeps(module_daemon: DaemonProcess,
+                                                    pool: tuple[str, Path]) -> None:
+    d, (name, target) = module_daemon, pool
+    for vol in ("a.qcow2", "w.qcow2"):
+        _qemu_img("create", "-q", "-f", "qcow2", str(target / vol), "1M")
+    with open(target / "real.iso", "wb") as f:  # an ISO 9660 descriptor where it belongs
+        f.write(bytes(32769) + b"CD001" + bytes(4000))
+    d.virsh("pool-refresh", name)
+    assert "<format type='iso'/>" in d.virsh("vol-dumpxml", "--pool", name, "real.iso").stdout
+    cluster = "    <clusterSize unit='B'>65536</clusterSize>\n"
+    # a resize re-reads the size alone
+    d.virsh("vol-resize", "--pool", name, "a.qcow2", "2M")
+    xml = d.virsh("vol-dumpxml", "--pool", name, "a.qcow2").stdout
+    assert "<capacity unit='bytes'>2097152</capacity>" in xml and cluster in xml
+    # a clone is made with the cluster size its XML names, and shows it at once
+    d.virsh("vol-clone", "--pool", name, "a.qcow2", "c.qcow2")
+    assert cluster in d.virsh("vol-dumpxml", "--pool", name, "c.qcow2").stdout
+    # a wipe leaves raw data over the allocated bytes, level and cluster size kept
+    allocated = (target / "w.qcow2").stat().st_blocks * 512
+    d.virsh("vol-wipe", "--pool", name, "w.qcow2")
+    xml = d.virsh("vol-dumpxml", "--pool", name, "w.qcow2").stdout
+    assert f"<capacity unit='bytes'>{allocated}</capacity>" in xml
+    assert "<format type='raw'/>" in xml
+    assert f"    <compat>1.1</compat>\n{cluster}  </target>" in xml
+    # iso volumes are raw files made by qemu-img
+    d.virsh("vol-create-as", name, "new.iso", "1M", "--format", "iso")
+    assert (target / "new.iso").stat().st_size == 1 << 20
+    res = d.virsh("vol-create-as", name, "x.vmdk", "1M", "--format", "vmdk",
+                  "--prealloc-metadata", check=False)
+    assert ("error: unsupported configuration: metadata preallocation only available with "
+            "qcow2\n") in res.stderr
+    res = d.virsh("vol-create-as", name, "x.bochs", "1M", "--format", "bochs", check=False)
+    assert (f"create -f bochs {target}/x.bochs 1024K) unexpected exit status 1: qemu-img: "
+            f"{target}/x.bochs: Format driver 'bochs' does not support image creation\n"
+            in res.stderr)
