@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
+import functools
 import os
 import stat
 import tempfile
@@ -35,10 +35,6 @@ from protocol.errors import ErrorCode, ErrorDomain, VirError
 READ_SIZE = 4 << 20
 
 _PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-_libc.renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                            ctypes.c_uint)
 _RENAME_EXCHANGE = 1 << 1
 #: Pieces gathered into one write at most (well under IOV_MAX).
 _MAX_BATCH = 64
@@ -114,6 +110,19 @@ async def _blocking(func: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
+@functools.cache
+def _libc() -> Any:
+    """fallocate with flags and renameat2, which ``os`` lacks. ctypes (0.4 MiB)
+    is loaded by the first transfer that needs them, not at daemon start."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    libc.renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                               ctypes.c_uint)
+    return libc
+
+
 def _write_all(fd: int, data: bytes, pos: int) -> None:
     view = memoryview(data)
     while view:
@@ -123,8 +132,10 @@ def _write_all(fd: int, data: bytes, pos: int) -> None:
 
 def _zero(fd: int, start: int, length: int) -> None:
     """Make a range read as zeros without allocating it, where the file system can."""
-    if _libc.fallocate(fd, _PUNCH_HOLE, start, length) == 0:
+    if _libc().fallocate(fd, _PUNCH_HOLE, start, length) == 0:
         return
+    import ctypes  # already loaded by _libc()
+
     err = ctypes.get_errno()
     if err not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.ENODEV, errno.EINVAL):
         raise OSError(err, os.strerror(err))
@@ -272,8 +283,8 @@ def _swap(new: str, path: str) -> None:
     has it, spares ext4 the flush it does when a rename replaces a file."""
     parent = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _libc.renameat2(parent, os.path.basename(new).encode(), parent,
-                           os.path.basename(path).encode(), _RENAME_EXCHANGE) == 0:
+        if _libc().renameat2(parent, os.path.basename(new).encode(), parent,
+                             os.path.basename(path).encode(), _RENAME_EXCHANGE) == 0:
             os.unlink(new)  # the old contents now
             return
     finally:
