@@ -198,4 +198,6 @@ def _timestamps(stamps: tuple[str, str, str] | None) -> list[str]:
 
 
 def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """libvirt escapes quotes in element text too."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("'", "&apos;").replace('"', "&quot;"))

@@ -265,3 +265,9 @@ async def test_raw_volume_in_a_directory_gone(tmp_path: Path) -> None:
         await backend.create_vol(vol, 0)
     assert e.value.message == (f"Failed to create file '{tmp_path}/gone/r': "
                                "No such file or directory")
+
+
+def test_names_escaped_as_libvirt_does() -> None:
+    xml = format_vol(Volume("a'b\"c&d<e>", path="/p/a'b\"c&d<e>"))
+    assert "  <name>a&apos;b&quot;c&amp;d&lt;e&gt;</name>\n" in xml
+    assert "    <path>/p/a&apos;b&quot;c&amp;d&lt;e&gt;</path>\n" in xml
