@@ -815,6 +815,7 @@ class QemuDriver:
             dom.stopped(Shutoff.FAILED if half_started else Shutoff.CRASHED)
             if not dom.persistent:
                 self._forget(dom)
+            await netif.release_ports(self, st.ports.values())  # what the dead guest held
             return
         await hotplug.refresh_from_qemu(proc, d, st.taps)
         await netif.reattach(self, d, st.ports)

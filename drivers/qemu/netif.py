@@ -122,13 +122,21 @@ async def unplug(driver: QemuDriver, net: Interface) -> None:
     The tap goes by itself when QEMU closes it.
     """
     portid, net.portid = net.portid, None
+    if portid is not None:
+        await release_ports(driver, [portid])
+
+
+async def release_ports(driver: QemuDriver, portids: Iterable[str]) -> None:
+    """Give back ports by UUID: also those of a guest that died while no daemon watched
+    (its status file named them)."""
     network = driver.peers.get("network")
-    if portid is None or network is None:
+    if network is None:
         return
-    try:
-        await network.unplug(uuidlib.UUID(portid).bytes)
-    except VirError as e:
-        log.info("port %s of network %s: %s", portid, net.source.get("network"), e.message)
+    for portid in portids:
+        try:
+            await network.unplug(uuidlib.UUID(portid).bytes)
+        except VirError as e:
+            log.info("network port %s: %s", portid, e.message)
 
 
 async def unplug_all(driver: QemuDriver, nets: Iterable[Interface]) -> None:
