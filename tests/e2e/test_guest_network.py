@@ -13,8 +13,10 @@ the bridge.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -335,6 +337,24 @@ def test_guest_stop_releases_its_ports(daemon: DaemonProcess, hostbridge: str) -
         assert len(ports(daemon, HB)) == len(before) + 2
         assert "<link state='down'/>" in g.xml()
         daemon.virsh("destroy", g.name)
+        assert ports(daemon, HB) == before
+    finally:
+        g.close()
+
+
+def test_guest_that_died_unwatched_gives_back_its_port(
+    daemon: DaemonProcess, hostbridge: str
+) -> None:
+    g = Guest(daemon, "ngdead", nic("network", hostbridge, "52:54:00:9e:03:03"))
+    try:
+        before = ports(daemon, HB)
+        daemon.virsh("start", g.name)
+        assert len(ports(daemon, HB)) == len(before) + 1
+        daemon.stop()
+        pid = int((daemon.root / f"run/libvirt/qemu/{g.name}.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        daemon.start()
+        assert out(daemon, "domstate", g.name) == "shut off"
         assert ports(daemon, HB) == before
     finally:
         g.close()

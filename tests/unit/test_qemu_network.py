@@ -236,6 +236,13 @@ def test_unplug_of_a_port_the_network_dropped_is_quiet(taps: list[tuple[Any, ...
     assert [c[0] for c in networks.calls] == ["plug", "unplug"]
 
 
+def test_release_ports_of_a_dead_guest_quietly() -> None:
+    networks = FakeNetworks(plugged={PORT.bytes: Port(PORT.bytes, "virbr0", None, "n1")})
+    run(netif.release_ports(FakeDriver(networks), [str(PORT), str(uuidlib.UUID(int=1))]))
+    assert networks.plugged == {}
+    run(netif.release_ports(FakeDriver(None), [str(PORT)]))  # no network driver: nothing to do
+
+
 def test_reattach_plugs_the_saved_port_and_rebridges(monkeypatch: pytest.MonkeyPatch) -> None:
     moved: list[tuple[str, str]] = []
     monkeypatch.setattr(netif, "_master", lambda dev: None)  # the network was restarted
