@@ -751,6 +751,7 @@ class QemuDriver:
                 n.info.alias or "": n.target_dev for n in d.devices.interfaces if n.target_dev
             },
             ports={n.info.alias or "": n.portid for n in d.devices.interfaces if n.portid},
+            bridges={n.info.alias or "": n.bridge for n in d.devices.interfaces if n.bridge},
         )
         try:
             write_atomic(self.dirs.state_dir / f"{d.name}.xml", format_status(st))
@@ -818,7 +819,7 @@ class QemuDriver:
             await netif.release_ports(self, st.ports.values())  # what the dead guest held
             return
         await hotplug.refresh_from_qemu(proc, d, st.taps)
-        await netif.reattach(self, d, st.ports)
+        await netif.reattach(self, d, st.ports, st.bridges)
         try:
             live = await self._live_facts(proc, d, st.id)
         except VirError:

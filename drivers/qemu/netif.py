@@ -158,7 +158,9 @@ def _master(dev: str) -> str | None:
         return None
 
 
-async def reattach(driver: QemuDriver, d: DomainDef, ports: dict[str, str]) -> None:
+async def reattach(
+    driver: QemuDriver, d: DomainDef, ports: dict[str, str], bridges: dict[str, str]
+) -> None:
     """After a daemon restart: plug the saved ports again and put taps back on their bridges.
 
     A network gone or stopped meanwhile leaves the guest running without its
@@ -170,6 +172,7 @@ async def reattach(driver: QemuDriver, d: DomainDef, ports: dict[str, str]) -> N
         bridge = net.source.get("bridge") if net.type == "bridge" else None
         if net.type == "network":
             net.portid = ports.get(net.info.alias or "")
+            net.bridge = bridges.get(net.info.alias or "")
             try:
                 bridge = (await _plug_port(driver, d, net)).bridge
             except VirError as e:

@@ -44,6 +44,8 @@ class Status:
     taps: dict[str, str] = field(default_factory=dict)
     # NIC alias -> network port UUID: a restarted daemon plugs the same port again.
     ports: dict[str, str] = field(default_factory=dict)
+    # NIC alias -> the bridge its network gave: the live XML's until the port is plugged again.
+    bridges: dict[str, str] = field(default_factory=dict)
 
 
 def _attr(value: str) -> str:
@@ -58,8 +60,8 @@ def _attr(value: str) -> str:
     return f'"{value}"'
 
 
-def _portid(uuid: str | None) -> str:
-    return f" portid={_attr(uuid)}" if uuid else ""
+def _opt(name: str, value: str | None) -> str:
+    return f" {name}={_attr(value)}" if value else ""
 
 
 def _reason_name(state: State, reason: int) -> str:
@@ -95,7 +97,8 @@ def format_status(st: Status) -> str:
             for alias, path in st.pty_paths.items()
         ),
         *(
-            f"    <tap alias={_attr(alias)} dev={_attr(dev)}{_portid(st.ports.get(alias))}/>\n"
+            f"    <tap alias={_attr(alias)} dev={_attr(dev)}"
+            f"{_opt('portid', st.ports.get(alias))}{_opt('bridge', st.bridges.get(alias))}/>\n"
             for alias, dev in st.taps.items()
         ),
         "  </livestate>\n",
@@ -134,6 +137,8 @@ def parse_status(text: str) -> Status:
         taps={t.get("alias", ""): t.get("dev", "") for t in live.iter("tap")},
         ports={t.get("alias", ""): t.get("portid", "") for t in live.iter("tap")
                if t.get("portid")},
+        bridges={t.get("alias", ""): t.get("bridge", "") for t in live.iter("tap")
+                 if t.get("bridge")},
     )
 
 

@@ -134,11 +134,12 @@ def test_bridge_nic_source_kept() -> None:
 
 def test_status_keeps_ports() -> None:
     st = Status(State.RUNNING, 1, 10, "/m", 1, "<domain/>", taps={"net0": "vnet3", "net1": "v"},
-                ports={"net0": str(PORT)})
+                ports={"net0": str(PORT)}, bridges={"net0": "virbr0"})
     text = format_status(st)
-    assert f'<tap alias="net0" dev="vnet3" portid="{PORT}"/>' in text
+    assert f'<tap alias="net0" dev="vnet3" portid="{PORT}" bridge="virbr0"/>' in text
     assert '<tap alias="net1" dev="v"/>' in text
-    assert parse_status(text).ports == {"net0": str(PORT)}
+    back = parse_status(text)
+    assert (back.ports, back.bridges) == ({"net0": str(PORT)}, {"net0": "virbr0"})
 
 
 @pytest.mark.parametrize(("model", "mtu", "want"), [
@@ -252,7 +253,7 @@ def test_reattach_plugs_the_saved_port_and_rebridges(monkeypatch: pytest.MonkeyP
     d = parse(domain(NET_NIC), CAPS)
     assign_aliases(d)
     d.devices.interfaces[0].target_dev = "vnet5"
-    run(netif.reattach(FakeDriver(networks), d, {"net0": str(saved)}))
+    run(netif.reattach(FakeDriver(networks), d, {"net0": str(saved)}, {"net0": "virbr1"}))
     assert networks.calls[0][-1] == saved.bytes
     assert d.devices.interfaces[0].portid == str(saved)
     assert moved == [("vnet5", "virbr7")]
@@ -263,8 +264,9 @@ def test_reattach_to_a_stopped_network_keeps_the_guest(monkeypatch: pytest.Monke
     monkeypatch.setattr(netif, "tap_to_bridge", lambda tap, br: pytest.fail("no bridge"))
     d = parse(domain(NET_NIC), CAPS)
     assign_aliases(d)
-    run(netif.reattach(FakeDriver(FakeNetworks()), d, {"net0": str(PORT)}))
-    assert d.devices.interfaces[0].bridge is None
+    run(netif.reattach(FakeDriver(FakeNetworks()), d, {"net0": str(PORT)}, {"net0": "virbr1"}))
+    net = d.devices.interfaces[0]
+    assert (net.portid, net.bridge) == (str(PORT), "virbr1")  # the live XML stays as it was
 
 
 def test_tap_names_count_up_past_existing(monkeypatch: pytest.MonkeyPatch) -> None:
