@@ -254,7 +254,8 @@ class DirBackend(Backend):
         if kind == "image":
             info = json.loads(await qemu_img("info", "--output=json", "-U", path))
             _apply_image_info(found, info)
-        elif kind == "iso":
+        elif kind == "iso" or vol.format == "iso":
+            # libvirt names what it made as iso so until a pool refresh probes it
             found.format = "iso"
         return found
 

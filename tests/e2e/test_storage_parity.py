@@ -284,6 +284,9 @@ def test_resize_clone_wipe_keep_what_libvirtd_keeps(module_daemon: DaemonProcess
     # iso volumes are raw files made by qemu-img
     d.virsh("vol-create-as", name, "new.iso", "1M", "--format", "iso")
     assert (target / "new.iso").stat().st_size == 1 << 20
+    assert "<format type='iso'/>" in d.virsh("vol-dumpxml", "--pool", name, "new.iso").stdout
+    d.virsh("pool-refresh", name)  # the probe finds plain data
+    assert "<format type='raw'/>" in d.virsh("vol-dumpxml", "--pool", name, "new.iso").stdout
     res = d.virsh("vol-create-as", name, "x.vmdk", "1M", "--format", "vmdk",
                   "--prealloc-metadata", check=False)
     assert ("error: unsupported configuration: metadata preallocation only available with "
