@@ -282,6 +282,24 @@ def test_tap_names_count_up_past_existing(monkeypatch: pytest.MonkeyPatch) -> No
     assert [netif._tap_name() for _ in range(3)] == ["vnet0", "vnet3", "vnet4"]
 
 
+def test_link_down_nics_are_taken_down_at_start() -> None:
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    class Monitor:
+        async def execute(self, cmd: str, args: dict[str, Any]) -> None:
+            sent.append((cmd, args))
+
+    class Proc:
+        monitor = Monitor()
+
+    nics = NET_NIC + NET_NIC.replace("aa:bb:01", "aa:bb:02").replace(
+        "</interface>", "<link state='down'/></interface>")
+    d = parse(domain(nics), CAPS)
+    assign_aliases(d)
+    run(netif.set_link_states(Proc(), d))  # type: ignore[arg-type]
+    assert sent == [("set_link", {"name": "net1", "up": False})]
+
+
 # -- leases ------------------------------------------------------------------------------------
 
 
