@@ -313,6 +313,19 @@ def test_hotplug_of_network_and_bridge_nics(
     daemon.virsh("detach-interface", g.name, "network", "--mac", "52:54:00:9e:02:04",
                  "--config")
     assert "52:54:00:9e:02:04" not in g.xml("--inactive")
+    # attach-device with link down; detach-device with the live XML's own <interface>
+    # (portid, bridge, target and alias in it) finds the NIC by MAC all the same.
+    path = daemon.root / "ngnic.xml"
+    path.write_text(nic("network", HB, "52:54:00:9e:02:05", "<link state='down'/>"))
+    daemon.virsh("attach-device", g.name, str(path))
+    assert out(daemon, "domif-getlink", g.name, "52:54:00:9e:02:05").split()[1] == "down"
+    assert len(ports(daemon, HB)) == len(before) + 1
+    live = g.xml()
+    start = live.rindex("<interface", 0, live.index("52:54:00:9e:02:05"))
+    path.write_text(live[start:live.index("</interface>", start) + len("</interface>")])
+    daemon.virsh("detach-device", g.name, str(path))
+    assert "52:54:00:9e:02:05" not in g.xml()
+    assert ports(daemon, HB) == before
     # Of an unknown network, libvirtd's words.
     res = daemon.virsh("attach-interface", g.name, "network", "ngnone", check=False)
     assert "Network not found: no network with matching name 'ngnone'" in res.stderr
