@@ -374,7 +374,7 @@ class DirBackend(Backend):
         try:
             try:
                 os.ftruncate(fd, vol.capacity)
-                alloc = min(vol.allocation or 0, vol.capacity)
+                alloc = vol.allocation or 0  # beyond the capacity, the file grows (libvirt)
                 if alloc:
                     step = f"allocate {alloc} bytes in file"
                     os.posix_fallocate(fd, 0, alloc)

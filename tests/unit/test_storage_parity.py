@@ -271,3 +271,11 @@ def test_names_escaped_as_libvirt_does() -> None:
     xml = format_vol(Volume("a'b\"c&d<e>", path="/p/a'b\"c&d<e>"))
     assert "  <name>a&apos;b&quot;c&amp;d&lt;e&gt;</name>\n" in xml
     assert "    <path>/p/a&apos;b&quot;c&amp;d&lt;e&gt;</path>\n" in xml
+
+
+async def test_raw_allocation_beyond_capacity_grows_the_file(tmp_path: Path) -> None:
+    vol = parse_vol("<volume><name>r</name><capacity unit='K'>64</capacity>"
+                    "<allocation unit='K'>128</allocation></volume>")
+    await DirBackend(_def(tmp_path)).create_vol(vol, 0)
+    st = (tmp_path / "r").stat()
+    assert (st.st_size, st.st_blocks * 512) == (128 << 10, 128 << 10)
