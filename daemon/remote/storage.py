@@ -306,7 +306,8 @@ async def storage_vol_upload(call: Call, args: Any) -> None:
     stream = call.stream
     assert stream is not None
     stream.sparse = bool(args.flags & _SPARSE_STREAM)
-    stream.serve(_driver(call).upload_vol(pool, vol, args.offset, args.length, stream.recv))
+    stream.serve(_driver(call).upload_vol(pool, vol, args.offset, args.length, stream.recv,
+                                          sparse=stream.sparse))
 
 
 async def _fresh(call: Call, handle: Any) -> Volume:

@@ -562,13 +562,14 @@ class StorageDriver:
         return qemu.volumes_in_use(pool.name, {v.path: v.name for v in pool.volumes.values()})
 
     async def upload_vol(self, pool: Pool, vol: Volume, offset: int, length: int,
-                         recv: Callable[[], Awaitable[Any]]) -> None:
+                         recv: Callable[[], Awaitable[Any]], sparse: bool = False) -> None:
         """The volume takes what the stream brings; it is in use (not deleted, its
         pool not destroyed) until the stream ends. A file no guest has open is
         replaced only by a complete upload (drivers/storage/transfer.py)."""
         replace = not any(vol.name in names for names in self._held(pool).values())
         with self._job(pool, using=(pool, vol.name)):
-            await transfer.upload(vol.path, offset, length, recv, replace=replace)
+            await transfer.upload(vol.path, offset, length, recv, replace=replace,
+                                  sparse=sparse)
         await self.refresh_vol(pool, vol)
 
     async def download_vol(self, pool: Pool, vol: Volume, offset: int, length: int,

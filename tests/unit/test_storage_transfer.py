@@ -32,7 +32,9 @@ def _feed(items: list[Any]) -> Callable[[], Awaitable[Any]]:
 
 def _upload(path: Path, items: list[Any], offset: int = 0, length: int = 0,
             replace: bool = True) -> None:
-    asyncio.run(transfer.upload(str(path), offset, length, _feed(items), replace=replace))
+    sparse = any(isinstance(item, Hole) for item in items)
+    asyncio.run(transfer.upload(str(path), offset, length, _feed(items), replace=replace,
+                                sparse=sparse))
 
 
 def _volume(tmp_path: Path, data: bytes, prealloc: bool = False) -> Path:
