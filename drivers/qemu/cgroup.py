@@ -70,12 +70,21 @@ def write(group: Path, name: str, value: str) -> None:
     (group / name).write_text(value)
 
 
+def listing(base: Path, pattern: str) -> list[Path]:
+    """``base.glob(pattern)``, empty when a group vanishes while we look: other
+    daemons' guests come and go under the same /machine partition."""
+    try:
+        return list(base.glob(pattern))
+    except OSError:
+        return []
+
+
 def extra_dirs(uuid: str) -> list[Path]:
     """What the tuning calls may have made for a guest besides its CPU group,
     children first: they must go before the guest's own groups can."""
     if is_v2():
         return []
-    threads = [p for c in ("cpu", "cpuacct") for p in path(c, uuid).glob("*") if p.is_dir()]
+    threads = [p for c in ("cpu", "cpuacct") for p in listing(path(c, uuid), "*") if p.is_dir()]
     return [*threads, *(path(c, uuid) for c in ("cpuacct", "memory", "blkio"))]
 
 
@@ -85,11 +94,11 @@ def sweep() -> None:
     if is_v2():
         return
     doomed = [
-        *(ROOT / "cpu" / "machine").glob(group_name("*") + "/*"),
-        *(ROOT / "cpuacct" / "machine").glob(group_name("*") + "/*"),
+        *listing(ROOT / "cpu" / "machine", group_name("*") + "/*"),
+        *listing(ROOT / "cpuacct" / "machine", group_name("*") + "/*"),
     ]
     for controller in ("cpuacct", "memory", "blkio"):
-        doomed += (ROOT / controller / "machine").glob(group_name("*"))
+        doomed += listing(ROOT / controller / "machine", group_name("*"))
     for group in doomed:
         try:
             group.rmdir()

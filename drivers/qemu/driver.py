@@ -435,7 +435,7 @@ class QemuDriver:
         cgroup.sweep()
         if self._cgroup_root is None:
             return
-        for group in (self._cgroup_root / "machine").glob("qemu-*.aiovirtd"):
+        for group in cgroup.listing(self._cgroup_root / "machine", "qemu-*.aiovirtd"):
             try:
                 group.rmdir()
             except OSError:
