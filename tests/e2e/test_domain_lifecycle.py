@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from drivers.qemu.process import cpu_cgroup_root
 from e2e.daemon import DaemonProcess
+from e2e.netns import NetNS
 from e2e.watch import VirshEvents
 
 pytestmark = pytest.mark.slow
@@ -341,19 +341,17 @@ def test_guest_powers_itself_off(daemon: DaemonProcess, events: EventWatch) -> N
 
 
 @pytest.fixture
-def bridge() -> Iterator[str]:
-    """A throw-away Linux bridge for the test's taps, deleted afterwards."""
-    name = f"avdbr{os.getpid() % 100000}"
-    res = subprocess.run(["ip", "link", "add", name, "type", "bridge"], capture_output=True)
+def bridge(netns: NetNS) -> str:
+    """A Linux bridge for the test's taps, in the test's own network namespace."""
+    name = "avdbr0"
+    res = netns.run("ip", "link", "add", name, "type", "bridge", check=False)
     if res.returncode != 0:
-        pytest.skip(f"cannot create a bridge: {res.stderr.decode().strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "del", name], capture_output=True)
+        pytest.skip(f"cannot create a bridge: {res.stderr.strip()}")
+    return name
 
 
-def test_nics_on_a_bridge(daemon: DaemonProcess, bridge: str) -> None:
+def test_nics_on_a_bridge(netns_daemon: DaemonProcess, netns: NetNS, bridge: str) -> None:
+    daemon = netns_daemon
     path = daemon.root / "n1.xml"
     path.write_text(
         guest_xml("n1").replace(
@@ -374,13 +372,12 @@ def test_nics_on_a_bridge(daemon: DaemonProcess, bridge: str) -> None:
     live = out(daemon, "dumpxml", "n1")
     tap = live.split("<target dev='", 1)[1].split("'", 1)[0]
     assert tap.startswith("vnet")
-    members = subprocess.run(["ip", "-br", "link", "show", "master", bridge],
-                             capture_output=True, text=True).stdout
+    members = netns.run("ip", "-br", "link", "show", "master", bridge).stdout
     assert tap in members and "fe:54:00:aa:bb:01" in members
     daemon.restart()
     assert f"<target dev='{tap}'/>" in out(daemon, "dumpxml", "n1")
     daemon.virsh("destroy", "n1")
-    wait_until(lambda: not os.path.exists(f"/sys/class/net/{tap}"))
+    wait_until(lambda: netns.run("ip", "link", "show", tap, check=False).returncode != 0)
     daemon.virsh("undefine", "n1")
 
 
