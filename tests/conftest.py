@@ -91,3 +91,15 @@ def netns_daemon(netns: NetNS) -> Iterator[DaemonProcess]:
         yield d
     finally:
         d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def module_netns_daemon() -> Iterator[DaemonProcess]:
+    """``module_daemon`` in a network namespace of its own, for guests with NICs."""
+    with NetNS() as ns:
+        d = DaemonProcess(netns=ns.name)
+        try:
+            d.start()
+            yield d
+        finally:
+            d.cleanup()

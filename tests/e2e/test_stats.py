@@ -110,8 +110,8 @@ def table(text: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def guests(module_daemon: DaemonProcess) -> Iterator[DaemonProcess]:
-    d = module_daemon
+def guests(module_netns_daemon: DaemonProcess) -> Iterator[DaemonProcess]:
+    d = module_netns_daemon  # its guest's tap stays off the host's network
     qcow2, raw = d.root / "run.qcow2", d.root / "off.raw"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "64M"], check=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), "32M"], check=True)
