@@ -6,6 +6,7 @@ The numbers are wire facts (``virterror.h``): a client turns them back into
 
 from __future__ import annotations
 
+import os
 from enum import IntEnum
 
 
@@ -210,6 +211,8 @@ class VirError(Exception):
 
     ``message`` is the whole text the client shows after "error: ", e.g.
     "Domain not found: no domain with matching name 'x'".
+    ``errno`` is the OS error behind a system error, which libvirt sends in
+    ``int1`` (-1 when there is none).
     """
 
     def __init__(
@@ -218,12 +221,25 @@ class VirError(Exception):
         message: str,
         domain: ErrorDomain = ErrorDomain.NONE,
         level: ErrorLevel = ErrorLevel.ERROR,
+        errno: int | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.domain = domain
         self.level = level
+        self.errno = errno
+
+    @property
+    def int1(self) -> int:
+        return -1 if self.errno is None else self.errno
 
     def __repr__(self) -> str:
         return f"VirError({self.code.name}, {self.message!r}, {self.domain.name})"
+
+
+def system_error(message: str, err: OSError, domain: ErrorDomain = ErrorDomain.NONE) -> VirError:
+    """libvirt's report of a failed system call: ``message: strerror``, errno in ``int1``."""
+    code = err.errno or 0
+    return VirError(ErrorCode.SYSTEM_ERROR, f"{message}: {os.strerror(code)}", domain,
+                    errno=code)

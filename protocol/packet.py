@@ -122,14 +122,15 @@ def split_message(code: int, message: str) -> tuple[str, str]:
     return "%s", message
 
 
-def error_body(code: int, domain: int, message: str, level: int = 2) -> bytes:
-    """A ``virNetMessageError`` (``remote_error``) as libvirtd fills it."""
+def error_body(code: int, domain: int, message: str, level: int = 2, int1: int = -1) -> bytes:
+    """A ``virNetMessageError`` (``remote_error``) as libvirtd fills it; ``int1``
+    carries the errno of a system error."""
     str1, str2 = split_message(code, message)
     return b"".join((
         _INT2.pack(code, domain), _string(message),
         _INT2.pack(level, 0),  # level, dom absent
         _string(str1), _string(str2),
-        _TAIL.pack(0, -1, -1, 0),
+        _TAIL.pack(0, int1, -1, 0),
     ))
 
 
