@@ -7,13 +7,14 @@ from typing import Any
 from daemon.dispatch import Call
 from daemon.remote._common import check_flags, dom_of
 from drivers.qemu import hotplug
+from drivers.qemu.affect import AFFECT_CONFIG, AFFECT_LIVE
 
-_AFFECT = hotplug.AFFECT_LIVE | hotplug.AFFECT_CONFIG
+_AFFECT = AFFECT_LIVE | AFFECT_CONFIG
 
 
 async def domain_attach_device(call: Call, args: Any) -> None:
     # The flagless call is the live one, as in libvirtd.
-    await hotplug.attach(call.driver, dom_of(call, args.dom), args.xml, hotplug.AFFECT_LIVE)
+    await hotplug.attach(call.driver, dom_of(call, args.dom), args.xml, AFFECT_LIVE)
 
 
 async def domain_attach_device_flags(call: Call, args: Any) -> None:
@@ -22,7 +23,7 @@ async def domain_attach_device_flags(call: Call, args: Any) -> None:
 
 
 async def domain_detach_device(call: Call, args: Any) -> None:
-    await hotplug.detach(call.driver, dom_of(call, args.dom), args.xml, hotplug.AFFECT_LIVE)
+    await hotplug.detach(call.driver, dom_of(call, args.dom), args.xml, AFFECT_LIVE)
 
 
 async def domain_detach_device_flags(call: Call, args: Any) -> None:

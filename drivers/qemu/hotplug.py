@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from drivers.qemu import command, domain_xml, netif
+from drivers.qemu.affect import live_changed, modify
 from drivers.qemu.domain_xml import defaults
 from drivers.qemu.domain_xml.addresses import (
     DRIVE_LAYOUT,
@@ -52,9 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# virDomainDeviceModifyFlags
-AFFECT_LIVE = 1 << 0
-AFFECT_CONFIG = 1 << 1
+# virDomainDeviceModifyFlags beyond the AFFECT ones (drivers/qemu/affect.py)
 MODIFY_FORCE = 1 << 2
 
 # How long detach waits for the guest to let go, as libvirtd does on x86.
@@ -67,27 +66,6 @@ _PCIE_NICS = ("virtio", "e1000e")
 
 def _err(code: ErrorCode, message: str, domain: ErrorDomain = ErrorDomain.QEMU) -> VirError:
     return VirError(code, message, domain)
-
-
-# -- which definitions a call affects ---------------------------------------------------
-
-
-def _affected(dom: Domain, flags: int) -> tuple[bool, bool]:
-    """(live, config) for ``flags``: AFFECT_CURRENT means whichever the domain has now."""
-    live, config = bool(flags & AFFECT_LIVE), bool(flags & AFFECT_CONFIG)
-    if not live and not config:
-        live, config = dom.active, not dom.active
-    if live and not dom.active:
-        raise _err(
-            ErrorCode.OPERATION_INVALID, "Requested operation is not valid: domain is not running"
-        )
-    if config and not dom.persistent:
-        raise _err(
-            ErrorCode.OPERATION_INVALID,
-            "Requested operation is not valid: cannot change persistent config of a transient"
-            " domain",
-        )
-    return live, config
 
 
 def _device_element(xml: str) -> etree._Element:
@@ -204,11 +182,6 @@ def _find_simple(d: DomainDef, kind: str, want: Any) -> Any:
 # -- the persistent definition ------------------------------------------------------------
 
 
-def _save_config(driver: QemuDriver, dom: Domain, d: DomainDef) -> None:
-    driver._save_config(d)  # noqa: SLF001 - written atomically, as a define writes it
-    dom.set_config(d)
-
-
 def _config_with(driver: QemuDriver, d: DomainDef, el: etree._Element, devs: Devices) -> DomainDef:
     """``d`` with the device added, completed as a define would complete it."""
     if devs.disks:
@@ -285,85 +258,58 @@ def _take_media(disk: Disk, want: Disk) -> None:
 
 async def attach(driver: QemuDriver, dom: Domain, xml: str, flags: int) -> None:
     """virDomainAttachDeviceFlags."""
-    async with dom.lock:
-        driver._check_present(dom)  # noqa: SLF001
-        live, config = _affected(dom, flags)
+    async with modify(driver, dom, flags) as edit:
         el = _device_element(xml)
-        new_config = None
-        if config:
-            assert dom.config is not None
-            new_config = _config_with(driver, dom.config, el, _parse(el))
-        if live:
+        if edit.config is not None:
+            edit.config = _config_with(driver, edit.config, el, _parse(el))
+        if edit.live is not None:
             await _attach_live(driver, dom, _parse(el))
-        if new_config is not None:
-            _save_config(driver, dom, new_config)
 
 
 async def detach(driver: QemuDriver, dom: Domain, xml: str, flags: int) -> None:
     """virDomainDetachDeviceFlags: waits a little for the guest, as libvirtd does."""
-    async with dom.lock:
-        driver._check_present(dom)  # noqa: SLF001
-        live, config = _affected(dom, flags)
+    async with modify(driver, dom, flags) as edit:
         devs = _parse(_device_element(xml))
-        new_config = None
-        if config:
-            assert dom.config is not None
-            new_config = _config_without(dom.config, devs)
-        if live:
-            assert dom.live is not None
+        if edit.config is not None:
+            edit.config = _config_without(edit.config, devs)
+        if (d := edit.live) is not None:
             if devs.disks:
-                kind, dev = "disks", _find_disk(dom.live, devs.disks[0].target)
+                kind, dev = "disks", _find_disk(d, devs.disks[0].target)
             elif devs.interfaces:
-                kind, dev = "interfaces", _find_net(dom.live, devs.interfaces[0])
+                kind, dev = "interfaces", _find_net(d, devs.interfaces[0])
             elif (simple := _simple_kind(devs)) is not None:
                 kind = simple
-                dev = _find_simple(dom.live, kind, getattr(devs, kind)[0])
+                dev = _find_simple(d, kind, getattr(devs, kind)[0])
             elif devs.channels:
-                kind, dev = "channels", _find_channel(dom.live, devs.channels[0])
+                kind, dev = "channels", _find_channel(d, devs.channels[0])
             else:
                 raise _unsupported_live("detach", _el_tag(devs))
             await _unplug(driver, dom, kind, dev, wait=True)
-        if new_config is not None:
-            _save_config(driver, dom, new_config)
 
 
 async def detach_alias(driver: QemuDriver, dom: Domain, alias: str, flags: int) -> None:
     """virDomainDetachDeviceAlias: asks for the removal and returns; DEVICE_REMOVED tells."""
-    async with dom.lock:
-        driver._check_present(dom)  # noqa: SLF001
-        live, config = _affected(dom, flags)
-        new_config = None
-        if config:
-            assert dom.config is not None
-            new_config = copy.deepcopy(dom.config)
-            kind, dev = _find_alias(new_config, alias)
+    async with modify(driver, dom, flags) as edit:
+        if edit.config is not None:
+            kind, dev = _find_alias(edit.config, alias)
             if kind == "other":
                 raise _unsupported_live("detach", "device")
-            _drop(getattr(new_config.devices, kind), dev)
-        if live:
-            assert dom.live is not None
-            kind, dev = _find_alias(dom.live, alias)
+            _drop(getattr(edit.config.devices, kind), dev)
+        if edit.live is not None:
+            kind, dev = _find_alias(edit.live, alias)
             if kind == "other":
                 raise _unsupported_live("detach", "device")
             await _unplug(driver, dom, kind, dev, wait=False)
-        if new_config is not None:
-            _save_config(driver, dom, new_config)
 
 
 async def update(driver: QemuDriver, dom: Domain, xml: str, flags: int) -> None:
     """virDomainUpdateDeviceFlags: CD-ROM and floppy media, NIC link state."""
-    async with dom.lock:
-        driver._check_present(dom)  # noqa: SLF001
-        live, config = _affected(dom, flags)
+    async with modify(driver, dom, flags) as edit:
         devs = _parse(_device_element(xml))
-        new_config = None
-        if config:
-            assert dom.config is not None
-            new_config = _config_updated(dom.config, devs)
-        if live:
+        if edit.config is not None:
+            edit.config = _config_updated(edit.config, devs)
+        if edit.live is not None:
             await _update_live(driver, dom, devs, force=bool(flags & MODIFY_FORCE))
-        if new_config is not None:
-            _save_config(driver, dom, new_config)
 
 
 def _el_tag(devs: Devices) -> str:
@@ -481,7 +427,7 @@ async def _attach_channel(driver: QemuDriver, dom: Domain, ch: CharDevice) -> No
     if isinstance(reply, dict) and reply.get("pty"):
         live.pty_paths[ch.info.alias] = str(reply["pty"])
     live.channel_states[ch.info.alias] = "disconnected"
-    _live_changed(driver, dom)
+    live_changed(driver, dom)
     driver.bus.emit("domain-device-added", dom, alias=ch.info.alias)
 
 
@@ -589,7 +535,7 @@ async def _attach_simple(driver: QemuDriver, dom: Domain, kind: str, dev: Any) -
         if added:
             await _quietly(proc, "object-del", {"id": obj["id"] if obj else ""})
         raise
-    _live_changed(driver, dom)
+    live_changed(driver, dom)
     driver.bus.emit("domain-device-added", dom, alias=dev.info.alias)
 
 
@@ -667,7 +613,7 @@ async def _attach_disk(driver: QemuDriver, dom: Domain, disk: Disk) -> None:
         for name in reversed(added):
             await _quietly(proc, "blockdev-del", {"node-name": name})
         raise
-    _live_changed(driver, dom)
+    live_changed(driver, dom)
     driver.bus.emit("domain-device-added", dom, alias=disk.info.alias)
 
 
@@ -716,7 +662,7 @@ async def _attach_net(driver: QemuDriver, dom: Domain, net: Interface) -> None:
             await _quietly(proc, "netdev_del", {"id": hostnet})
         await netif.unplug(driver, net)
         raise
-    _live_changed(driver, dom)
+    live_changed(driver, dom)
     driver.bus.emit("domain-device-added", dom, alias=net.info.alias)
 
 
@@ -725,11 +671,6 @@ async def _quietly(proc: QemuProcess, cmd: str, args: dict[str, Any]) -> None:
         await proc.monitor.execute(cmd, args)
     except VirError as e:
         log.warning("%s %s: %s", cmd, args, e.message)
-
-
-def _live_changed(driver: QemuDriver, dom: Domain) -> None:
-    dom.xml_cache.clear()
-    driver._save_status(dom)  # noqa: SLF001
 
 
 # -- live update --------------------------------------------------------------------------
@@ -768,7 +709,7 @@ async def _update_live(driver: QemuDriver, dom: Domain, devs: Devices, force: bo
             up = want.link_state != "down"
             await proc.monitor.execute("set_link", {"name": net.info.alias, "up": up})
             net.link_state = want.link_state
-            _live_changed(driver, dom)
+            live_changed(driver, dom)
     else:
         raise _unsupported_live("update", _el_tag(devs))
 
@@ -829,7 +770,7 @@ async def _change_media(
     _take_media(disk, want)
     # libvirtd numbers even the empty source an eject leaves
     disk.node_index = new.node_index if new.source is not None else await _next_node(proc, live)
-    _live_changed(driver, dom)
+    live_changed(driver, dom)
 
 
 # -- live detach ---------------------------------------------------------------------------
@@ -940,7 +881,7 @@ async def _finish(driver: QemuDriver, dom: Domain, alias: str) -> None:
             dom.live_state.pty_paths.pop(alias, None)
             dom.live_state.channel_states.pop(alias, None)
     _drop(getattr(d.devices, kind, []), dev)
-    _live_changed(driver, dom)
+    live_changed(driver, dom)
     driver.bus.emit("domain-device-removed", dom, alias=alias)
 
 

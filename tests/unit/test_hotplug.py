@@ -15,8 +15,9 @@ import pytest
 from qemu_fakes import FakeMonitor, make_driver, run
 
 from drivers.qemu import hotplug
+from drivers.qemu.affect import AFFECT_CONFIG, AFFECT_LIVE
 from drivers.qemu.driver import QemuDriver
-from protocol.errors import ErrorCode, VirError
+from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 XML = (
     "<domain type='qemu'><name>t</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
@@ -73,7 +74,7 @@ async def test_live_disk_attach_sends_libvirts_sequence(
 ) -> None:
     dom = await driver.define_xml(XML)
     mon = run(dom, HotplugMonitor())
-    await hotplug.attach(driver, dom, DISK, hotplug.AFFECT_LIVE)
+    await hotplug.attach(driver, dom, DISK, AFFECT_LIVE)
     assert mon.sent() == ["blockdev-add", "blockdev-add", "device_add"]
     storage, fmt, dev = (args for cmd, args in mon.calls if not cmd.startswith("query-"))
     assert storage["node-name"] == "libvirt-3-storage" and storage["filename"] == "/img/b.qcow2"
@@ -90,27 +91,27 @@ async def test_live_disk_attach_sends_libvirts_sequence(
 async def test_live_attach_errors(driver: QemuDriver) -> None:
     dom = await driver.define_xml(XML)
     with pytest.raises(VirError) as e:
-        await hotplug.attach(driver, dom, DISK, hotplug.AFFECT_LIVE)
+        await hotplug.attach(driver, dom, DISK, AFFECT_LIVE)
     assert e.value.message == "Requested operation is not valid: domain is not running"
     mon = run(dom, HotplugMonitor())
     taken = DISK.replace("vdb", "vda")
     with pytest.raises(VirError) as e:
-        await hotplug.attach(driver, dom, taken, hotplug.AFFECT_LIVE)
+        await hotplug.attach(driver, dom, taken, AFFECT_LIVE)
     assert e.value.message == (
         "XML error: target 'vda' duplicated for disk sources '/img/a.raw' and '/img/b.qcow2'"
     )
     floppy = DISK.replace("<disk type='file'>", "<disk type='file' device='floppy'>")
     with pytest.raises(VirError) as e:
-        await hotplug.attach(driver, dom, floppy.replace("vdb", "fda"), hotplug.AFFECT_LIVE)
+        await hotplug.attach(driver, dom, floppy.replace("vdb", "fda"), AFFECT_LIVE)
     assert e.value.message == "Operation not supported: floppy device hotplug isn't supported"
     usb = DISK.replace("<target dev='vdb'/>", "<target dev='sdb' bus='usb'/>")
     with pytest.raises(VirError) as e:
-        await hotplug.attach(driver, dom, usb, hotplug.AFFECT_LIVE)
+        await hotplug.attach(driver, dom, usb, AFFECT_LIVE)
     assert e.value.code == ErrorCode.OPERATION_UNSUPPORTED
     assert e.value.message == "Operation not supported: disk bus 'usb' cannot be hotplugged."
     sata = DISK.replace("<target dev='vdb'/>", "<target dev='sdb' bus='sata'/>")
     with pytest.raises(VirError) as e:
-        await hotplug.attach(driver, dom, sata, hotplug.AFFECT_LIVE)
+        await hotplug.attach(driver, dom, sata, AFFECT_LIVE)
     assert e.value.message == (
         "internal error: Could not find sata controller with index 0 required for device"
     )
@@ -151,16 +152,16 @@ async def test_detach_waits_for_a_prompt_guest(
     mon.on_device_del = lambda alias: hotplug.on_device_event(
         driver, dom, "DEVICE_DELETED", {"device": alias}
     )
-    await hotplug.attach(driver, dom, NIC, hotplug.AFFECT_LIVE)
+    await hotplug.attach(driver, dom, NIC, AFFECT_LIVE)
     assert mon.sent() == ["netdev_add", "device_add"]
     assert mon.calls[0][1] == {"type": "user", "id": "hostnet0"}
     assert mon.calls[1][1]["driver"] == "virtio-net-pci" and mon.calls[1][1]["id"] == "net0"
-    await hotplug.detach(driver, dom, NIC, hotplug.AFFECT_LIVE)
+    await hotplug.detach(driver, dom, NIC, AFFECT_LIVE)
     assert dom.live is not None and dom.live.devices.interfaces == []
     assert mon.sent()[2:] == ["device_del", "netdev_del"]
     assert events == [("domain-device-added", "net0"), ("domain-device-removed", "net0")]
     with pytest.raises(VirError) as e:
-        await hotplug.detach(driver, dom, NIC, hotplug.AFFECT_LIVE)
+        await hotplug.detach(driver, dom, NIC, AFFECT_LIVE)
     assert e.value.code == ErrorCode.DEVICE_MISSING
 
 
@@ -174,12 +175,12 @@ async def test_config_attach_and_detach(driver: QemuDriver) -> None:
     saved = (driver.dirs.config_dir / "t.xml").read_text()
     assert "/img/b.qcow2" in saved
     with pytest.raises(VirError) as e:
-        await hotplug.attach(driver, dom, DISK, hotplug.AFFECT_CONFIG)
+        await hotplug.attach(driver, dom, DISK, AFFECT_CONFIG)
     assert e.value.message == "Requested operation is not valid: target vdb already exists"
-    await hotplug.detach(driver, dom, DISK, hotplug.AFFECT_CONFIG)
+    await hotplug.detach(driver, dom, DISK, AFFECT_CONFIG)
     assert targets(dom.config) == ["vda", "hdc"]
     with pytest.raises(VirError) as e:
-        await hotplug.detach(driver, dom, DISK, hotplug.AFFECT_CONFIG)
+        await hotplug.detach(driver, dom, DISK, AFFECT_CONFIG)
     assert e.value.message == "device not found: no target device vdb"
 
 
@@ -188,10 +189,19 @@ async def test_config_of_a_transient_domain(driver: QemuDriver) -> None:
     run(dom, HotplugMonitor())
     dom.set_config(None)
     with pytest.raises(VirError) as e:
-        await hotplug.attach(driver, dom, DISK, hotplug.AFFECT_CONFIG)
+        await hotplug.attach(driver, dom, DISK, AFFECT_CONFIG)
     assert e.value.message == (
-        "Requested operation is not valid: cannot change persistent config of a transient domain"
+        "Requested operation is not valid: transient domains do not have any persistent config"
     )
+    assert e.value.domain == ErrorDomain.DOMAIN
+
+
+async def test_live_change_of_a_stopped_domain(driver: QemuDriver) -> None:
+    dom = await driver.define_xml(XML)
+    with pytest.raises(VirError) as e:
+        await hotplug.attach(driver, dom, DISK, AFFECT_LIVE)
+    assert e.value.message == "Requested operation is not valid: domain is not running"
+    assert e.value.domain == ErrorDomain.DOMAIN
 
 
 async def test_cdrom_change_and_eject(driver: QemuDriver) -> None:
@@ -199,7 +209,7 @@ async def test_cdrom_change_and_eject(driver: QemuDriver) -> None:
     mon = run(dom, HotplugMonitor())
     mon.block = [{"qdev": "ide0-1-0", "tray_open": True, "removable": True}]
     media = "<disk type='file' device='cdrom'><source file='/img/x.iso'/><target dev='hdc'/></disk>"
-    await hotplug.update(driver, dom, media, hotplug.AFFECT_LIVE)
+    await hotplug.update(driver, dom, media, AFFECT_LIVE)
     assert mon.sent() == [
         "blockdev-open-tray", "blockdev-remove-medium", "blockdev-add", "blockdev-add",
         "blockdev-insert-medium", "blockdev-close-tray",
@@ -209,13 +219,13 @@ async def test_cdrom_change_and_eject(driver: QemuDriver) -> None:
     mon.calls.clear()
     mon.block[0]["inserted"] = {"node-name": "libvirt-3-format"}
     eject = "<disk type='file' device='cdrom'><target dev='hdc'/></disk>"
-    await hotplug.update(driver, dom, eject, hotplug.AFFECT_LIVE | hotplug.AFFECT_CONFIG)
+    await hotplug.update(driver, dom, eject, AFFECT_LIVE | AFFECT_CONFIG)
     assert mon.sent() == [
         "blockdev-open-tray", "blockdev-remove-medium", "blockdev-del", "blockdev-del",
     ]
     assert dom.live.devices.disks[1].source is None
     with pytest.raises(VirError) as e:
-        await hotplug.update(driver, dom, DISK.replace("vdb", "vda"), hotplug.AFFECT_LIVE)
+        await hotplug.update(driver, dom, DISK.replace("vdb", "vda"), AFFECT_LIVE)
     assert e.value.code == ErrorCode.CONFIG_UNSUPPORTED
 
 
@@ -231,10 +241,10 @@ async def test_link_state_and_alias_detach(driver: QemuDriver) -> None:
     assert e.value.message == (
         "Operation not supported: cannot modify network device model from virtio to e1000"
     )
-    await hotplug.detach_alias(driver, dom, "net0", hotplug.AFFECT_LIVE)
+    await hotplug.detach_alias(driver, dom, "net0", AFFECT_LIVE)
     assert mon.sent()[-1] == "device_del"
     with pytest.raises(VirError) as e:
-        await hotplug.detach_alias(driver, dom, "ua-none", hotplug.AFFECT_CONFIG)
+        await hotplug.detach_alias(driver, dom, "ua-none", AFFECT_CONFIG)
     assert e.value.message == "internal error: no device found with alias ua-none"
 
 
@@ -277,7 +287,7 @@ async def test_ide_attach_is_left_to_qemu(driver: QemuDriver) -> None:
 
     mon.execute = refuse  # type: ignore[method-assign]
     with pytest.raises(VirError) as e:
-        await hotplug.attach(driver, dom, DISK.replace("vdb", "hdb"), hotplug.AFFECT_LIVE)
+        await hotplug.attach(driver, dom, DISK.replace("vdb", "hdb"), AFFECT_LIVE)
     assert "does not support hotplugging" in e.value.message
     device = next(args for cmd, args in mon.calls if cmd == "device_add")
     assert (device["driver"], device["bus"], device["unit"]) == ("ide-hd", "ide.0", 1)
@@ -294,12 +304,12 @@ async def test_rng_backend_object_comes_and_goes_with_it(driver: QemuDriver) -> 
         driver, dom, "DEVICE_DELETED", {"device": alias}
     )
     rng = "<rng model='virtio'><backend model='random'/></rng>"
-    await hotplug.attach(driver, dom, rng, hotplug.AFFECT_LIVE)
+    await hotplug.attach(driver, dom, rng, AFFECT_LIVE)
     assert mon.calls[0] == (
         "object-add", {"qom-type": "rng-random", "id": "objrng0", "filename": "/dev/random"}
     )
     assert mon.calls[1][0] == "device_add" and mon.calls[1][1]["rng"] == "objrng0"
-    await hotplug.detach(driver, dom, rng, hotplug.AFFECT_LIVE)
+    await hotplug.detach(driver, dom, rng, AFFECT_LIVE)
     assert mon.sent()[2:] == ["device_del", "object-del"]
     assert dom.live is not None and dom.live.devices.rngs == []
 
