@@ -168,12 +168,12 @@ async def storage_pool_refresh(call: Call, args: Any) -> None:
 
 
 async def storage_pool_get_info(call: Call, args: Any) -> Any:
+    """A stopped pool still gives the sizes of its last refresh, as libvirtd's does
+    (virsh shows them as "-")."""
     pool = _pool(call, args.pool)
-    if not pool.active:
-        return R.remote_storage_pool_get_info_ret(STATE_INACTIVE, 0, 0, 0)
     s = pool.scan.sizes
-    return R.remote_storage_pool_get_info_ret(STATE_RUNNING, s.capacity, s.allocation,
-                                              s.available)
+    return R.remote_storage_pool_get_info_ret(STATE_RUNNING if pool.active else STATE_INACTIVE,
+                                              s.capacity, s.allocation, s.available)
 
 
 async def storage_pool_get_xml_desc(call: Call, args: Any) -> Any:

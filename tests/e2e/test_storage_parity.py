@@ -295,3 +295,15 @@ def test_resize_clone_wipe_keep_what_libvirtd_keeps(module_daemon: DaemonProcess
     assert (f"create -f bochs {target}/x.bochs 1024K) unexpected exit status 1: qemu-img: "
             f"{target}/x.bochs: Format driver 'bochs' does not support image creation\n"
             in res.stderr)
+
+
+def test_stopped_pool_info_keeps_its_sizes(module_daemon: DaemonProcess,
+                                           pool: tuple[str, Path]) -> None:
+    """virsh shows "-" for them, the API gives the last refresh's sizes."""
+    d, (name, _) = module_daemon, pool
+    p = d.conn().storagePoolLookupByName(name)
+    state, *sizes = p.info()
+    assert state == 2 and sizes[0] > 0
+    d.virsh("pool-destroy", name)
+    assert p.info() == [0, *sizes]
+
