@@ -11,11 +11,12 @@ import shutil
 import stat
 from typing import Any
 
+from drivers.storage import transfer
 from drivers.storage.backend import Backend, Scan, check_flags
 from drivers.storage.perms import Perms
 from drivers.storage.pool_xml import PoolSizes
 from drivers.storage.vol_xml import Backing, Volume
-from protocol.errors import ErrorCode, ErrorDomain, VirError
+from protocol.errors import ErrorCode, ErrorDomain, VirError, system_error
 
 BUILD_NO_OVERWRITE = 1 << 2
 BUILD_OVERWRITE = 1 << 3
@@ -41,8 +42,7 @@ _QCOW2_FEATURES = (("lazy_refcounts", "lazy-refcounts"), ("extended_l2", "extend
 
 
 def _system_error(message: str, err: OSError) -> VirError:
-    return VirError(ErrorCode.SYSTEM_ERROR, f"{message}: {os.strerror(err.errno or 0)}",
-                    ErrorDomain.STORAGE)
+    return system_error(message, err, ErrorDomain.STORAGE)
 
 
 def _stamp(ns: int) -> str:
@@ -200,8 +200,7 @@ class DirBackend(Backend):
     async def start(self) -> None:
         if not os.path.isdir(self.target):
             code = errno.ENOENT if not os.path.exists(self.target) else errno.ENOTDIR
-            raise VirError(ErrorCode.SYSTEM_ERROR,
-                           f"cannot open directory '{self.target}': {os.strerror(code)}")
+            raise system_error(f"cannot open directory '{self.target}'", OSError(code, ""))
 
     async def delete(self, flags: int) -> None:
         check_flags(flags, 0, "virStorageBackendDeleteLocal")
@@ -228,6 +227,11 @@ class DirBackend(Backend):
         perms = Perms(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
         scan = Scan(await self.sizes(), perms)
         for entry in entries:
+            if transfer.is_upload_file(entry.name):  # an upload's new file, not a volume
+                if transfer.is_stale_upload(entry.path):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                continue
             with contextlib.suppress(OSError, VirError):
                 if entry.is_file() or entry.is_dir():
                     vol = await self.refresh_vol(Volume(entry.name, path=entry.path))
@@ -250,6 +254,11 @@ class DirBackend(Backend):
             return found
         found.allocation = st.st_blocks * 512
         found.physical = found.capacity = st.st_size
+        if vol.format == "dir":
+            # a file cloned from a directory volume: libvirt keeps it a directory
+            # volume, which it reads no header of, until a pool refresh
+            found.type = found.format = "dir"
+            return found
         kind = _sniff(path)
         if kind == "image":
             info = json.loads(await qemu_img("info", "--output=json", "-U", path))
@@ -292,15 +301,23 @@ class DirBackend(Backend):
             raise _system_error(f"cannot set permissions of '{path}'", e) from None
 
     async def create_vol_from(self, vol: Volume, source: Volume, flags: int) -> None:
-        """A copy of ``source`` in ``vol``'s format, grown to its capacity; sparse."""
-        if vol.format == "raw" and (source.type != "file" or source.format == "raw"):
+        """A copy of ``source`` in ``vol``'s format, grown to its capacity; sparse.
+
+        Raw data is copied into a plain file, also for a clone in format dir; a
+        directory holds no data (libvirt copies its size, 0), so its raw clone
+        is an empty file of the clone's capacity."""
+        plain = vol.format in ("raw", "dir") and (source.type != "file" or source.format == "raw")
+        if plain:
             _check_prealloc(vol, flags)
         else:
             _check_image(vol, flags)  # libvirt converts with qemu-img
         path = self.vol_path(vol.name)
         if os.path.lexists(path):
             raise _target_exists(path)
-        if vol.format == "raw":
+        args: list[str] = []  # the qemu-img command that fills the new volume, if any
+        if plain and source.type == "dir":
+            await asyncio.to_thread(self._create_raw, vol, path)
+        elif plain:
             # Into a file allocated as asked; zeros are written (-S 0) unless the
             # volume is to be sparse, as libvirt copies.
             await asyncio.to_thread(self._create_raw, vol, path)
@@ -313,8 +330,9 @@ class DirBackend(Backend):
             if options:
                 args += ["-o", ",".join(options)]
         try:
-            await qemu_img(*args, source.path, path)
-            if vol.format != "raw" and vol.capacity > source.capacity:
+            if args:
+                await qemu_img(*args, source.path, path)
+            if not plain and vol.capacity > source.capacity:
                 await qemu_img("resize", "-f", vol.format, path, str(vol.capacity))
             self._apply_perms(vol, path)
         except BaseException:
@@ -428,9 +446,7 @@ class DirBackend(Backend):
                     os.posix_fallocate(f.fileno(), 0, capacity)
                 os.ftruncate(f.fileno(), capacity)
         except OSError as e:
-            raise VirError(ErrorCode.SYSTEM_ERROR,
-                           f"Failed to truncate file '{path}': {os.strerror(e.errno or 0)}",
-                           ErrorDomain.NONE) from None
+            raise system_error(f"Failed to truncate file '{path}'", e) from None
 
     async def wipe_vol(self, vol: Volume, algorithm: int) -> None:
         # The volume is opened first whatever the algorithm, so what cannot be
@@ -442,8 +458,7 @@ class DirBackend(Backend):
         # The other patterns are scrub(1)'s, as in libvirt.
         scrub = shutil.which("scrub")
         if scrub is None:
-            raise VirError(ErrorCode.SYSTEM_ERROR,
-                           "Cannot find 'scrub' in path: No such file or directory")
+            raise system_error("Cannot find 'scrub' in path", FileNotFoundError(errno.ENOENT, ""))
         proc = await asyncio.create_subprocess_exec(
             scrub, "-f", "-p", _SCRUB_PATTERNS[algorithm], vol.path,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
@@ -502,14 +517,17 @@ class DirBackend(Backend):
             os.close(fd)
 
     async def delete_vol(self, vol: Volume, flags: int) -> None:
+        # what the path is now decides, as in libvirt (a clone of a directory
+        # volume is a file, its volume type dir until a pool refresh)
+        is_dir = os.path.isdir(vol.path)
         try:
-            if vol.type == "dir":
+            if is_dir:
                 os.rmdir(vol.path)
             else:
                 os.unlink(vol.path)
         except FileNotFoundError:
             pass
         except OSError as e:
-            what = "remove directory" if vol.type == "dir" else "unlink file"
+            what = "remove directory" if is_dir else "unlink file"
             raise _system_error(f"cannot {what} '{vol.path}'", e) from None
 

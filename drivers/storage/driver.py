@@ -30,7 +30,7 @@ from drivers.storage.pool_xml import (
 )
 from drivers.storage.schema import validate
 from drivers.storage.vol_xml import Volume, parse_vol
-from protocol.errors import ErrorCode, ErrorDomain, VirError
+from protocol.errors import ErrorCode, ErrorDomain, VirError, system_error
 
 log = logging.getLogger(__name__)
 
@@ -505,6 +505,8 @@ class StorageDriver:
         found = await pool.backend.refresh_vol(Volume(vol.name, path=pool.backend.vol_path(vol.name)))
         found.format, found.cluster_size = vol.format, vol.cluster_size
         found.compat, found.features = vol.compat, vol.features
+        if vol.format == "dir":
+            found.type = "dir"  # also a plain file cloned as dir (libvirt types it by format)
         pool.volumes[found.name] = found
         with contextlib.suppress(VirError):
             pool.scan.sizes = await pool.backend.sizes()
@@ -561,16 +563,31 @@ class StorageDriver:
             return {}
         return qemu.volumes_in_use(pool.name, {v.path: v.name for v in pool.volumes.values()})
 
+    @staticmethod
+    def check_stream(vol: Volume, upload: bool) -> None:
+        """Fail an upload or download call itself when the volume cannot be
+        opened, before its stream starts, as libvirtd does."""
+        transfer.check_open(vol.path, write=upload)
+
     async def upload_vol(self, pool: Pool, vol: Volume, offset: int, length: int,
                          recv: Callable[[], Awaitable[Any]], sparse: bool = False) -> None:
         """The volume takes what the stream brings; it is in use (not deleted, its
         pool not destroyed) until the stream ends. A file no guest has open is
-        replaced only by a complete upload (drivers/storage/transfer.py)."""
+        replaced only by a complete upload (drivers/storage/transfer.py).
+
+        However the stream ends, the whole pool is read again then, unless a
+        volume is being built in it, as libvirtd does: the volume shows what
+        its new contents are (an image's format and size), the others lose
+        what only their creation had named."""
         replace = not any(vol.name in names for names in self._held(pool).values())
-        with self._job(pool, using=(pool, vol.name)):
-            await transfer.upload(vol.path, offset, length, recv, replace=replace,
-                                  sparse=sparse)
-        await self.refresh_vol(pool, vol)
+        try:
+            with self._job(pool, using=(pool, vol.name)):
+                await transfer.upload(vol.path, offset, length, recv, replace=replace,
+                                      sparse=sparse)
+        finally:
+            if pool.active and not pool.building:
+                with contextlib.suppress(VirError):
+                    await self.refresh(pool)
 
     async def download_vol(self, pool: Pool, vol: Volume, offset: int, length: int,
                            sparse: bool, send: Callable[[bytes], Awaitable[None]],
@@ -588,9 +605,7 @@ class StorageDriver:
         except FileNotFoundError:
             raise _no_vol(f"no storage vol with matching path '{vol.path}'") from None
         except OSError as e:
-            raise VirError(ErrorCode.SYSTEM_ERROR,
-                           f"cannot stat file '{vol.path}': {os.strerror(e.errno or 0)}",
-                           ErrorDomain.STORAGE) from None
+            raise system_error(f"cannot stat file '{vol.path}'", e, ErrorDomain.STORAGE) from None
         pool.volumes[vol.name] = found
         return found
 

@@ -15,6 +15,13 @@ only when the stream ends cleanly (the price: room for a second copy while
 the upload runs). What cannot be swapped like that - a block device, or a
 file a running guest has open - is written in place as libvirtd writes it,
 its holes punched out rather than left with the old bytes.
+
+The new file is ``.NAME.XXXXXXXX.upload`` in the volume's directory. A pool
+refresh lists no such file as a volume, and removes one no upload of this
+daemon writes (left by a daemon killed midway).
+
+As in libvirtd, a volume that cannot be opened fails the call itself; a read
+that fails later fails the stream.
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from protocol.errors import ErrorCode, ErrorDomain, VirError
+from protocol.errors import ErrorDomain, VirError, system_error
 
 #: Bytes read from the file per step (the stream cuts them into packets).
 READ_SIZE = 4 << 20
@@ -41,9 +49,39 @@ _RENAME_EXCHANGE = 1 << 1
 _MAX_BATCH = 64
 
 
+_TEMP_SUFFIX = ".upload"
+#: What mkstemp names an upload's new file (its 8 random characters).
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(_TEMP_SUFFIX), re.DOTALL)
+#: The new files of the uploads under way in this daemon.
+_writing: set[str] = set()
+
+
 def _error(message: str, err: OSError) -> VirError:
-    return VirError(ErrorCode.SYSTEM_ERROR, f"{message}: {os.strerror(err.errno or 0)}",
-                    ErrorDomain.STORAGE)
+    return system_error(message, err, ErrorDomain.STORAGE)
+
+
+def is_upload_file(name: str) -> bool:
+    """Whether a directory entry is the new file of an upload, not a volume."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def is_stale_upload(path: str) -> bool:
+    """An upload's new file that no upload of this daemon writes any more."""
+    return is_upload_file(os.path.basename(path)) and path not in _writing
+
+
+def open_volume(path: str, write: bool) -> int:
+    """The volume opened for a stream; libvirtd's error when it cannot be."""
+    try:
+        return os.open(path, (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC)
+    except OSError as e:
+        raise system_error(f"Unable to open stream for '{path}'", e,
+                           ErrorDomain.STREAMS) from None
+
+
+def check_open(path: str, write: bool) -> None:
+    """Fail the stream's call, before the stream starts, where libvirtd's open would."""
+    os.close(open_volume(path, write))
 
 
 def _extents(fd: int, start: int, end: int) -> list[tuple[int, int, bool]]:
@@ -74,10 +112,7 @@ async def download(path: str, offset: int, length: int, sparse: bool,
                    send: Callable[[bytes], Awaitable[None]],
                    send_hole: Callable[[int], Awaitable[Any]]) -> None:
     """Send ``length`` bytes (0: to the end) of ``path`` from ``offset``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise _error(f"Unable to open '{path}'", e) from None
+    fd = open_volume(path, write=False)
     try:
         size = os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for a block device
         end = size if length == 0 else min(size, offset + length)
@@ -95,7 +130,7 @@ async def download(path: str, offset: int, length: int, sparse: bool,
                 await send(chunk)
                 pos += len(chunk)
     except OSError as e:
-        raise _error(f"Unable to read from '{path}'", e) from None
+        raise system_error(f"Unable to read {path}", e, ErrorDomain.STREAMS) from None
     finally:
         os.close(fd)
 
@@ -218,17 +253,15 @@ async def upload(path: str, offset: int, length: int,
     (0: no limit) caps what is taken. ``replace``: a regular file may be
     swapped for the new contents (see the module docstring); ``sparse``: the
     stream may bring holes."""
-    try:
-        old = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except OSError as e:
-        raise _error(f"Unable to open '{path}'", e) from None
+    old = open_volume(path, write=True)
     tmp: str | None = None
     try:
         st = os.fstat(old)
         fd = old
         if replace and stat.S_ISREG(st.st_mode):
             fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
-                                       suffix=".upload", dir=os.path.dirname(path))
+                                       suffix=_TEMP_SUFFIX, dir=os.path.dirname(path))
+            _writing.add(tmp)
             os.fchmod(fd, stat.S_IMODE(st.st_mode))
             with contextlib.suppress(PermissionError):
                 os.fchown(fd, st.st_uid, st.st_gid)
@@ -240,6 +273,7 @@ async def upload(path: str, offset: int, length: int,
             if tmp is not None:
                 await _blocking(_complete, old, fd, offset, end, st.st_size, sink.cut)
                 await _blocking(_swap, tmp, path)
+                _writing.discard(tmp)
                 tmp = None
         finally:
             if fd != old:
@@ -251,6 +285,7 @@ async def upload(path: str, offset: int, length: int,
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            _writing.discard(tmp)
 
 
 async def _receive(sink: _Sink, offset: int, length: int,
@@ -268,9 +303,8 @@ async def _receive(sink: _Sink, offset: int, length: int,
                 # libvirtd takes what fits, then fails the stream
                 await sink.data(pos, item[: max(limit - pos, 0)])
                 await sink.flush()
-                raise VirError(ErrorCode.SYSTEM_ERROR,
-                               "cannot write to stream: No space left on device",
-                               ErrorDomain.STREAMS)
+                raise system_error("cannot write to stream", OSError(errno.ENOSPC, ""),
+                                   ErrorDomain.STREAMS)
             await sink.data(pos, item)
             pos += len(item)
         else:

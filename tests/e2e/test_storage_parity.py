@@ -307,3 +307,105 @@ def test_stopped_pool_info_keeps_its_sizes(module_daemon: DaemonProcess,
     d.virsh("pool-destroy", name)
     assert p.info() == [0, *sizes]
 
+
+def test_streams_on_a_directory_volume(module_daemon: DaemonProcess,
+                                       pool: tuple[str, Path]) -> None:
+    """An upload cannot open a directory: the call fails. A download can, and
+    its first read fails the stream."""
+    d, (name, target) = module_daemon, pool
+    d.virsh("vol-create-as", name, "sub", "0", "--format", "dir")
+    res = d.virsh("vol-upload", "--pool", name, "sub", "/etc/hostname", check=False)
+    assert res.stderr == ("error: cannot upload to volume sub\n"
+                          f"error: Unable to open stream for '{target}/sub': Is a directory\n")
+    out = d.root / "sub.out"
+    res = d.virsh("vol-download", "--pool", name, "sub", str(out), check=False)
+    assert res.stderr.endswith(f"\nerror: Unable to read {target}/sub: Is a directory\n")
+    assert not out.exists()
+    gone = target / "sub"
+    gone.rmdir()
+    res = d.virsh("vol-download", "--pool", name, "sub", str(out), check=False)
+    assert res.stderr == ("error: cannot download from volume sub\n"
+                          f"error: Unable to open stream for '{gone}': No such file or "
+                          "directory\n")
+
+
+def test_upload_reads_the_whole_pool_again(module_daemon: DaemonProcess,
+                                           pool: tuple[str, Path]) -> None:
+    """After an upload libvirtd refreshes the pool: the volume shows the image
+    it now holds, the others what a probe finds."""
+    d, (name, target) = module_daemon, pool
+    d.virsh("vol-create-as", name, "r.img", "1M")
+    d.virsh("vol-create-as", name, "a.iso", "1M", "--format", "iso")
+    image = d.root / "up.qcow2"
+    _qemu_img("create", "-q", "-f", "qcow2", str(image), "5M")
+    d.virsh("vol-upload", "--pool", name, "r.img", str(image))
+    xml = _masked(d.virsh("vol-dumpxml", "--pool", name, "r.img").stdout)
+    assert "<capacity unit='bytes'>5242880</capacity>" in xml
+    assert "<physical unit='bytes'>1048576</physical>" in xml
+    assert ("    <format type='qcow2'/>\n" in xml and "    <compat>1.1</compat>\n"
+            "    <clusterSize unit='B'>65536</clusterSize>\n    <features/>\n" in xml)
+    assert "<format type='raw'/>" in d.virsh("vol-dumpxml", "--pool", name, "a.iso").stdout
+
+
+def test_an_uploads_new_file_is_no_volume(module_daemon: DaemonProcess,
+                                          pool: tuple[str, Path]) -> None:
+    d, (name, target) = module_daemon, pool
+    d.virsh("vol-create-as", name, "v.img", "1M")
+    left = target / ".v.img.k3x_9a0q.upload"  # a daemon killed midway left it
+    left.write_bytes(b"x")
+    d.virsh("pool-refresh", name)
+    assert not left.exists()
+    conn = d.conn()
+    vol = conn.storageVolLookupByPath(str(target / "v.img"))
+    stream = conn.newStream()
+    vol.upload(stream, 0, 0)
+    try:
+        stream.send(b"y" * 4096)
+        d.virsh("pool-refresh", name)
+        names = d.virsh("vol-list", name).stdout
+        temps = [p.name for p in target.iterdir() if p.name.endswith(".upload")]
+        assert len(temps) == 1 and temps[0] not in names and "v.img" in names
+    finally:
+        stream.finish()
+    assert [p.name for p in target.iterdir()] == ["v.img"]
+    assert (target / "v.img").read_bytes()[:4097] == b"y" * 4096 + b"\0"
+
+
+def test_clone_of_a_directory_volume(module_daemon: DaemonProcess,
+                                     pool: tuple[str, Path]) -> None:
+    """libvirtd makes an empty plain file, of the capacity asked for; one in
+    format dir (as vol-clone asks) is a dir volume until a pool refresh."""
+    d, (name, target) = module_daemon, pool
+    d.virsh("vol-create-as", name, "sub", "0", "--format", "dir")
+    d.virsh("vol-clone", "--pool", name, "sub", "c")
+    assert (target / "c").is_file() and (target / "c").stat().st_size == 0
+    assert _masked(d.virsh("vol-dumpxml", "--pool", name, "c").stdout) == (
+        "<volume type='dir'>\n"
+        "  <name>c</name>\n"
+        f"  <key>{target}/c</key>\n"
+        "  <capacity unit='bytes'>0</capacity>\n"
+        "  <allocation unit='bytes'>0</allocation>\n"
+        "  <target>\n"
+        f"    <path>{target}/c</path>\n"
+        "    <format type='dir'/>\n"
+        "    <permissions>\n"
+        "      <mode>0600</mode>\n"
+        "      <owner>0</owner>\n"
+        "      <group>0</group>\n"
+        "    </permissions>\n"
+        "  </target>\n"
+        "</volume>\n\n")
+    spec = _write(d.root / "clone.xml", "<volume><name>r</name></volume>")
+    d.virsh("vol-create-from", name, spec, "sub", "--inputpool", name)
+    xml = d.virsh("vol-dumpxml", "--pool", name, "r").stdout
+    assert xml.startswith("<volume type='file'>") and "<format type='raw'/>" in xml
+    assert (target / "r").is_file() and (target / "r").stat().st_size == 0
+    spec = _write(d.root / "clone.xml", "<volume><name>cd</name><capacity>1048576</capacity>"
+                  "<target><format type='dir'/></target></volume>")
+    d.virsh("vol-create-from", name, spec, "sub", "--inputpool", name)
+    assert (target / "cd").is_file() and (target / "cd").stat().st_size == 1 << 20
+    info = d.virsh("vol-info", "--pool", name, "cd", "--bytes").stdout
+    assert info.split("\n")[1:4] == ["Type:           dir", "Capacity:       1048576 bytes",
+                                     "Allocation:     1048576 bytes"]
+    d.virsh("vol-delete", "--pool", name, "cd")
+    assert not (target / "cd").exists()

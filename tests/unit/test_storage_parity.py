@@ -4,18 +4,23 @@ what a qemu-img probe becomes in the volume XML."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import struct
 import uuid
 from pathlib import Path
 
 import pytest
 
+from drivers.storage import transfer
 from drivers.storage.dir import DirBackend, _apply_image_info
 from drivers.storage.perms import Perms
 from drivers.storage.pool import Pool
 from drivers.storage.pool_xml import PoolDef, PoolSizes
 from drivers.storage.vol_xml import Volume, format_vol, parse_vol
 from protocol.errors import ErrorCode, ErrorDomain, VirError
+from protocol.packet import error_body
 
 
 def _def(path: Path | str, mode: int | None = None) -> PoolDef:
@@ -279,3 +284,65 @@ async def test_raw_allocation_beyond_capacity_grows_the_file(tmp_path: Path) -> 
     await DirBackend(_def(tmp_path)).create_vol(vol, 0)
     st = (tmp_path / "r").stat()
     assert (st.st_size, st.st_blocks * 512) == (128 << 10, 128 << 10)
+
+
+async def test_errno_of_system_errors_goes_in_int1(tmp_path: Path) -> None:
+    with pytest.raises(VirError) as e:
+        await DirBackend(_def(tmp_path / "gone")).delete(0)
+    assert e.value.int1 == errno.ENOENT
+    body = error_body(e.value.code, e.value.domain, e.value.message, e.value.level,
+                      e.value.int1)
+    assert body[-16:] == struct.pack(">Iii I", 0, errno.ENOENT, -1, 0)  # str3, int1, int2, net
+    assert VirError(ErrorCode.INTERNAL_ERROR, "internal error: x").int1 == -1
+    assert error_body(1, 0, "internal error: x")[-12:-4] == struct.pack(">ii", -1, -1)
+
+
+# -- directory volumes cloned, an upload's new file in the pool ----------------------
+
+
+async def test_clone_of_a_directory_is_an_empty_file(tmp_path: Path) -> None:
+    """libvirtd copies a directory's no bytes into a plain file of the clone's
+    capacity; a clone in format dir is such a file too, a dir volume until a
+    pool refresh; a clone into an image format is qemu-img's refusal."""
+    backend = DirBackend(_def(tmp_path))
+    (tmp_path / "sub").mkdir()
+    source = await backend.refresh_vol(Volume("sub", path=str(tmp_path / "sub")))
+    raw = parse_vol("<volume><name>c</name></volume>", need_capacity=False)
+    raw.allocation = 0
+    await backend.create_vol_from(raw, source, 0)
+    st = (tmp_path / "c").stat()
+    assert (stat.S_ISREG(st.st_mode), st.st_size, st.st_mode & 0o777) == (True, 0, 0o600)
+    as_dir = parse_vol("<volume><name>d</name><capacity>65536</capacity>"
+                       "<target><format type='dir'/></target></volume>")
+    as_dir.allocation = as_dir.capacity
+    await backend.create_vol_from(as_dir, source, 0)
+    st = (tmp_path / "d").stat()
+    assert (stat.S_ISREG(st.st_mode), st.st_size, st.st_blocks * 512) == (True, 65536, 65536)
+    found = await backend.refresh_vol(as_dir)
+    assert (found.type, found.format, found.capacity, found.physical) == (
+        "dir", "dir", 65536, 65536)
+    assert (await backend.refresh()).volumes["d"].type == "file"
+    await backend.delete_vol(found, 0)  # a file, whatever its volume type says
+    assert not (tmp_path / "d").exists()
+    image = parse_vol("<volume><name>q</name><target><format type='qcow2'/></target>"
+                      "</volume>", need_capacity=False)
+    with pytest.raises(VirError, match="convert -f dir -O qcow2 .*Unknown driver 'dir'"):
+        await backend.create_vol_from(image, source, 0)
+    assert not (tmp_path / "q").exists()
+
+
+async def test_refresh_skips_uploads_and_removes_stale_ones(tmp_path: Path) -> None:
+    backend = DirBackend(_def(tmp_path))
+    (tmp_path / "v.img").write_bytes(b"x")
+    stale = tmp_path / ".v.img.abcd_123.upload"
+    stale.write_bytes(b"y")
+    running = tmp_path / ".v.img.zz99xx00.upload"
+    running.write_bytes(b"z")
+    (tmp_path / ".hidden").write_bytes(b"h")  # other dot files are volumes, as in libvirt
+    transfer._writing.add(str(running))
+    try:
+        scan = await backend.refresh()
+    finally:
+        transfer._writing.discard(str(running))
+    assert sorted(scan.volumes) == [".hidden", "v.img"]
+    assert not stale.exists() and running.exists()

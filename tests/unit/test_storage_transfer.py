@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -124,4 +125,49 @@ def test_in_place_writes_through_the_open_file(tmp_path: Path) -> None:
 def test_a_missing_volume_is_libvirtds_open_error(tmp_path: Path) -> None:
     with pytest.raises(VirError) as info:
         _upload(tmp_path / "nope", [b"x"])
-    assert info.value.message == (f"Unable to open '{tmp_path}/nope': No such file or directory")
+    assert info.value.message == (f"Unable to open stream for '{tmp_path}/nope': "
+                                  "No such file or directory")
+    assert (info.value.domain, info.value.int1) == (ErrorDomain.STREAMS, errno.ENOENT)
+
+
+def test_a_directory_fails_the_upload_call_and_the_download_stream(tmp_path: Path) -> None:
+    """libvirtd cannot open a directory for writing; for reading it can, and
+    then fails the first read."""
+    with pytest.raises(VirError) as info:
+        transfer.check_open(str(tmp_path), write=True)
+    assert info.value.message == f"Unable to open stream for '{tmp_path}': Is a directory"
+    assert (info.value.code, info.value.domain, info.value.int1) == (
+        ErrorCode.SYSTEM_ERROR, ErrorDomain.STREAMS, errno.EISDIR)
+    transfer.check_open(str(tmp_path), write=False)
+    sent: list[Any] = []
+
+    async def send(data: Any) -> None:
+        sent.append(data)
+
+    with pytest.raises(VirError) as info:
+        asyncio.run(transfer.download(str(tmp_path), 0, 0, False, send, send))
+    assert info.value.message == f"Unable to read {tmp_path}: Is a directory"
+    assert (info.value.domain, info.value.int1) == (ErrorDomain.STREAMS, errno.EISDIR)
+    assert sent == []
+
+
+def test_the_new_file_of_an_upload_is_known_while_it_runs(tmp_path: Path) -> None:
+    """A pool refresh must neither list the new file nor remove it while the
+    upload runs; afterwards one left behind is stale."""
+    path = _volume(tmp_path, bytes(MiB))
+    seen: list[tuple[str, bool]] = []
+
+    async def recv() -> Any:
+        if not seen:
+            (name,) = _others(tmp_path)
+            seen.append((name, transfer.is_stale_upload(str(tmp_path / name))))
+            return b"x"
+        return b""
+
+    asyncio.run(transfer.upload(str(path), 0, 0, recv))
+    ((name, stale),) = seen
+    assert transfer.is_upload_file(name) and name.startswith(".vol.") and not stale
+    assert transfer.is_stale_upload(str(tmp_path / name))  # no upload writes it now
+    assert _others(tmp_path) == []
+    for other in ("vol", ".vol", ".vol.upload", ".vol.abc.upload", "vol.abcdefgh.upload"):
+        assert not transfer.is_upload_file(other)
