@@ -333,7 +333,7 @@ def test_upload_reads_the_whole_pool_again(module_daemon: DaemonProcess,
                                            pool: tuple[str, Path]) -> None:
     """After an upload libvirtd refreshes the pool: the volume shows the image
     it now holds, the others what a probe finds."""
-    d, (name, target) = module_daemon, pool
+    d, (name, _) = module_daemon, pool
     d.virsh("vol-create-as", name, "r.img", "1M")
     d.virsh("vol-create-as", name, "a.iso", "1M", "--format", "iso")
     image = d.root / "up.qcow2"
