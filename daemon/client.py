@@ -207,7 +207,7 @@ class Client(asyncio.Protocol):
             body = await self.table.call(self, prog, vers, proc, serial, status, pkt)
             ok = True
         except VirError as e:
-            body = packet.error_body(e.code, e.domain, e.message, e.level)
+            body = packet.error_body(e.code, e.domain, e.message, e.level, e.int1)
             ok = False
         except Exception:
             log.exception("%r: call %d of program %#x failed", self, proc, prog)

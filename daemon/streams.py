@@ -73,6 +73,10 @@ class Stream:
         self._eof = False  # the client finished sending
         self._done = False  # we finished sending
         self._error: VirError | None = None
+        #: A transfer's error ends our data and answers the client's finish, as
+        #: libvirtd's volume downloads report a failed read (set by the handler).
+        self.late_errors = False
+        self._late: VirError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._pending: Coroutine[Any, Any, None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -127,17 +131,18 @@ class Stream:
         if self.closed:
             return
         self._check()
-        self._packet(packet.STREAM, packet.OK if self._eof else packet.CONTINUE, b"")
-        self._done = True
         if self._eof:
-            self._close()
+            self._confirm()
+            return
+        self._packet(packet.STREAM, packet.CONTINUE, b"")
+        self._done = True
 
     async def abort(self, error: VirError) -> None:
         """End the stream with an error the client will report."""
         if self.closed:
             return
-        self._packet(packet.STREAM, packet.ERROR,
-                     packet.error_body(error.code, error.domain, error.message, error.level))
+        self._packet(packet.STREAM, packet.ERROR, packet.error_body(
+            error.code, error.domain, error.message, error.level, error.int1))
         self._close()
 
     # -- for the client ---------------------------------------------------------
@@ -166,8 +171,7 @@ class Stream:
         elif status == packet.OK:
             self._eof = True
             if self._done:  # our end already went out: confirm and be done
-                self._packet(packet.STREAM, packet.OK, b"")
-                self._close()
+                self._confirm()
             else:
                 self._wake()
         else:  # the client aborts: confirm, and stop whoever works on it
@@ -195,6 +199,16 @@ class Stream:
         if self.closed:
             raise VirError(ErrorCode.RPC, "stream is closed", ErrorDomain.STREAMS)
 
+    def _confirm(self) -> None:
+        """Answer the client's finish: OK, or the error kept for it."""
+        if self._late is not None:
+            self._packet(packet.STREAM, packet.ERROR, packet.error_body(
+                self._late.code, self._late.domain, self._late.message, self._late.level,
+                self._late.int1))
+        else:
+            self._packet(packet.STREAM, packet.OK, b"")
+        self._close()
+
     def _packet(self, type_: int, status: int, body: bytes | memoryview) -> None:
         prog, vers, proc = self._prefix
         self.client.write(packet.PREFIX.pack(packet.PACKET_MIN + len(body), prog, vers, proc,
@@ -220,7 +234,12 @@ class Stream:
         try:
             await transfer
         except VirError as e:
-            if not self.closed:
+            if self.closed:
+                pass
+            elif self.late_errors and not self._done:
+                self._late = e
+                await self.finish()
+            else:
                 await self.abort(e)
         except asyncio.CancelledError:
             raise

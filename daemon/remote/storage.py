@@ -297,6 +297,7 @@ async def storage_vol_download(call: Call, args: Any) -> None:
     stream = call.stream
     assert stream is not None
     stream.sparse = bool(args.flags & _SPARSE_STREAM)
+    stream.late_errors = True  # a failed read is reported at the client's finish
     stream.serve(_driver(call).download_vol(pool, vol, args.offset, args.length, stream.sparse,
                                             stream.send, stream.send_hole))
 

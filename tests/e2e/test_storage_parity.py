@@ -8,6 +8,7 @@ fails to be deleted, and the volume XML of each image format.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from e2e.daemon import DaemonProcess
 pytestmark = pytest.mark.slow
 
 VIR_ERR_SYSTEM_ERROR = 38
-VIR_FROM_NONE, VIR_FROM_STORAGE = 0, 18
+VIR_FROM_NONE, VIR_FROM_STORAGE, VIR_FROM_STREAMS = 0, 18, 38
 
 
 def _masked(xml: str) -> str:
@@ -170,6 +171,7 @@ def test_delete_and_start_of_a_directory_gone(module_daemon: DaemonProcess) -> N
             p.delete(0)
         assert (e.value.get_error_code(), e.value.get_error_domain()) == (
             VIR_ERR_SYSTEM_ERROR, VIR_FROM_STORAGE)
+        assert e.value.err[7] == errno.ENOENT  # int1: libvirtd's errno
         with pytest.raises(libvirt.libvirtError) as e:
             p.create(0)
         assert str(e.value) == f"cannot open directory '{target}': No such file or directory"
@@ -310,8 +312,8 @@ def test_stopped_pool_info_keeps_its_sizes(module_daemon: DaemonProcess,
 
 def test_streams_on_a_directory_volume(module_daemon: DaemonProcess,
                                        pool: tuple[str, Path]) -> None:
-    """An upload cannot open a directory: the call fails. A download can, and
-    its first read fails the stream."""
+    """An upload cannot open a directory: the call fails. A download can; its
+    first read fails, which ends the data, and the client's finish gets the error."""
     d, (name, target) = module_daemon, pool
     d.virsh("vol-create-as", name, "sub", "0", "--format", "dir")
     res = d.virsh("vol-upload", "--pool", name, "sub", "/etc/hostname", check=False)
@@ -319,8 +321,20 @@ def test_streams_on_a_directory_volume(module_daemon: DaemonProcess,
                           f"error: Unable to open stream for '{target}/sub': Is a directory\n")
     out = d.root / "sub.out"
     res = d.virsh("vol-download", "--pool", name, "sub", str(out), check=False)
-    assert res.stderr.endswith(f"\nerror: Unable to read {target}/sub: Is a directory\n")
+    assert res.stderr == ("error: cannot close volume sub\n"
+                          f"error: Unable to read {target}/sub: Is a directory\n")
     assert not out.exists()
+    import libvirt
+
+    conn = d.conn()
+    stream = conn.newStream()
+    conn.storageVolLookupByPath(str(target / "sub")).download(stream, 0, 0)
+    assert stream.recv(1024) == b""
+    with pytest.raises(libvirt.libvirtError) as e:
+        stream.finish()
+    assert e.value.err[:3] == (VIR_ERR_SYSTEM_ERROR, VIR_FROM_STREAMS,
+                               f"Unable to read {target}/sub: Is a directory")
+    assert e.value.err[7:] == (errno.EISDIR, -1)  # int1, int2
     gone = target / "sub"
     gone.rmdir()
     res = d.virsh("vol-download", "--pool", name, "sub", str(out), check=False)
