@@ -11,6 +11,7 @@ import asyncio
 import os
 import stat
 
+from drivers.storage import offload
 from drivers.storage.perms import Perms
 from drivers.storage.vol_xml import Backing, Volume
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -27,8 +28,9 @@ def system_error(message: str, err: OSError) -> VirError:
                     ErrorDomain.STORAGE)
 
 
-async def run(*argv: str) -> str:
-    """Run a tool to its end; its standard output, or libvirt's error with its stderr."""
+async def run(*argv: str, timeout: float | None = None) -> str:
+    """Run a tool to its end; its standard output, or libvirt's error with its stderr.
+    ``timeout``: offload.TIMEOUT unless the tool writes data."""
     env = dict(os.environ, LC_ALL="C", LVM_SUPPRESS_FD_WARNINGS="1")
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -36,7 +38,7 @@ async def run(*argv: str) -> str:
             stderr=asyncio.subprocess.PIPE, env=env)
     except OSError as e:
         raise system_error(f"Cannot find '{argv[0]}' in path", e) from None
-    out, err = await proc.communicate()
+    out, err = await offload.communicate(proc, argv, timeout=timeout)
     if proc.returncode != 0:
         status = (f"exit status {proc.returncode}" if proc.returncode > 0
                   else f"fatal signal {-proc.returncode}")
@@ -50,10 +52,11 @@ async def run(*argv: str) -> str:
 async def probe(device: str) -> tuple[str | None, str | None]:
     """(file system or PV type, partition table type) found on ``device``, as
     libblkid sees them (``blkid -p``, the low-level probe libvirt uses)."""
+    argv = ("blkid", "-p", "-o", "export", device)
     proc = await asyncio.create_subprocess_exec(
-        "blkid", "-p", "-o", "export", device, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, _ = await offload.communicate(proc, argv)
     if proc.returncode == 2:  # nothing recognised
         return None, None
     if proc.returncode != 0:
@@ -117,9 +120,10 @@ _SCRUB = {1: "nnsa", 2: "dod", 3: "bsi", 4: "gutmann", 5: "schneier", 6: "pfitzn
 async def wipe(vol: Volume, algorithm: int) -> None:
     """Zeros over the volume's allocation, or one of scrub's patterns (libvirt's local wipe)."""
     if algorithm:
-        await run("scrub", "-f", "-p", _SCRUB[algorithm], vol.path)
+        await run("scrub", "-f", "-p", _SCRUB[algorithm], vol.path,
+                  timeout=offload.LONG_TIMEOUT)
     else:
-        await asyncio.to_thread(wipe_zero, vol.path, vol.allocation or 0)
+        await offload.run_long(vol.path, wipe_zero, vol.path, vol.allocation or 0)
 
 
 def wipe_zero(path: str, length: int) -> None:
@@ -155,9 +159,9 @@ async def copy_from(vol: Volume, source: Volume, flags: int) -> None:
                        "preallocation is not supported for block volumes", ErrorDomain.STORAGE)
     if source.type == "file" and source.format not in ("raw", ""):
         await run("/usr/bin/qemu-img", "convert", "-f", source.format, "-O", "raw",
-                  source.path, vol.path)
+                  source.path, vol.path, timeout=offload.LONG_TIMEOUT)
     else:
-        await asyncio.to_thread(_copy, source.path, vol.path, vol.capacity)
+        await offload.run_long(vol.path, _copy, source.path, vol.path, vol.capacity)
     apply_perms(vol.path, vol.perms)
 
 

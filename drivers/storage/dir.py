@@ -9,14 +9,17 @@ import json
 import os
 import shutil
 import stat
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from drivers.storage import transfer
+from drivers.storage import offload, transfer
 from drivers.storage.backend import Backend, Scan, check_flags
 from drivers.storage.perms import Perms
 from drivers.storage.pool_xml import PoolSizes
 from drivers.storage.vol_xml import Backing, Volume
 from protocol.errors import ErrorCode, ErrorDomain, VirError, system_error
+
+T = TypeVar("T")
 
 BUILD_NO_OVERWRITE = 1 << 2
 BUILD_OVERWRITE = 1 << 3
@@ -49,13 +52,14 @@ def _stamp(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
 
 
-async def qemu_img(*args: str) -> str:
-    """Run qemu-img; its own message becomes the error, as libvirt reports it."""
+async def qemu_img(*args: str, timeout: float | None = None) -> str:
+    """Run qemu-img; its own message becomes the error, as libvirt reports it.
+    ``timeout``: offload.TIMEOUT unless it copies data."""
     binary = shutil.which("qemu-img") or "qemu-img"
     proc = await asyncio.create_subprocess_exec(
         binary, *args, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
+    out, err = await offload.communicate(proc, (binary, *args), timeout=timeout)
     if proc.returncode != 0:
         text = err.decode(errors="replace")
         raise VirError(ErrorCode.INTERNAL_ERROR,
@@ -82,15 +86,13 @@ def _sniff(path: str) -> str:
         return "iso" if f.read(len(_ISO_MAGIC)) == _ISO_MAGIC else "raw"
 
 
-def _backing(path: str, fmt: str) -> Backing:
-    """A backing file as the volume XML shows it, with its own stat when reachable."""
-    back = Backing(path, fmt)
+def _stat_backing(back: Backing) -> None:
+    """A backing file's own stat in the volume XML, when reachable (blocking)."""
     with contextlib.suppress(OSError):
-        st = os.stat(path)
+        st = os.stat(back.path)
         back.perms = Perms(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
         back.timestamps = (_stamp(st.st_atime_ns), _stamp(st.st_mtime_ns),
                            _stamp(st.st_ctime_ns))
-    return back
 
 
 def _check_backing(vol: Volume, target: str, flags: int) -> None:
@@ -151,7 +153,7 @@ def _apply_image_info(vol: Volume, info: dict[str, Any]) -> None:
             vol.features = tuple(name for name, key in _QCOW2_FEATURES if specific.get(key))
     backing = info.get("full-backing-filename") or info.get("backing-filename")
     if backing:
-        vol.backing = _backing(backing, info.get("backing-filename-format", "raw"))
+        vol.backing = Backing(backing, info.get("backing-filename-format", "raw"))
 
 
 class DirBackend(Backend):
@@ -160,6 +162,15 @@ class DirBackend(Backend):
     @property
     def target(self) -> str:
         return self.d.target_path
+
+    async def _fs(self, func: Callable[..., T], *args: Any) -> T:
+        """Blocking file system work on the pool, off the loop and bounded in time."""
+        return await offload.run(self.target, func, *args)
+
+    async def _discard(self, path: str) -> None:
+        """Remove what a failed creation left, if it can be."""
+        with contextlib.suppress(OSError, VirError):
+            await self._fs(os.unlink, path)
 
     async def build(self, flags: int) -> None:
         """mkdir with the configured mode and owner. The overwrite flags ask for a
@@ -172,7 +183,7 @@ class DirBackend(Backend):
                            "Flags 'VIR_STORAGE_POOL_BUILD_OVERWRITE' and "
                            "'VIR_STORAGE_POOL_BUILD_NO_OVERWRITE' are mutually exclusive",
                            ErrorDomain.STORAGE)
-        self._mkdir()
+        await self._fs(self._mkdir)
         if flags:
             raise VirError(ErrorCode.OPERATION_INVALID,
                            "Requested operation is not valid: No source device specified "
@@ -198,6 +209,9 @@ class DirBackend(Backend):
             raise _system_error(f"cannot create path '{self.target}'", e) from None
 
     async def start(self) -> None:
+        await self._fs(self._check_dir)
+
+    def _check_dir(self) -> None:
         if not os.path.isdir(self.target):
             code = errno.ENOENT if not os.path.exists(self.target) else errno.ENOTDIR
             raise system_error(f"cannot open directory '{self.target}'", OSError(code, ""))
@@ -205,13 +219,13 @@ class DirBackend(Backend):
     async def delete(self, flags: int) -> None:
         check_flags(flags, 0, "virStorageBackendDeleteLocal")
         try:
-            os.rmdir(self.target)
+            await self._fs(os.rmdir, self.target)
         except OSError as e:
             raise _system_error(f"failed to remove pool '{self.target}'", e) from None
 
     async def sizes(self) -> PoolSizes:
         try:
-            fs = os.statvfs(self.target)
+            fs = await self._fs(os.statvfs, self.target)
         except OSError as e:
             raise _system_error(f"cannot statvfs path '{self.target}'", e) from None
         capacity = fs.f_frsize * fs.f_blocks
@@ -219,29 +233,59 @@ class DirBackend(Backend):
         return PoolSizes(capacity, capacity - available, available)
 
     async def refresh(self) -> Scan:
+        perms, entries = await self._fs(self._entries)
+        scan = Scan(await self.sizes(), perms)
+        for name, path in entries:
+            try:
+                vol = await self.refresh_vol(Volume(name, path=path))
+            except OSError:
+                continue
+            except VirError as e:
+                if e.code == ErrorCode.OPERATION_TIMEOUT:
+                    raise  # the pool hangs: the other entries would too
+                continue
+            scan.volumes[vol.name] = vol
+        return scan
+
+    def _entries(self) -> tuple[Perms, list[tuple[str, str]]]:
+        """The target's permissions and the names and paths of its files and
+        directories (blocking). An upload's new file is no volume; one no
+        upload writes any more is removed."""
         try:
             st = os.stat(self.target)
             entries = sorted(os.scandir(self.target), key=lambda e: e.name)
         except OSError as e:
             raise _system_error(f"cannot open directory '{self.target}'", e) from None
-        perms = Perms(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-        scan = Scan(await self.sizes(), perms)
+        found = []
         for entry in entries:
-            if transfer.is_upload_file(entry.name):  # an upload's new file, not a volume
+            if transfer.is_upload_file(entry.name):
                 if transfer.is_stale_upload(entry.path):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
                 continue
-            with contextlib.suppress(OSError, VirError):
+            with contextlib.suppress(OSError):
                 if entry.is_file() or entry.is_dir():
-                    vol = await self.refresh_vol(Volume(entry.name, path=entry.path))
-                    scan.volumes[vol.name] = vol
-        return scan
+                    found.append((entry.name, entry.path))
+        return Perms(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid), found
 
     def vol_path(self, name: str) -> str:
         return os.path.join(self.target, name)
 
     async def refresh_vol(self, vol: Volume) -> Volume:
+        found, kind = await self._fs(self._stat_vol, vol)
+        if kind == "image":
+            info = json.loads(await qemu_img("info", "--output=json", "-U", found.path))
+            _apply_image_info(found, info)
+            if found.backing is not None:
+                await self._fs(_stat_backing, found.backing)
+        elif kind == "iso" or kind == "raw" and vol.format == "iso":
+            # libvirt names what it made as iso so until a pool refresh probes it
+            found.format = "iso"
+        return found
+
+    def _stat_vol(self, vol: Volume) -> tuple[Volume, str]:
+        """The volume as its stat shows it, and what its first bytes say:
+        "image", "iso", "raw", or "dir" when no header is read (blocking)."""
         path = vol.path or self.vol_path(vol.name)
         st = os.stat(path)
         found = Volume(vol.name, path=path)
@@ -251,32 +295,25 @@ class DirBackend(Backend):
             # libvirt gives a directory no size at all, whatever its blocks
             found.type = found.format = "dir"
             found.allocation = 0
-            return found
+            return found, "dir"
         found.allocation = st.st_blocks * 512
         found.physical = found.capacity = st.st_size
         if vol.format == "dir":
             # a file cloned from a directory volume: libvirt keeps it a directory
             # volume, which it reads no header of, until a pool refresh
             found.type = found.format = "dir"
-            return found
-        kind = _sniff(path)
-        if kind == "image":
-            info = json.loads(await qemu_img("info", "--output=json", "-U", path))
-            _apply_image_info(found, info)
-        elif kind == "iso" or vol.format == "iso":
-            # libvirt names what it made as iso so until a pool refresh probes it
-            found.format = "iso"
-        return found
+            return found, "dir"
+        return found, _sniff(path)
 
     async def create_vol(self, vol: Volume, flags: int) -> None:
         path = self.vol_path(vol.name)
-        if os.path.lexists(path):
+        if await self._fs(os.path.lexists, path):
             raise _target_exists(path)
         if vol.format == "dir":
             check_flags(flags, 0, "createFileDir")
             if vol.backing is not None:
-                _check_backing(vol, self.target, flags)
-            self._create_dir(vol, path)
+                await self._fs(_check_backing, vol, self.target, flags)
+            await self._fs(self._create_dir, vol, path)
             return
         if vol.format == "ploop":
             check_flags(flags, 0, "storageBackendCreatePloop")
@@ -287,17 +324,16 @@ class DirBackend(Backend):
         else:
             _check_image(vol, flags)
         if vol.backing is not None:
-            _check_backing(vol, self.target, flags)
+            await self._fs(_check_backing, vol, self.target, flags)
         if vol.format == "raw":
-            await asyncio.to_thread(self._create_raw, vol, path)
+            await offload.run_long(self.target, self._create_raw, vol, path)
         else:
             # qemu-img makes or refuses every other format, as with libvirt
             await self._create_image(vol, path, flags)
         try:
-            self._apply_perms(vol, path)
+            await self._fs(self._apply_perms, vol, path)
         except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            await self._discard(path)
             raise _system_error(f"cannot set permissions of '{path}'", e) from None
 
     async def create_vol_from(self, vol: Volume, source: Volume, flags: int) -> None:
@@ -312,15 +348,15 @@ class DirBackend(Backend):
         else:
             _check_image(vol, flags)  # libvirt converts with qemu-img
         path = self.vol_path(vol.name)
-        if os.path.lexists(path):
+        if await self._fs(os.path.lexists, path):
             raise _target_exists(path)
         args: list[str] = []  # the qemu-img command that fills the new volume, if any
         if plain and source.type == "dir":
-            await asyncio.to_thread(self._create_raw, vol, path)
+            await offload.run_long(self.target, self._create_raw, vol, path)
         elif plain:
             # Into a file allocated as asked; zeros are written (-S 0) unless the
             # volume is to be sparse, as libvirt copies.
-            await asyncio.to_thread(self._create_raw, vol, path)
+            await offload.run_long(self.target, self._create_raw, vol, path)
             sparse = [] if (vol.allocation or 0) >= vol.capacity else ["-S", "4k"]
             args = ["convert", "-n", *(sparse or ["-S", "0"]), "-f", source.format,
                     "-O", "raw"]
@@ -331,13 +367,12 @@ class DirBackend(Backend):
                 args += ["-o", ",".join(options)]
         try:
             if args:
-                await qemu_img(*args, source.path, path)
+                await qemu_img(*args, source.path, path, timeout=offload.LONG_TIMEOUT)
             if not plain and vol.capacity > source.capacity:
                 await qemu_img("resize", "-f", vol.format, path, str(vol.capacity))
-            self._apply_perms(vol, path)
+            await self._fs(self._apply_perms, vol, path)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            await self._discard(path)
             raise
 
     @staticmethod
@@ -412,11 +447,12 @@ class DirBackend(Backend):
         if options:
             args += ["-o", ",".join(options)]
         size_kib = (vol.capacity + 1023) // 1024
+        # preallocation writes the data, which takes its time
+        timeout = offload.LONG_TIMEOUT if flags & VOL_CREATE_PREALLOC_METADATA else None
         try:
-            await qemu_img(*args, path, f"{size_kib}K")
+            await qemu_img(*args, path, f"{size_kib}K", timeout=timeout)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            await self._discard(path)
             raise
 
     def _apply_perms(self, vol: Volume, path: str) -> None:
@@ -436,7 +472,7 @@ class DirBackend(Backend):
             extra = ["--shrink"] if shrink else []
             await qemu_img("resize", *extra, vol.path, str(capacity))
             return
-        await asyncio.to_thread(self._resize_raw, vol.path, capacity, allocate)
+        await offload.run_long(self.target, self._resize_raw, vol.path, capacity, allocate)
 
     @staticmethod
     def _resize_raw(path: str, capacity: int, allocate: bool) -> None:
@@ -451,7 +487,8 @@ class DirBackend(Backend):
     async def wipe_vol(self, vol: Volume, algorithm: int) -> None:
         # The volume is opened first whatever the algorithm, so what cannot be
         # written (a directory) fails alike, as in libvirt.
-        await asyncio.to_thread(self._wipe, vol.path, algorithm == 0, vol.allocation or 0)
+        await offload.run_long(self.target, self._wipe, vol.path, algorithm == 0,
+                               vol.allocation or 0)
         if algorithm == 0:
             self._wiped(vol)
             return
@@ -459,11 +496,11 @@ class DirBackend(Backend):
         scrub = shutil.which("scrub")
         if scrub is None:
             raise system_error("Cannot find 'scrub' in path", FileNotFoundError(errno.ENOENT, ""))
+        argv = (scrub, "-f", "-p", _SCRUB_PATTERNS[algorithm], vol.path)
         proc = await asyncio.create_subprocess_exec(
-            scrub, "-f", "-p", _SCRUB_PATTERNS[algorithm], vol.path,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
+        _, err = await offload.communicate(proc, argv, timeout=offload.LONG_TIMEOUT)
         if proc.returncode != 0:
             raise VirError(ErrorCode.INTERNAL_ERROR,
                            f"internal error: Child process ({scrub} -f -p "
@@ -517,6 +554,10 @@ class DirBackend(Backend):
             os.close(fd)
 
     async def delete_vol(self, vol: Volume, flags: int) -> None:
+        await self._fs(self._remove, vol)
+
+    @staticmethod
+    def _remove(vol: Volume) -> None:
         # what the path is now decides, as in libvirt (a clone of a directory
         # volume is a file, its volume type dir until a pool refresh)
         is_dir = os.path.isdir(vol.path)

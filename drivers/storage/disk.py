@@ -9,13 +9,12 @@ and on dos labels the last partial cylinder kept out of the free space.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
 from dataclasses import dataclass
 
-from drivers.storage import blockdev
+from drivers.storage import blockdev, offload
 from drivers.storage.backend import Backend, Scan, check_flags
 from drivers.storage.pool_xml import PoolDef, PoolSizes
 from drivers.storage.vol_xml import Volume
@@ -229,7 +228,7 @@ class DiskBackend(Backend):
                            ErrorDomain.STORAGE)
         if not flags & BUILD_OVERWRITE:
             await blockdev.check_empty(self.device, self._label(), writelabel=True)
-        await asyncio.to_thread(blockdev.zero_ends, self.device)
+        await offload.run_long(self.device, blockdev.zero_ends, self.device)
         if self._label() == "unknown":
             self.d.source.format = "dos"
         label = "msdos" if self._label() == "dos" else self._label()
@@ -249,7 +248,7 @@ class DiskBackend(Backend):
 
     async def delete(self, flags: int) -> None:
         check_flags(flags, 0, "virStorageBackendDiskDeletePool")
-        await asyncio.to_thread(blockdev.zero_ends, self.device)
+        await offload.run_long(self.device, blockdev.zero_ends, self.device)
 
     async def _read(self) -> Found:
         self._check_device()

@@ -9,6 +9,7 @@ expects one to exist.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -112,29 +113,43 @@ class StorageDriver:
             d.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.config_dir.glob("*.xml")):
             self._load(path, persistent=True)
-        for path in sorted(self.state_dir.glob("*.xml")):
-            pool = self._pools.get(path.stem) or self._load(path, persistent=False)
-            if pool is None:
-                continue
-            try:
-                pool.use(parse_pool(path.read_text()))
-                if not await pool.backend.is_active():
-                    log.info("storage pool %s is no longer active", pool.name)
-                    await self._deactivate(pool)
-                    continue
-                pool.active = True
-                await self._refresh(pool)
-            except (OSError, VirError) as e:
-                log.warning("storage pool %s is no longer usable: %s", pool.name, e)
-                await self._deactivate(pool)
+        # Pools are taken up side by side: a hung one costs one timeout in all.
+        running = [(path, self._pools.get(path.stem) or self._load(path, persistent=False))
+                   for path in sorted(self.state_dir.glob("*.xml"))]
+        await asyncio.gather(*(self._reattach(pool, path) for path, pool in running if pool))
         if first:
             await self._make_default()
-        for pool in list(self._pools.values()):
+        for pool in list(self._pools.values()):  # in turn: one may be mounted in another
             if pool.autostart and not pool.active:
-                try:
-                    await self.create(pool)
-                except VirError as e:
-                    log.warning("cannot autostart storage pool %s: %s", pool.name, e)
+                await self._autostart(pool)
+
+    async def _reattach(self, pool: Pool, path: Path) -> None:
+        """A pool the last daemon left running: still running, or stopped. One
+        that does not answer stays running, its volumes unknown until a refresh."""
+        try:
+            pool.use(parse_pool(path.read_text()))
+            if not await pool.backend.is_active():
+                log.info("storage pool %s is no longer active", pool.name)
+                await self._deactivate(pool)
+                return
+            pool.active = True
+            await self._refresh(pool)
+        except VirError as e:
+            if e.code == ErrorCode.OPERATION_TIMEOUT:
+                pool.active = True
+                log.warning("storage pool %s does not answer: %s", pool.name, e)
+                return
+            log.warning("storage pool %s is no longer usable: %s", pool.name, e)
+            await self._deactivate(pool)
+        except OSError as e:
+            log.warning("storage pool %s is no longer usable: %s", pool.name, e)
+            await self._deactivate(pool)
+
+    async def _autostart(self, pool: Pool) -> None:
+        try:
+            await self.create(pool)
+        except VirError as e:
+            log.warning("cannot autostart storage pool %s: %s", pool.name, e)
 
     def _load(self, path: Path, persistent: bool) -> Pool | None:
         try:
@@ -365,7 +380,9 @@ class StorageDriver:
         self._need_active(pool)
         try:
             await self._refresh(pool)
-        except VirError:
+        except VirError as e:
+            if e.code == ErrorCode.OPERATION_TIMEOUT:
+                raise  # a mount that hangs may answer again: the pool stays as it is
             await pool.backend.stop()
             await self._deactivate(pool)
             raise

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 
+from drivers.storage import offload
 from drivers.storage.dir import DEFAULT_POOL_MODE, DirBackend
 from drivers.storage.pool_xml import (
     Host,
@@ -54,9 +55,11 @@ def child_error(argv: list[str] | tuple[str, ...], status: int, err: str) -> Vir
                     ErrorDomain.NONE)
 
 
-async def run(*argv: str, check: bool = True) -> tuple[int, str, str]:
+async def run(*argv: str, check: bool = True,
+              timeout: float | None = None) -> tuple[int, str, str]:
     """Run a helper (no stdin) and return status, stdout, stderr. A program that
-    cannot be executed fails as libvirt's forked child reports it, status 127."""
+    cannot be executed fails as libvirt's forked child reports it, status 127.
+    ``timeout``: offload.TIMEOUT unless the helper writes data."""
     if not os.access(argv[0], os.X_OK):
         why = os.strerror(errno.ENOENT if not os.path.exists(argv[0]) else errno.EACCES)
         status, out, err = 127, "", f"libvirt:  error : cannot execute binary {argv[0]}: {why}\n"
@@ -64,7 +67,7 @@ async def run(*argv: str, check: bool = True) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
-        out_b, err_b = await proc.communicate()
+        out_b, err_b = await offload.communicate(proc, argv, timeout=timeout)
         status = proc.returncode if proc.returncode is not None else -1
         out, err = out_b.decode(errors="replace"), err_b.decode(errors="replace")
     if check and status != 0:
@@ -117,7 +120,9 @@ def mounted(source: str, target: str, mounts: str = MOUNTS) -> bool:
         if len(fields) < 2:
             continue
         fsname, mnt_dir = (_OCTAL.sub(lambda m: chr(int(m[1], 8)), x) for x in fields[:2])
-        if _canonical(mnt_dir) != want_target:
+        # The kernel lists mount points resolved already; resolving them again
+        # would touch every mount of the host, a hung one too.
+        if mnt_dir != want_target:
             continue
         if _canonical(fsname) == want_source or _loop_backing(fsname) == want_source:
             return True
@@ -210,7 +215,7 @@ class FsBackend(DirBackend):
                 raise
         device = self.d.source.devices[0].path
         fmt = self.d.source.format or "auto"
-        if not os.path.exists(device):
+        if not await self._fs(os.path.exists, device):
             raise _error(ErrorCode.OPERATION_INVALID, "Requested operation is not valid: ",
                          f"Source device does not exist when formatting pool '{self.d.name}'")
         if not flags & BUILD_OVERWRITE:
@@ -220,23 +225,30 @@ class FsBackend(DirBackend):
                          f"mkfs is not available on this platform: Failed to make filesystem "
                          f"of type '{fmt}' on device '{device}'")
         force = [_MKFS_FORCE[fmt]] if fmt in _MKFS_FORCE else []
-        await run(MKFS, "-t", fmt, *force, device)
+        await run(MKFS, "-t", fmt, *force, device, timeout=offload.LONG_TIMEOUT)
+
+    async def _mounted(self) -> bool:
+        """Whether the pool's source is mounted on its target; the target is
+        resolved on the pool's lane, as a hung mount would not answer."""
+        return await self._fs(mounted, source_spec(self.d), self.d.target_path)
 
     async def start(self) -> None:
         check_source(self.d)
-        if not mounted(source_spec(self.d), self.d.target_path):
+        if not await self._mounted():
             await run(*mount_argv(self.d))
 
     async def stop(self) -> None:
         check_source(self.d)
-        if mounted(source_spec(self.d), self.d.target_path):
+        if await self._mounted():
             await run(UMOUNT, self.d.target_path)
 
     async def is_active(self) -> bool:
         try:
             check_source(self.d)
-            return mounted(source_spec(self.d), self.d.target_path)
-        except VirError:
+            return await self._mounted()
+        except VirError as e:
+            if e.code == ErrorCode.OPERATION_TIMEOUT:
+                raise  # the pool's state is not known
             return False
 
 

@@ -7,12 +7,11 @@ patterns). Only active LVs are volumes: an LV without a device node is skipped.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from dataclasses import dataclass
 
-from drivers.storage import blockdev
+from drivers.storage import blockdev, offload
 from drivers.storage.backend import Backend, Scan, check_flags
 from drivers.storage.pool_xml import (
     Device,
@@ -177,7 +176,7 @@ class LogicalBackend(Backend):
             for path in self.devices:
                 if not flags & BUILD_OVERWRITE:
                     await blockdev.check_empty(path, "LVM2_member", writelabel=True)
-                await asyncio.to_thread(blockdev.zero_ends, path)
+                await offload.run_long(path, blockdev.zero_ends, path)
                 done.append(path)  # libvirt undoes the devices it got to, failed pvcreate too
                 await blockdev.run(PVCREATE, path)
             await blockdev.run(VGCREATE, self.vg, *self.devices)
