@@ -26,7 +26,6 @@ that fails later fails the stream.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import functools
@@ -37,6 +36,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from drivers.storage import offload
 from protocol.errors import ErrorDomain, VirError, system_error
 
 #: Bytes read from the file per step (the stream cuts them into packets).
@@ -111,20 +111,20 @@ def _extents(fd: int, start: int, end: int) -> list[tuple[int, int, bool]]:
 async def download(path: str, offset: int, length: int, sparse: bool,
                    send: Callable[[bytes], Awaitable[None]],
                    send_hole: Callable[[int], Awaitable[Any]]) -> None:
-    """Send ``length`` bytes (0: to the end) of ``path`` from ``offset``."""
-    fd = open_volume(path, write=False)
+    """Send ``length`` bytes (0: to the end) of ``path`` from ``offset``. The file
+    is only touched on the lanes of its directory (drivers/storage/offload.py)."""
+    key = os.path.dirname(path)
+    fd = await offload.run(key, open_volume, path, False)
     try:
-        size = os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for a block device
-        end = size if length == 0 else min(size, offset + length)
-        runs = _extents(fd, offset, end) if sparse else [(offset, end - offset, True)]
+        runs = await offload.run(key, _runs, fd, offset, length, sparse)
         for start, count, is_data in runs:
             if not is_data:
                 await send_hole(count)
                 continue
             pos = start
             while pos < start + count:
-                chunk = await asyncio.to_thread(os.pread, fd, min(READ_SIZE, start + count - pos),
-                                                pos)
+                chunk = await offload.run_long(key, os.pread, fd,
+                                               min(READ_SIZE, start + count - pos), pos)
                 if not chunk:
                     return
                 await send(chunk)
@@ -132,18 +132,14 @@ async def download(path: str, offset: int, length: int, sparse: bool,
     except OSError as e:
         raise system_error(f"Unable to read {path}", e, ErrorDomain.STREAMS) from None
     finally:
-        os.close(fd)
+        await offload.run_long(key, os.close, fd)  # a close flushes, which can hang
 
 
-async def _blocking(func: Callable[..., Any], *args: Any) -> Any:
-    """``func`` in a worker thread. A cancelled caller still waits for the thread,
-    so the descriptors it uses stay open (and are not reused) until it is done."""
-    job = asyncio.ensure_future(asyncio.to_thread(func, *args))
-    try:
-        return await asyncio.shield(job)
-    except asyncio.CancelledError:
-        await asyncio.wait([job])
-        raise
+def _runs(fd: int, offset: int, length: int, sparse: bool) -> list[tuple[int, int, bool]]:
+    """What a download sends: the extents of the range, or all of it as data."""
+    size = os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for a block device
+    end = size if length == 0 else min(size, offset + length)
+    return _extents(fd, offset, end) if sparse else [(offset, end - offset, True)]
 
 
 @functools.cache
@@ -203,7 +199,8 @@ class _Sink:
     """Where the stream's bytes go, gathered into few large writes, and what a
     hole does there."""
 
-    def __init__(self, fd: int, block: bool, fresh: bool) -> None:
+    def __init__(self, key: str, fd: int, block: bool, fresh: bool) -> None:
+        self.key = key  # the lane its writes go to
         self.fd = fd
         self.block = block  # a device: its size is fixed, holes are written as zeros
         self.fresh = fresh  # a new empty file: a hole there is already one
@@ -223,14 +220,14 @@ class _Sink:
     async def flush(self) -> None:
         if self._batch:
             batch, self._batch, self._size = self._batch, [], 0
-            await _blocking(_write_vec, self.fd, batch, self._at)
+            await offload.run_long(self.key, _write_vec, self.fd, batch, self._at)
 
     async def hole(self, start: int, length: int) -> None:
         await self.flush()
         if not self.block:
             self.cut = start + length
         if not self.fresh:
-            await _blocking(self._clear, start, length)
+            await offload.run_long(self.key, self._clear, start, length)
 
     def _clear(self, start: int, length: int) -> None:
         _zero(self.fd, start, length)
@@ -253,39 +250,47 @@ async def upload(path: str, offset: int, length: int,
     (0: no limit) caps what is taken. ``replace``: a regular file may be
     swapped for the new contents (see the module docstring); ``sparse``: the
     stream may bring holes."""
-    old = open_volume(path, write=True)
+    key = os.path.dirname(path)
+    old = await offload.run(key, open_volume, path, True)
     tmp: str | None = None
     try:
-        st = os.fstat(old)
+        st = await offload.run(key, os.fstat, old)
         fd = old
         if replace and stat.S_ISREG(st.st_mode):
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
-                                       suffix=_TEMP_SUFFIX, dir=os.path.dirname(path))
+            fd, tmp = await offload.run(key, _new_file, path, st)
             _writing.add(tmp)
-            os.fchmod(fd, stat.S_IMODE(st.st_mode))
-            with contextlib.suppress(PermissionError):
-                os.fchown(fd, st.st_uid, st.st_gid)
             if not sparse:
-                await _blocking(_reserve, fd, offset, length or st.st_size - offset)
-        sink = _Sink(fd, stat.S_ISBLK(st.st_mode), fresh=tmp is not None)
+                await offload.run_long(key, _reserve, fd, offset, length or st.st_size - offset)
+        sink = _Sink(key, fd, stat.S_ISBLK(st.st_mode), fresh=tmp is not None)
         try:
             end = await _receive(sink, offset, length, recv)
             if tmp is not None:
-                await _blocking(_complete, old, fd, offset, end, st.st_size, sink.cut)
-                await _blocking(_swap, tmp, path)
+                await offload.run_long(key, _complete, old, fd, offset, end, st.st_size,
+                                       sink.cut)
+                await offload.run_long(key, _swap, tmp, path)
                 _writing.discard(tmp)
                 tmp = None
         finally:
             if fd != old:
-                os.close(fd)
+                await offload.run_long(key, os.close, fd)
     except OSError as e:
         raise _error(f"Unable to write to '{path}'", e) from None
     finally:
-        os.close(old)
+        await offload.run_long(key, os.close, old)
         if tmp is not None:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                await offload.run_long(key, os.unlink, tmp)
             _writing.discard(tmp)
+
+
+def _new_file(path: str, st: os.stat_result) -> tuple[int, str]:
+    """The upload's new file next to the volume, with the volume's mode and owner."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=_TEMP_SUFFIX,
+                               dir=os.path.dirname(path))
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    with contextlib.suppress(PermissionError):
+        os.fchown(fd, st.st_uid, st.st_gid)
+    return fd, tmp
 
 
 async def _receive(sink: _Sink, offset: int, length: int,
