@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
-from drivers.qemu.domain import Domain, not_running
+from drivers.qemu.domain import Domain
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
 
@@ -39,10 +39,3 @@ def rpc_limit(value: int, limit: int, text: str) -> None:
     """A count beyond what the protocol allows: refused as libvirt's RPC layer refuses it."""
     if value > limit:
         raise VirError(ErrorCode.RPC, text, ErrorDomain.RPC)
-
-
-def running_process(dom: Domain) -> Any:
-    """The QEMU process of a running domain, or libvirt's "not running" error."""
-    if dom.process is None or not dom.active:
-        raise not_running()
-    return dom.process

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.dispatch import Call
-from daemon.remote._common import check_flags, dom_of, running_process
+from daemon.remote._common import check_flags, dom_of
 from daemon.streams import CHUNK
 from drivers.qemu import console, keymaps
-from drivers.qemu.domain import Domain
+from drivers.qemu.domain import Domain, running_process
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
 

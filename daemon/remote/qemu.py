@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from daemon.dispatch import Call
-from daemon.remote._common import check_flags, dom_of, running_process
+from daemon.remote._common import check_flags, dom_of
 from drivers.qemu import agent
-from drivers.qemu.domain import Domain
+from drivers.qemu.domain import Domain, running_process
 from drivers.qemu.process import append_log, log_timestamp
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import qemu

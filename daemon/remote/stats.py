@@ -11,6 +11,7 @@ from typing import Any
 from daemon.dispatch import Call
 from daemon.remote._common import check_flags, dom_of, handle_of, rpc_limit
 from drivers.qemu import stats
+from drivers.qemu.domain import running_process
 from protocol import typed
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
@@ -112,7 +113,7 @@ async def domain_get_disk_errors(call: Call, args: Any) -> Any:
     )
     dom = dom_of(call, args.dom)
     check_flags(args.flags, 0, "qemuDomainGetDiskErrors")
-    stats.running_process(dom)
+    running_process(dom)
     if args.maxerrors == 0:  # the caller asks how many there could be
         return R.remote_domain_get_disk_errors_ret([], len(dom.definition.devices.disks))
     errors = (await stats.disk_errors(dom))[: args.maxerrors]
@@ -126,7 +127,7 @@ async def domain_get_disk_errors(call: Call, args: Any) -> Any:
 
 
 async def domain_get_job_info(call: Call, args: Any) -> Any:
-    stats.running_process(dom_of(call, args.dom))
+    running_process(dom_of(call, args.dom))
     return R.remote_domain_get_job_info_ret(0, *([0] * 11))
 
 
@@ -138,5 +139,5 @@ async def domain_get_job_stats(call: Call, args: Any) -> Any:
         "qemuDomainGetJobStats",
     )
     if not args.flags & _JOB_STATS_COMPLETED:
-        stats.running_process(dom)
+        running_process(dom)
     return R.remote_domain_get_job_stats_ret(0, [])

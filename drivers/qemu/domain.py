@@ -126,6 +126,13 @@ def not_running() -> VirError:
                     "Requested operation is not valid: domain is not running", ErrorDomain.QEMU)
 
 
+def running_process(dom: Domain) -> QemuProcess:
+    """The QEMU process of a running domain, or libvirt's "not running" error."""
+    if dom.process is None or not dom.active:
+        raise not_running()
+    return dom.process
+
+
 def proc_stat(path: str) -> list[bytes] | None:
     """The fields of a /proc stat file after the command name (state first), None
     when the process or thread is gone. The name may hold spaces and parentheses:
@@ -137,11 +144,15 @@ def proc_stat(path: str) -> list[bytes] | None:
         return None
 
 
+def ticks_ns(ticks: int) -> int:
+    """Clock ticks (USER_HZ, what /proc and cpuacct count in) in nanoseconds."""
+    return ticks * 1_000_000_000 // _CLOCK_TICKS
+
+
 def stat_cpu_time(fields: list[bytes]) -> int:
     """User plus system CPU time in nanoseconds from ``proc_stat`` fields."""
     # After the command name: state is field 3, utime 14 and stime 15 (1-based).
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks * 1_000_000_000 // _CLOCK_TICKS
+    return ticks_ns(int(fields[11]) + int(fields[12]))
 
 
 def process_cpu_time(pid: int) -> int:

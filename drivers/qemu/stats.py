@@ -20,7 +20,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from drivers.qemu import cgroup
-from drivers.qemu.domain import not_running
+from drivers.qemu.domain import proc_stat, running_process, stat_cpu_time, ticks_ns
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.typed import BOOLEAN, INT, LLONG, STRING, UINT, ULLONG
 
@@ -76,39 +76,18 @@ _MEM_NAMES = {tag: name for _key, tag, name, _div in _GUEST_STATS}
 _MEM_NAMES[MEM_RSS] = "rss"
 _NOT_COLLECTED = (1 << 64) - 1  # QEMU's value for a statistic the guest does not give
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def running_process(dom: Domain) -> QemuProcess:
-    proc = dom.process
-    if proc is None or not dom.active:
-        raise not_running()
-    return proc
 
 
 # -- host-side facts -------------------------------------------------------------
 
 
-def _proc_stat(path: str) -> list[bytes] | None:
-    """The fields of a /proc stat file after the command name (state first)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _ticks_ns(ticks: bytes) -> int:
-    return int(ticks) * 1_000_000_000 // _CLOCK_TICKS
-
-
 def process_times(pid: int | None) -> tuple[int, int, int] | None:
     """(total, user, system) CPU time in ns of ``pid``, of this daemon for None."""
-    fields = _proc_stat(f"/proc/{pid}/stat" if pid is not None else "/proc/self/stat")
+    fields = proc_stat(f"/proc/{pid}/stat" if pid is not None else "/proc/self/stat")
     if fields is None:
         return None
-    user, system = _ticks_ns(fields[11]), _ticks_ns(fields[12])
+    user, system = ticks_ns(int(fields[11])), ticks_ns(int(fields[12]))
     return user + system, user, system
 
 
@@ -126,13 +105,13 @@ def cgroup_times(uuid: str) -> tuple[int, int, int] | None:
         group = cgroup.path("cpuacct", uuid)
         total = int((group / "cpuacct.usage").read_text())
         ticks = dict(line.split() for line in (group / "cpuacct.stat").read_text().splitlines())
-        return total, _ticks_ns(ticks["user"].encode()), _ticks_ns(ticks["system"].encode())
+        return total, ticks_ns(int(ticks["user"])), ticks_ns(int(ticks["system"]))
     except (OSError, KeyError, ValueError):
         return None
 
 
 def rss_kib(pid: int) -> int | None:
-    fields = _proc_stat(f"/proc/{pid}/stat")
+    fields = proc_stat(f"/proc/{pid}/stat")
     return int(fields[21]) * _PAGE_SIZE // 1024 if fields else None
 
 
@@ -402,8 +381,8 @@ def _vcpu(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
     by_path = {e.get("qom-path"): e for e in answers.get("vcpu-stats") or []}
     for cpu in sorted(cpus, key=lambda c: c.get("cpu-index", 0)):
         n, tid = cpu.get("cpu-index", 0), cpu.get("thread-id", 0)
-        fields = _proc_stat(f"/proc/{proc.pid}/task/{tid}/stat")
-        busy = _ticks_ns(fields[11]) + _ticks_ns(fields[12]) if fields else 0
+        fields = proc_stat(f"/proc/{proc.pid}/task/{tid}/stat")
+        busy = stat_cpu_time(fields) if fields else 0
         wait, delay = _thread_wait_delay(proc.pid, tid)
         out.append((f"vcpu.{n}.state", INT, 1))  # VIR_VCPU_RUNNING, as libvirtd says of any
         out += [(f"vcpu.{n}.time", ULLONG, busy), (f"vcpu.{n}.wait", ULLONG, wait)]

@@ -33,7 +33,7 @@ from drivers.qemu.affect import (
     modify,
     one_def,
 )
-from drivers.qemu.domain import Domain, proc_stat, stat_cpu_time
+from drivers.qemu.domain import Domain, proc_stat, running_process, stat_cpu_time
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ async def set_memory(driver: QemuDriver, dom: Domain, kib: int, flags: int) -> N
                     " device and guest OS balloon driver"
                 )
             # The live size follows the guest: BALLOON_CHANGE events report it.
-            await stats.running_process(dom).monitor.execute("balloon", {"value": kib * 1024})
+            await running_process(dom).monitor.execute("balloon", {"value": kib * 1024})
         if edit.config is not None:
             edit.config.current_memory = kib
 
@@ -275,7 +275,7 @@ async def set_memory_stats_period(driver: QemuDriver, dom: Domain, period: int, 
             mb = edit.live.devices.memballoon
             assert mb is not None
             path = f"/machine/peripheral/{mb.info.alias or 'balloon0'}"
-            await stats.running_process(dom).monitor.execute(
+            await running_process(dom).monitor.execute(
                 "qom-set",
                 {"path": path, "property": "guest-stats-polling-interval", "value": period},
             )
@@ -364,7 +364,7 @@ async def _hotplug(dom: Domain, n: int) -> None:
     ``vcpuN`` ids) can go, and only when the guest lets them: QEMU says so
     by dropping them from ``query-hotpluggable-cpus``.
     """
-    monitor = stats.running_process(dom).monitor
+    monitor = running_process(dom).monitor
     slots = sorted(await monitor.execute("query-hotpluggable-cpus"), key=_slot_key)
     present = [i for i, c in enumerate(slots) if "qom-path" in c]
     try:
@@ -433,7 +433,7 @@ def _record_vcpus(dom: Domain, slots: list[dict[str, Any]]) -> None:
 
 async def vcpu_threads(dom: Domain) -> dict[int, int]:
     """vCPU index -> host thread id, from QEMU."""
-    cpus = await stats.running_process(dom).monitor.execute("query-cpus-fast")
+    cpus = await running_process(dom).monitor.execute("query-cpus-fast")
     return {int(c["cpu-index"]): int(c["thread-id"]) for c in cpus}
 
 
@@ -453,7 +453,7 @@ async def get_vcpus(dom: Domain, maxinfo: int, maplen: int) -> tuple[list[VcpuIn
     """virDomainGetVcpus: (number, state, cpu_time, cpu) per online vCPU, and their maps."""
     if not dom.active:
         raise _invalid("cannot retrieve vcpu information for inactive domain")
-    proc = stats.running_process(dom)
+    proc = running_process(dom)
     threads = await vcpu_threads(dom)
     info = []
     maps = bytearray()
@@ -503,7 +503,7 @@ async def pin_emulator(driver: QemuDriver, dom: Domain, cpumap: bytes, flags: in
     async with modify(driver, dom, flags) as edit:
         cpus = _pin_set(cpumap)
         if edit.live is not None:
-            proc = stats.running_process(dom)
+            proc = running_process(dom)
             vcpus = set((await vcpu_threads(dom)).values())
             for tid in _threads(proc.pid):
                 if tid not in vcpus:
@@ -531,7 +531,7 @@ def cpu_stats_total(driver: QemuDriver, dom: Domain) -> list[tuple[str, int]]:
     from the same counters as the domain stats (its cgroup, else its process)."""
     if not dom.active:
         raise _invalid("domain is not running", ErrorDomain.DOMAIN)
-    times = stats.cgroup_times(dom.uuid_str) or stats.process_times(stats.running_process(dom).pid)
+    times = stats.cgroup_times(dom.uuid_str) or stats.process_times(running_process(dom).pid)
     total, user, system = times or (0, 0, 0)
     return [("cpu_time", total), ("user_time", user), ("system_time", system)]
 
@@ -577,7 +577,7 @@ def _join_cpuacct(dom: Domain, threads: dict[int, int]) -> None:
     if cgroup.is_v2() or not cgroup.available("cpuacct"):
         return
     try:
-        group = cgroup.join("cpuacct", dom.uuid_str, stats.running_process(dom).pid)
+        group = cgroup.join("cpuacct", dom.uuid_str, running_process(dom).pid)
         for index, tid in threads.items():
             sub = group / f"vcpu{index}"
             sub.mkdir(exist_ok=True)
@@ -679,7 +679,7 @@ async def _apply_thread_bandwidth(driver: QemuDriver, dom: Domain,
         )
     threads = await vcpu_threads(dom)
     kinds = [(f"vcpu{i}", [tid], "vcpu") for i, tid in sorted(threads.items())]
-    others = [t for t in _threads(stats.running_process(dom).pid) if t not in threads.values()]
+    others = [t for t in _threads(running_process(dom).pid) if t not in threads.values()]
     kinds.append(("emulator", others, "emulator"))
     for name, tids, kind in kinds:
         sub = group / name
@@ -800,7 +800,7 @@ def _joined(dom: Domain, controller: str, unmounted: str) -> Iterator[Path]:
     if not cgroup.available(controller):
         raise _invalid(unmounted)
     try:
-        yield cgroup.join(controller, dom.uuid_str, stats.running_process(dom).pid)
+        yield cgroup.join(controller, dom.uuid_str, running_process(dom).pid)
     except OSError as e:
         raise _cgroup_error(cgroup.path(controller, dom.uuid_str), e) from None
 
@@ -1012,7 +1012,7 @@ async def _apply_pins(dom: Domain, d: DomainDef) -> None:
     threads = await vcpu_threads(dom)
     for index, tid in threads.items():
         _set_affinity(tid, vcpu_pin(d, index))
-    for tid in _threads(stats.running_process(dom).pid):
+    for tid in _threads(running_process(dom).pid):
         if tid not in threads.values():
             _set_affinity(tid, emulator_pin(d))
 
