@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from daemon.dispatch import Call, Connection
+from daemon.remote._common import rpc_limit
 from drivers import host
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
@@ -183,8 +184,7 @@ async def node_get_security_model(call: Call, args: None) -> Any:
 
 
 async def node_get_cells_free_memory(call: Call, args: Any) -> Any:
-    if args.maxcells > R.REMOTE_NODE_MAX_CELLS:
-        raise VirError(ErrorCode.RPC, "maxcells > REMOTE_NODE_MAX_CELLS", ErrorDomain.RPC)
+    rpc_limit(args.maxcells, R.REMOTE_NODE_MAX_CELLS, "maxcells > REMOTE_NODE_MAX_CELLS")
     return R.remote_node_get_cells_free_memory_ret(
         host.cells_free_memory(args.startCell, args.maxcells))
 

@@ -10,17 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
-from daemon.remote._common import check_flags, dom_of, handle_of
+from daemon.remote._common import check_flags, dom_of, handle_of, rpc_limit
 from drivers.qemu.domain import Domain
-from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
 
 R = remote().module
-
-
-def _check_list_max(count: int, what: str) -> None:
-    if count > R.REMOTE_DOMAIN_LIST_MAX:
-        raise VirError(ErrorCode.RPC, f"{what} > REMOTE_DOMAIN_LIST_MAX", ErrorDomain.RPC)
 
 
 # -- lookups and lists ---------------------------------------------------------
@@ -46,12 +40,12 @@ async def connect_list_all_domains(call: Call, args: Any) -> Any:
 
 
 async def connect_list_domains(call: Call, args: Any) -> Any:
-    _check_list_max(args.maxids, "maxids")
+    rpc_limit(args.maxids, R.REMOTE_DOMAIN_LIST_MAX, "maxids > REMOTE_DOMAIN_LIST_MAX")
     return R.remote_connect_list_domains_ret(call.driver.active_ids()[: max(args.maxids, 0)])
 
 
 async def connect_list_defined_domains(call: Call, args: Any) -> Any:
-    _check_list_max(args.maxnames, "maxnames")
+    rpc_limit(args.maxnames, R.REMOTE_DOMAIN_LIST_MAX, "maxnames > REMOTE_DOMAIN_LIST_MAX")
     names = call.driver.defined_names()[: max(args.maxnames, 0)]
     return R.remote_connect_list_defined_domains_ret(names)
 
