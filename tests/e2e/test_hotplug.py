@@ -7,6 +7,7 @@ leaves it with the devices it started with.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from e2e.access import BOOT_TIMEOUT, Console
 from e2e.daemon import DaemonProcess
+from e2e.watch import VirshEvents
 from guest import ensure_guest
 
 pytestmark = pytest.mark.slow
@@ -39,28 +41,15 @@ def guest_xml(name: str = NAME, machine: str = "pc") -> str:
     )
 
 
-class Events:
+class Events(VirshEvents):
     """``virsh event --loop --all`` in the background."""
 
     def __init__(self, daemon: DaemonProcess) -> None:
-        self.path = daemon.root / "events.txt"
-        self._out = open(self.path, "w")
-        self.proc = subprocess.Popen(
-            ["virsh", "-c", daemon.uri, "event", "--loop", "--all"],
-            stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=dict(os.environ, LC_ALL="C"),
-        )
+        super().__init__(daemon, "event", "--loop", "--all")
         time.sleep(0.5)  # registered before anything happens
 
-    def wait_for(self, line: str, timeout: float = 30.0) -> None:
-        want = f"event {line}"
-        wait_until(lambda: want in self.path.read_text().splitlines(), timeout,
-                   lambda: f"no {want!r} in {self.path.read_text()!r}")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
-        self._out.close()
+    def wait_for(self, line: str, timeout: float = 30.0) -> list[str]:
+        return super().wait_for(re.escape(f"event {line}"), timeout)
 
 
 class Guest:
