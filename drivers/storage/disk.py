@@ -241,7 +241,7 @@ class DiskBackend(Backend):
                            ErrorDomain.STORAGE)
 
     async def start(self) -> None:
-        self._check_device()
+        await offload.run(self.device, self._check_device)
         if self._label() == "unknown":
             self.d.source.format = "dos"
         await blockdev.check_empty(self.device, self._label(), writelabel=False)
@@ -251,15 +251,20 @@ class DiskBackend(Backend):
         await offload.run_long(self.device, blockdev.zero_ends, self.device)
 
     async def _read(self) -> Found:
-        self._check_device()
+        await offload.run(self.device, self._check_device)
         out = await blockdev.run(PARTED, "-s", self.device, "unit", "B", "print", "free",
                                  "unit", "chs", "print")
         self.layout = parse_parted(out)
-        found = lay_out(self.layout, self.device)
-        for vol in found.volumes.values():
-            vol.path = self._stable(vol.path)
+        found = await offload.run(self.device, self._lay_out, self.layout)
         self.d.source.devices[0].free_extents = [(s, e) for s, e, _ in found.free]
         self.last = found
+        return found
+
+    def _lay_out(self, layout: Layout) -> Found:
+        """The volumes of a layout with their nodes' stat and stable names (blocking)."""
+        found = lay_out(layout, self.device)
+        for vol in found.volumes.values():
+            vol.path = self._stable(vol.path)
         return found
 
     def _stable(self, path: str) -> str:

@@ -210,6 +210,10 @@ class LogicalBackend(Backend):
             LVS, "--separator", "#", "--noheadings", "--units", "b", "--unbuffered",
             "--nosuffix", "--options", LVS_FIELDS, self.vg))
 
+    async def _stat(self, rows: list[LvRow], only: str | None = None) -> dict[str, Volume]:
+        """``_volumes`` off the loop: it stats and opens the LVs' device nodes."""
+        return await offload.run(self.d.target_path, self._volumes, rows, only)
+
     def _volumes(self, rows: list[LvRow], only: str | None = None) -> dict[str, Volume]:
         """Volumes from lvs rows: active LVs, thin pools left out, one volume per
         LV with an extent per segment (and stripe)."""
@@ -235,7 +239,7 @@ class LogicalBackend(Backend):
         return vols
 
     async def refresh(self) -> Scan:
-        volumes = self._volumes(await self._lvs())
+        volumes = await self._stat(await self._lvs())
         sizes = parse_vgs(await blockdev.run(
             VGS, "--separator", ":", "--noheadings", "--units", "b", "--unbuffered",
             "--nosuffix", "--options", "vg_size,vg_free", self.vg))
@@ -248,7 +252,7 @@ class LogicalBackend(Backend):
         """libvirt never rereads a logical volume once known; a new one comes from lvs."""
         if vol.uuid is not None:
             return vol
-        found = self._volumes(await self._lvs(), only=vol.name).get(vol.name)
+        found = (await self._stat(await self._lvs(), only=vol.name)).get(vol.name)
         if found is None:
             raise VirError(ErrorCode.NO_STORAGE_VOL, "Storage volume not found: no storage "
                            f"vol with matching path '{vol.path}'", ErrorDomain.STORAGE)
@@ -261,7 +265,7 @@ class LogicalBackend(Backend):
             self.sparse.add(vol.name)
         path = self.vol_path(vol.name)
         try:
-            blockdev.apply_perms(path, vol.perms)
+            await offload.run(self.d.target_path, blockdev.apply_perms, path, vol.perms)
         except VirError:
             await self.delete_vol(Volume(vol.name, path=path), 0)
             raise

@@ -34,6 +34,8 @@ TIMEOUT = float(os.environ.get("AIOVIRTD_STORAGE_TIMEOUT", "30"))
 LONG_TIMEOUT = 6 * 3600.0
 #: Threads one lane runs at most: a hung pool holds no more than these.
 WORKERS = 4
+#: Seconds an idle worker waits for more work before it ends.
+_IDLE = 60.0
 #: Seconds to wait for a killed helper to be reaped before leaving it to the
 #: child watcher (a process stuck in the kernel dies only when it returns).
 _REAP_WAIT = 5.0
@@ -46,7 +48,8 @@ def timed_out(what: str) -> VirError:
 
 
 class _Lane:
-    """Up to WORKERS daemon threads taking jobs from one queue, started as needed."""
+    """Up to WORKERS daemon threads taking jobs from one queue, started as needed
+    and ended when idle, so a daemon at rest keeps none."""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -60,7 +63,7 @@ class _Lane:
         fut: asyncio.Future[T] = loop.create_future()
         self._jobs.put((loop, fut, func, args))
         with self._lock:
-            if self._idle == 0 and self._threads < WORKERS:
+            if self._jobs.qsize() > self._idle and self._threads < WORKERS:
                 self._threads += 1
                 threading.Thread(target=self._work, name=f"storage {self._name}",
                                  daemon=True).start()
@@ -70,7 +73,16 @@ class _Lane:
         while True:
             with self._lock:
                 self._idle += 1
-            loop, fut, func, args = self._jobs.get()
+            try:
+                loop, fut, func, args = self._jobs.get(timeout=_IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():  # else a job came as the wait ended
+                        self._idle -= 1
+                        self._threads -= 1
+                        return
+                    self._idle -= 1
+                continue
             with self._lock:
                 self._idle -= 1
             if fut.cancelled():  # its caller gave up while it waited in the queue
