@@ -14,6 +14,7 @@ import random
 import re
 import stat
 
+from drivers.storage import offload
 from drivers.storage.backend import Backend, Scan
 from drivers.storage.fs import run
 from drivers.storage.perms import Perms
@@ -31,6 +32,9 @@ ISCSIADM = "/usr/bin/iscsiadm"
 SCSI_ID = "/lib/udev/scsi_id"
 DEFAULT_PORT = 3260
 SYSFS = "/sys"
+#: Seconds iscsiadm may take to discover, log in or out: its own retries to
+#: an unreachable portal take up to two minutes by default.
+ISCSIADM_TIMEOUT = 180.0
 
 #: SCSI device types libvirt makes volumes of: disks and CD-ROMs.
 _LUN_TYPES = (0, 5)
@@ -109,7 +113,7 @@ async def scan_targets(where: str, initiator: str | None, persist: bool) -> list
             "--op", "new" if persist else "nonpersistent"]
     if initiator is not None:
         argv += ["--interface", (await _iface_for(initiator))[0]]
-    _, out, _ = await run(*argv)
+    _, out, _ = await run(*argv, timeout=ISCSIADM_TIMEOUT)
     return [m[2] for m in map(_TARGET.match, out.splitlines()) if m]
 
 
@@ -120,7 +124,7 @@ async def _connection(where: str, initiator: str | None, target: str, action: st
         if new:  # iscsiadm knows the node through a new interface only once discovered
             await scan_targets(where, None, True)
         argv += ["--interface", iface]
-    await run(*argv)
+    await run(*argv, timeout=ISCSIADM_TIMEOUT)
 
 
 class IscsiBackend(Backend):
@@ -274,13 +278,9 @@ def _host_number(sid: str) -> int:
 
 async def _block_volume(name: str, path: str, key: str | None = None) -> Volume:
     """A LUN's block device as a volume: its size, owner and mode; its SCSI serial
-    (scsi_id) as the key, the path when it has none."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        size = os.lseek(fd, 0, os.SEEK_END) if stat.S_ISBLK(st.st_mode) else st.st_size
-    finally:
-        os.close(fd)
+    (scsi_id) as the key, the path when it has none. The device is opened on a
+    lane: a LUN whose session is gone can block an open for minutes."""
+    st, size = await offload.run(os.path.dirname(path), _stat_lun, path)
     vol = Volume(name, capacity=size, allocation=size, type="block", path=path, physical=size)
     vol.perms = Perms(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
     if key is None:
@@ -289,3 +289,12 @@ async def _block_volume(name: str, path: str, key: str | None = None) -> Volume:
         key = out.strip() if status == 0 and out.strip() else None
     vol.uuid = key
     return vol
+
+
+def _stat_lun(path: str) -> tuple[os.stat_result, int]:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        return st, os.lseek(fd, 0, os.SEEK_END) if stat.S_ISBLK(st.st_mode) else st.st_size
+    finally:
+        os.close(fd)
