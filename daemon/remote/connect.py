@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from daemon.dispatch import Call, Connection
-from daemon.remote._common import rpc_limit
+from daemon.remote._common import check_flags, rpc_limit
 from drivers import host
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
@@ -115,7 +115,7 @@ async def connect_get_uri(call: Call, args: None) -> Any:
 
 
 async def connect_get_sysinfo(call: Call, args: Any) -> Any:
-    _no_flags(args.flags)
+    check_flags(args.flags, 0, "qemuConnectGetSysinfo")
     return R.remote_connect_get_sysinfo_ret(host.sysinfo_xml())
 
 
@@ -187,10 +187,3 @@ async def node_get_cells_free_memory(call: Call, args: Any) -> Any:
     rpc_limit(args.maxcells, R.REMOTE_NODE_MAX_CELLS, "maxcells > REMOTE_NODE_MAX_CELLS")
     return R.remote_node_get_cells_free_memory_ret(
         host.cells_free_memory(args.startCell, args.maxcells))
-
-
-def _no_flags(flags: int) -> None:
-    if flags:
-        raise VirError(ErrorCode.INVALID_ARG,
-                       f"unsupported flags (0x{flags:x}) in function qemuConnectGetSysinfo",
-                       ErrorDomain.QEMU)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
+from daemon.remote._common import check_flags
 from drivers.qemu import cpubaseline, cpucompare, cpumodels, domcaps, native
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
@@ -16,14 +17,8 @@ from protocol.programs import remote
 R = remote().module
 
 
-def _no_flags(flags: int, api: str) -> None:
-    if flags:
-        raise VirError(ErrorCode.INVALID_ARG,
-                       f"unsupported flags (0x{flags:x}) in function {api}", ErrorDomain.QEMU)
-
-
 async def connect_get_domain_capabilities(call: Call, args: Any) -> Any:
-    _no_flags(args.flags, "qemuConnectGetDomainCapabilities")
+    check_flags(args.flags, 0, "qemuConnectGetDomainCapabilities")
     driver = call.driver
     xml = await domcaps.domain_capabilities(
         driver.all_caps, args.emulatorbin, args.arch, args.machine, args.virttype,
@@ -33,7 +28,7 @@ async def connect_get_domain_capabilities(call: Call, args: Any) -> Any:
 
 
 async def connect_get_cpu_model_names(call: Call, args: Any) -> Any:
-    _no_flags(args.flags, "qemuConnectGetCPUModelNames")
+    check_flags(args.flags, 0, "qemuConnectGetCPUModelNames")
     caps = call.driver.all_caps.get(args.arch)
     names = cpumodels.model_names(args.arch, caps.cpu_models if caps else None)
     if len(names) > R.REMOTE_CONNECT_CPU_MODELS_MAX:
@@ -45,7 +40,7 @@ async def connect_get_cpu_model_names(call: Call, args: Any) -> Any:
 
 
 async def connect_domain_xml_to_native(call: Call, args: Any) -> Any:
-    _no_flags(args.flags, "qemuConnectDomainXMLToNative")
+    check_flags(args.flags, 0, "qemuConnectDomainXMLToNative")
     if args.nativeFormat != native.FORMAT:
         raise VirError(ErrorCode.INVALID_ARG,
                        f"invalid argument: unsupported config type {args.nativeFormat}",
@@ -57,10 +52,7 @@ async def connect_domain_xml_to_native(call: Call, args: Any) -> Any:
 def _compare_flags(flags: int, api: str) -> bool:
     """Whether the caller wants an error for an incompatible CPU; XML validation
     against libvirt's schema is not offered."""
-    if flags & ~cpucompare.FAIL_INCOMPATIBLE:
-        raise VirError(ErrorCode.INVALID_ARG,
-                       f"unsupported flags (0x{flags & ~cpucompare.FAIL_INCOMPATIBLE:x}) "
-                       f"in function {api}", ErrorDomain.QEMU)
+    check_flags(flags, cpucompare.FAIL_INCOMPATIBLE, api)
     return bool(flags & cpucompare.FAIL_INCOMPATIBLE)
 
 
@@ -86,22 +78,17 @@ async def connect_compare_hypervisor_cpu(call: Call, args: Any) -> Any:
     return R.remote_connect_compare_hypervisor_cpu_ret(result)
 
 
-def _baseline_flags(flags: int, api: str) -> None:
-    allowed = cpubaseline.EXPAND_FEATURES | cpubaseline.MIGRATABLE
-    if flags & ~allowed:
-        raise VirError(ErrorCode.INVALID_ARG,
-                       f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
-                       ErrorDomain.QEMU)
+_BASELINE_FLAGS = cpubaseline.EXPAND_FEATURES | cpubaseline.MIGRATABLE
 
 
 async def connect_baseline_cpu(call: Call, args: Any) -> Any:
-    _baseline_flags(args.flags, "qemuConnectBaselineCPU")
+    check_flags(args.flags, _BASELINE_FLAGS, "qemuConnectBaselineCPU")
     return R.remote_connect_baseline_cpu_ret(
         cpubaseline.baseline(args.xmlCPUs, args.flags, None))
 
 
 async def connect_baseline_hypervisor_cpu(call: Call, args: Any) -> Any:
-    _baseline_flags(args.flags, "qemuConnectBaselineHypervisorCPU")
+    check_flags(args.flags, _BASELINE_FLAGS, "qemuConnectBaselineHypervisorCPU")
     driver = call.driver
     target = await domcaps.resolve(driver.all_caps, args.emulator, args.arch, args.machine,
                                    args.virttype, driver.dirs.cache_dir)
