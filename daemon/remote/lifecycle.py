@@ -39,16 +39,25 @@ async def domain_shutdown(call: Call, args: Any) -> None:
     await lifecycle.shutdown(call.driver, dom_of(call, args.dom))
 
 
+_POWER = lifecycle.POWER_ACPI | lifecycle.POWER_AGENT
+
+
 async def domain_shutdown_flags(call: Call, args: Any) -> None:
-    await lifecycle.shutdown(call.driver, dom_of(call, args.dom), args.flags)
+    dom = dom_of(call, args.dom)
+    check_flags(args.flags, _POWER, "qemuDomainShutdownFlags")
+    await lifecycle.shutdown(call.driver, dom, args.flags)
 
 
 async def domain_reboot(call: Call, args: Any) -> None:
-    await lifecycle.reboot(call.driver, dom_of(call, args.dom), args.flags)
+    dom = dom_of(call, args.dom)
+    check_flags(args.flags, _POWER, "qemuDomainReboot")
+    await lifecycle.reboot(call.driver, dom, args.flags)
 
 
 async def domain_reset(call: Call, args: Any) -> None:
-    await lifecycle.reset(call.driver, dom_of(call, args.dom), args.flags)
+    dom = dom_of(call, args.dom)
+    check_flags(args.flags, 0, "qemuDomainReset")
+    await lifecycle.reset(call.driver, dom)
 
 
 # -- through the guest agent -------------------------------------------------------

@@ -27,7 +27,7 @@ from drivers.qemu.domain import (
     State,
     not_running,
 )
-from protocol.errors import ErrorCode, ErrorDomain, VirError
+from protocol.errors import VirError
 
 if TYPE_CHECKING:
     from drivers.qemu.domain_xml import DomainDef
@@ -58,15 +58,6 @@ _awaiting: weakref.WeakKeyDictionary[Domain, tuple[str, asyncio.Future[None]]] =
 )
 
 
-def _check_flags(flags: int, allowed: int, api: str) -> None:
-    if flags & ~allowed:
-        raise VirError(
-            ErrorCode.INVALID_ARG,
-            f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
-            ErrorDomain.QEMU,
-        )
-
-
 # -- at start --------------------------------------------------------------------
 
 
@@ -87,14 +78,12 @@ async def setup(driver: QemuDriver, dom: Domain, proc: QemuProcess, d: DomainDef
 
 async def shutdown(driver: QemuDriver, dom: Domain, flags: int = 0) -> None:
     """virDomainShutdownFlags: the agent if asked (or connected), else the power button."""
-    _check_flags(flags, POWER_ACPI | POWER_AGENT, "qemuDomainShutdownFlags")
     restart = dom.definition.on_poweroff == "restart"
     await _power(driver, dom, flags, restart, running_only=True)
 
 
 async def reboot(driver: QemuDriver, dom: Domain, flags: int = 0) -> None:
     """virDomainReboot: as shutdown, but the guest comes back (unless on_reboot says no)."""
-    _check_flags(flags, POWER_ACPI | POWER_AGENT, "qemuDomainReboot")
     restart = dom.definition.on_reboot != "destroy"
     await _power(driver, dom, flags, restart, running_only=False)
 
@@ -153,9 +142,8 @@ async def _acpi_power(driver: QemuDriver, dom: Domain, restart: bool, running_on
         await proc.monitor.execute("system_powerdown")
 
 
-async def reset(driver: QemuDriver, dom: Domain, flags: int = 0) -> None:
+async def reset(driver: QemuDriver, dom: Domain) -> None:
     """virDomainReset: the reset button, at once, whatever the guest is doing."""
-    _check_flags(flags, 0, "qemuDomainReset")
     async with dom.lock:
         proc = driver._monitor_of(dom)
         try:
