@@ -14,6 +14,7 @@ from lxml import etree
 
 from drivers import host
 from drivers.qemu import cpumodels
+from drivers.qemu.domain_xml.errors import syntax_error
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 # virCPUCompareResult
@@ -40,19 +41,6 @@ def _xml_error(message: str) -> VirError:
     return VirError(ErrorCode.XML_ERROR, f"XML error: {message}", ErrorDomain.CPU)
 
 
-def _syntax_error(xml: str, e: etree.XMLSyntaxError) -> VirError:
-    """libvirt's rendering of a malformed document: line, message, the line, a caret."""
-    entry = e.error_log.last_error if e.error_log else None
-    message = (entry.message if entry is not None else str(e)).strip()
-    line = entry.line if entry is not None else e.lineno or 0
-    column = entry.column if entry is not None else 0
-    lines = xml.split("\n")
-    context = lines[line - 1] if 0 < line <= len(lines) and lines[line - 1] else "(null)"
-    caret = "-" * max(0, column - 1) + "^" if context != "(null)" else "^"
-    return VirError(ErrorCode.XML_DETAIL, f"(CPU_definition):{line}: {message}\n{context}\n{caret}",
-                    ErrorDomain.CPU)
-
-
 @dataclass(frozen=True)
 class GuestCPU:
     arch: str | None
@@ -72,7 +60,7 @@ def parse_cpu(xml: str, host_form: bool = False) -> GuestCPU:
     try:
         root = etree.fromstring(xml.encode(), parser)
     except etree.XMLSyntaxError as e:
-        raise _syntax_error(xml, e) from None
+        raise syntax_error(xml, e, "CPU_definition", ErrorDomain.CPU) from None
     if root.tag != "cpu":
         raise _xml_error("XML does not contain expected 'cpu' element")
     if host_form and root.get("mode") is not None:

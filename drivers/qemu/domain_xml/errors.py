@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from lxml import etree
+
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 
 def xml_error(message: str, domain: ErrorDomain = ErrorDomain.DOMAIN) -> VirError:
     return VirError(ErrorCode.XML_ERROR, f"XML error: {message}", domain)
+
+
+def syntax_error(xml: str, e: etree.XMLSyntaxError, source: str, domain: ErrorDomain) -> VirError:
+    """libvirt's rendering of a malformed document: where (``source``, line), the
+    parser's message, then the offending line and a caret under the column."""
+    entry = e.error_log.last_error if e.error_log else None
+    message = (entry.message if entry is not None else str(e)).strip()
+    line = entry.line if entry is not None else e.lineno or 0
+    column = entry.column if entry is not None else 0
+    lines = xml.split("\n")
+    context = lines[line - 1] if 0 < line <= len(lines) and lines[line - 1] else "(null)"
+    caret = "-" * max(0, column - 1) + "^" if context != "(null)" else "^"
+    return VirError(ErrorCode.XML_DETAIL, f"({source}):{line}: {message}\n{context}\n{caret}", domain)
 
 
 def unsupported(message: str, domain: ErrorDomain = ErrorDomain.DOMAIN) -> VirError:

@@ -15,7 +15,7 @@ from lxml import etree
 
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
-from .errors import bad_attr, bad_value, internal, unsupported, xml_error
+from .errors import bad_attr, bad_value, internal, syntax_error, unsupported, xml_error
 from .model import (
     KEPT_SECTIONS,
     OTHER_DEVICE_TAGS,
@@ -135,7 +135,7 @@ def parse_document(xml: str) -> etree._Element:
     try:
         root = etree.fromstring(xml.encode(), parser)
     except etree.XMLSyntaxError as e:
-        raise _syntax_error(xml, e) from None
+        raise syntax_error(xml, e, "domain_definition", ErrorDomain.DOMAIN) from None
     if root.tag != "domain":
         raise xml_error(f"expecting root element of 'domain', not '{root.tag}'", ErrorDomain.XML)
     _drop_comments(root)
@@ -154,18 +154,6 @@ def _drop_comments(root: etree._Element) -> None:
         else:
             parent.text = (parent.text or "") + tail
         parent.remove(comment)
-
-
-def _syntax_error(xml: str, e: etree.XMLSyntaxError) -> VirError:
-    entry = e.error_log.last_error if e.error_log else None
-    message = (entry.message if entry is not None else str(e)).strip()
-    line = entry.line if entry is not None else e.lineno or 0
-    column = entry.column if entry is not None else 0
-    lines = xml.split("\n")
-    context = lines[line - 1] if 0 < line <= len(lines) and lines[line - 1] else "(null)"
-    caret = "-" * max(0, column - 1) + "^" if context != "(null)" else "^"
-    text = f"(domain_definition):{line}: {message}\n{context}\n{caret}"
-    return VirError(ErrorCode.XML_DETAIL, text, ErrorDomain.DOMAIN)
 
 
 def _text(el: etree._Element | None) -> str | None:
