@@ -28,7 +28,7 @@ from e2e.daemon import DaemonProcess
 
 HANGFS = Path(__file__).resolve().parent.parent / "hangfs.py"
 #: The storage timeout the test daemon runs with (seconds).
-TIMEOUT = 3.0
+TIMEOUT = 2.0
 #: What "at once" means for calls about other objects while a pool hangs.
 AT_ONCE = 1.0
 
