@@ -33,6 +33,26 @@ _ANY_MODEL = frozenset({"armv6l", "armv7l", "armv7b", "aarch64", "s390", "s390x"
 _NOT_A_MODEL = re.compile(r"^(max|host|base)$|-v\d+$")
 
 
+def _map_documents(directory: str, map_arch: str) -> list[etree._Element] | None:
+    """The files the CPU map's index includes for one section, in its order; None
+    when the map or the section is not installed (an unreadable file is left out)."""
+    base = Path(directory)
+    try:
+        index = etree.parse(base / "index.xml").getroot()
+    except (OSError, etree.ParseError):
+        return None
+    section = index.find(f"arch[@name='{map_arch}']")
+    if section is None:
+        return None
+    docs = []
+    for include in section.findall("include"):
+        try:
+            docs.append(etree.parse(base / include.get("filename", "")).getroot())
+        except (OSError, etree.ParseError):
+            continue
+    return docs
+
+
 @functools.cache
 def map_models(map_arch: str, directory: str = host.CPU_MAP_DIR) -> tuple[tuple[str, str], ...]:
     """(name, vendor) of every model of one CPU map section, in the map's order.
@@ -40,20 +60,11 @@ def map_models(map_arch: str, directory: str = host.CPU_MAP_DIR) -> tuple[tuple[
     The vendor is "unknown" for models that name none, as domcapabilities prints it.
     An empty tuple means the map (or that section) is not installed.
     """
-    base = Path(directory)
-    try:
-        index = etree.parse(base / "index.xml").getroot()
-    except (OSError, etree.ParseError):
-        return ()
-    section = index.find(f"arch[@name='{map_arch}']")
-    if section is None:
+    docs = _map_documents(directory, map_arch)
+    if docs is None:
         return ()
     found: list[tuple[str, str]] = []
-    for include in section.findall("include"):
-        try:
-            doc = etree.parse(base / include.get("filename", "")).getroot()
-        except (OSError, etree.ParseError):
-            continue
+    for doc in docs:
         for model in doc.findall("model"):
             vendor = model.find("vendor")
             name = vendor.get("name", "") if vendor is not None else "unknown"
@@ -114,23 +125,14 @@ class X86Map:
 @functools.cache
 def x86_map(directory: str) -> X86Map | None:
     """The x86 section of the CPU map in ``directory``, read once; None if absent."""
-    base = Path(directory)
-    try:
-        index = etree.parse(base / "index.xml").getroot()
-    except (OSError, etree.ParseError):
-        return None
-    section = index.find("arch[@name='x86']")
-    if section is None:
+    docs = _map_documents(directory, "x86")
+    if docs is None:
         return None
     features: list[str] = []
     from_qemu: dict[str, str] = {}
     models: list[_Model] = []
     non_migratable: set[str] = set()
-    for include in section.findall("include"):
-        try:
-            doc = etree.parse(base / include.get("filename", "")).getroot()
-        except (OSError, etree.ParseError):
-            continue
+    for doc in docs:
         for feat in doc.findall("feature"):
             name = feat.get("name", "")
             features.append(name)
