@@ -293,7 +293,7 @@ _SPARSE_STREAM = 1 << 0
 async def storage_vol_download(call: Call, args: Any) -> None:
     _check_flags(args.flags, _SPARSE_STREAM, "storageVolDownload")
     pool, vol = _vol(call, args.vol)
-    _driver(call).check_stream(vol, upload=False)
+    await _driver(call).check_stream(vol, upload=False)
     stream = call.stream
     assert stream is not None
     stream.sparse = bool(args.flags & _SPARSE_STREAM)
@@ -305,7 +305,7 @@ async def storage_vol_download(call: Call, args: Any) -> None:
 async def storage_vol_upload(call: Call, args: Any) -> None:
     _check_flags(args.flags, _SPARSE_STREAM, "storageVolUpload")
     pool, vol = _vol(call, args.vol)
-    _driver(call).check_stream(vol, upload=True)
+    await _driver(call).check_stream(vol, upload=True)
     stream = call.stream
     assert stream is not None
     stream.sparse = bool(args.flags & _SPARSE_STREAM)

@@ -20,7 +20,7 @@ from typing import Any
 
 from daemon.paths import Paths
 from drivers.events import EventBus
-from drivers.storage import transfer
+from drivers.storage import offload, transfer
 from drivers.storage.pool import Pool, backend_class
 from drivers.storage.pool_xml import (
     POOL_TYPES,
@@ -581,10 +581,11 @@ class StorageDriver:
         return qemu.volumes_in_use(pool.name, {v.path: v.name for v in pool.volumes.values()})
 
     @staticmethod
-    def check_stream(vol: Volume, upload: bool) -> None:
+    async def check_stream(vol: Volume, upload: bool) -> None:
         """Fail an upload or download call itself when the volume cannot be
-        opened, before its stream starts, as libvirtd does."""
-        transfer.check_open(vol.path, write=upload)
+        opened, before its stream starts, as libvirtd does (off the loop: the
+        volume may sit on a mount that hangs)."""
+        await offload.run(os.path.dirname(vol.path), transfer.check_open, vol.path, upload)
 
     async def upload_vol(self, pool: Pool, vol: Volume, offset: int, length: int,
                          recv: Callable[[], Awaitable[Any]], sparse: bool = False) -> None:
