@@ -681,6 +681,9 @@ def cache_banks(root: str = "/") -> list[CacheBank]:
 
 # -- sysinfo (SMBIOS via dmidecode, like libvirtd) ---------------------------
 
+#: dmidecode reads firmware tables; one that hangs must not hold up the call.
+DMIDECODE_TIMEOUT = 10.0
+
 _SECTIONS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     (
         "BIOS Information",
@@ -778,11 +781,13 @@ def _oem_strings(text: str, dmidecode: str) -> list[str] | None:
             continue
         if "." in value:
             # dmidecode prints a newline inside a string as '.'; ask for the raw one.
-            raw = subprocess.run(
-                [dmidecode, "--dump", "--oem-string", str(index)],
-                capture_output=True, text=True, check=False,
-            )
-            value = raw.stdout
+            try:
+                value = subprocess.run(
+                    [dmidecode, "--dump", "--oem-string", str(index)],
+                    capture_output=True, text=True, check=False, timeout=DMIDECODE_TIMEOUT,
+                ).stdout
+            except subprocess.TimeoutExpired:
+                pass  # keep the dotted form
         values.append(value)
         index += 1
     return values
@@ -836,10 +841,14 @@ def _host_sysinfo() -> str | None:
     dmidecode = shutil.which("dmidecode", path="/usr/sbin:/usr/bin:/sbin:/bin")
     if dmidecode is None:
         return None
-    result = subprocess.run(
-        [dmidecode, "-q", "-t", _DMIDECODE_TYPES],
-        capture_output=True, text=True, errors="replace", check=False,
-    )
+    try:
+        result = subprocess.run(
+            [dmidecode, "-q", "-t", _DMIDECODE_TYPES],
+            capture_output=True, text=True, errors="replace", check=False,
+            timeout=DMIDECODE_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return None
     if result.returncode != 0:
         return None
     return format_sysinfo(result.stdout, dmidecode)
