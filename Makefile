@@ -21,11 +21,13 @@ PYTEST_ARGS ?=
 # virsh, QEMU with its UEFI firmware, ip for bridged NICs and schema validation
 # to run the daemon; dnsmasq and nftables for virtual networks (busybox: a DHCP
 # client for their tests); parted, lvm2,
-# nfs-common and e2fsprogs for storage pools; virt-install for its own tests;
+# nfs-common and e2fsprogs for storage pools (fuse3 and libfuse2: the hung-mount
+# test's FUSE file system); virt-install for its own tests;
 # libvirt-python (a test extra, built from source) needs the headers,
 # pkg-config and a compiler.
 DEBS := qemu-system-x86 qemu-utils ovmf iproute2 libvirt-clients libxml2-utils \
-        dnsmasq-base nftables busybox parted lvm2 nfs-common e2fsprogs virtinst \
+        dnsmasq-base nftables busybox parted lvm2 nfs-common e2fsprogs fuse3 libfuse2 \
+        virtinst \
         python3-venv python3-dev libvirt-dev pkg-config gcc libc6-dev
 # libvirtd for the benchmark's reference daemon; it runs as a session daemon of
 # an unprivileged user, so the system units of libvirt-daemon-system are not needed.
