@@ -47,6 +47,15 @@ class _CallbackListener(EventListener):
         return False
 
 
+def _timed_out(cmd: str, timeout: float) -> VirError:
+    return VirError(
+        ErrorCode.OPERATION_TIMEOUT,
+        f"Timed out during operation: QEMU monitor command '{cmd}' got no answer within"
+        f" {timeout:g}s",
+        ErrorDomain.QEMU,
+    )
+
+
 class Monitor:
     """One QMP session to one QEMU."""
 
@@ -77,12 +86,7 @@ class Monitor:
         try:
             return await asyncio.wait_for(self._qmp.execute(cmd, args), timeout)
         except asyncio.TimeoutError:
-            raise VirError(
-                ErrorCode.OPERATION_TIMEOUT,
-                f"Timed out during operation: QEMU monitor command '{cmd}'"
-                f" got no answer within {timeout:g}s",
-                ErrorDomain.QEMU,
-            ) from None
+            raise _timed_out(cmd, timeout) from None
         except ExecuteError as e:
             raise VirError(
                 ErrorCode.INTERNAL_ERROR,
@@ -90,11 +94,7 @@ class Monitor:
                 ErrorDomain.QEMU,
             ) from None
         except QMPError as e:
-            raise VirError(
-                ErrorCode.OPERATION_FAILED,
-                f"operation failed: QEMU monitor of {self.name} failed: {e}",
-                ErrorDomain.QEMU,
-            ) from None
+            raise self._failed(e) from None
         except (EOFError, OSError) as e:
             raise VirError(
                 ErrorCode.OPERATION_FAILED,
@@ -109,18 +109,9 @@ class Monitor:
         try:
             return await asyncio.wait_for(self._qmp._raw(dict(msg)), timeout)
         except asyncio.TimeoutError:
-            raise VirError(
-                ErrorCode.OPERATION_TIMEOUT,
-                f"Timed out during operation: QEMU monitor command '{msg.get('execute')}'"
-                f" got no answer within {timeout:g}s",
-                ErrorDomain.QEMU,
-            ) from None
+            raise _timed_out(str(msg.get("execute")), timeout) from None
         except (QMPError, EOFError, OSError) as e:
-            raise VirError(
-                ErrorCode.OPERATION_FAILED,
-                f"operation failed: QEMU monitor of {self.name} failed: {e}",
-                ErrorDomain.QEMU,
-            ) from None
+            raise self._failed(e) from None
 
     async def send_fd(self, fd: int, name: str) -> None:
         """Hand QEMU a file descriptor (a tap for a hotplugged NIC) under ``name``."""
@@ -134,12 +125,15 @@ class Monitor:
                 rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("@i", fd))
                 sock.sendmsg([b" "], [rights])
         except OSError as e:
-            raise VirError(
-                ErrorCode.OPERATION_FAILED,
-                f"operation failed: QEMU monitor of {self.name} failed: {e}",
-                ErrorDomain.QEMU,
-            ) from None
+            raise self._failed(e) from None
         await self.execute("getfd", {"fdname": name})
+
+    def _failed(self, e: Exception) -> VirError:
+        return VirError(
+            ErrorCode.OPERATION_FAILED,
+            f"operation failed: QEMU monitor of {self.name} failed: {e}",
+            ErrorDomain.QEMU,
+        )
 
     async def close(self, timeout: float = 2.0) -> None:
         """Disconnect, first letting the reader take in what QEMU already sent.
