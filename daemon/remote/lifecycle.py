@@ -13,7 +13,7 @@ from typing import Any
 from daemon.dispatch import Call
 from daemon.remote._common import check_flags, dom_of
 from drivers.qemu import agent, lifecycle, netif
-from drivers.qemu.domain import Domain
+from drivers.qemu.domain import Domain, not_running
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
 
@@ -76,7 +76,7 @@ async def domain_get_hostname(call: Call, args: Any) -> Any:
     if args.flags & HOSTNAME_LEASE:
         # Leases come from libvirt networks, which no interface here uses.
         if not dom.active:
-            raise _inactive()
+            raise not_running()
         raise VirError(ErrorCode.NO_HOSTNAME,
                        f"no hostname found: no hostname found for domain {dom.name}",
                        ErrorDomain.QEMU)
@@ -91,11 +91,6 @@ async def domain_get_hostname(call: Call, args: Any) -> Any:
             ErrorDomain.QEMU,
         )
     return R.remote_domain_get_hostname_ret(name)
-
-
-def _inactive() -> VirError:
-    return VirError(ErrorCode.OPERATION_INVALID,
-                    "Requested operation is not valid: domain is not running", ErrorDomain.QEMU)
 
 
 async def domain_get_time(call: Call, args: Any) -> Any:
@@ -141,7 +136,7 @@ async def domain_interface_addresses(call: Call, args: Any) -> Any:
     check_flags(args.flags, 0, "qemuDomainInterfaceAddresses")
     dom = dom_of(call, args.dom)
     if not dom.active:
-        raise _inactive()
+        raise not_running()
     if args.source == SRC_AGENT:
         ifaces = _agent_interfaces(await agent.agent_for(dom).execute(
             "guest-network-get-interfaces"))

@@ -24,6 +24,7 @@ from lxml import etree
 
 from drivers.qemu import command, domain_xml, netif
 from drivers.qemu.affect import live_changed, modify
+from drivers.qemu.domain import not_running
 from drivers.qemu.domain_xml import defaults
 from drivers.qemu.domain_xml.addresses import (
     DRIVE_LAYOUT,
@@ -337,9 +338,7 @@ def _unsupported_live(what: str, tag: str) -> VirError:
 
 def _proc(dom: Domain) -> QemuProcess:
     if dom.process is None or dom.live is None:
-        raise _err(
-            ErrorCode.OPERATION_INVALID, "Requested operation is not valid: domain is not running"
-        )
+        raise not_running()
     return dom.process
 
 
