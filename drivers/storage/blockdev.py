@@ -11,7 +11,7 @@ import asyncio
 import os
 import stat
 
-from drivers.storage import offload
+from drivers import offload
 from drivers.storage.perms import Perms
 from drivers.storage.vol_xml import Backing, Volume
 from protocol.errors import ErrorCode, ErrorDomain, VirError

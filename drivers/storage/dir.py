@@ -12,7 +12,8 @@ import stat
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from drivers.storage import offload, transfer
+from drivers import offload
+from drivers.storage import transfer
 from drivers.storage.backend import Backend, Scan, check_flags
 from drivers.storage.perms import Perms
 from drivers.storage.pool_xml import PoolSizes

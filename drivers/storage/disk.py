@@ -14,7 +14,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from drivers.storage import blockdev, offload
+from drivers import offload
+from drivers.storage import blockdev
 from drivers.storage.backend import Backend, Scan, check_flags
 from drivers.storage.pool_xml import PoolDef, PoolSizes
 from drivers.storage.vol_xml import Volume

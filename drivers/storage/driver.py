@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from daemon.paths import Paths
+from drivers import offload
 from drivers.events import EventBus
-from drivers.storage import offload, transfer
+from drivers.storage import transfer
 from drivers.storage.pool import Pool, backend_class
 from drivers.storage.pool_xml import (
     POOL_TYPES,

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 
-from drivers.storage import offload
+from drivers import offload
 from drivers.storage.dir import DEFAULT_POOL_MODE, DirBackend
 from drivers.storage.pool_xml import (
     Host,

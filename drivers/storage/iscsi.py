@@ -14,7 +14,7 @@ import random
 import re
 import stat
 
-from drivers.storage import offload
+from drivers import offload
 from drivers.storage.backend import Backend, Scan
 from drivers.storage.fs import run
 from drivers.storage.perms import Perms

@@ -11,7 +11,8 @@ import contextlib
 import re
 from dataclasses import dataclass
 
-from drivers.storage import blockdev, offload
+from drivers import offload
+from drivers.storage import blockdev
 from drivers.storage.backend import Backend, Scan, check_flags
 from drivers.storage.pool_xml import (
     Device,

@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from drivers.storage import offload
+from drivers import offload
 from protocol.errors import ErrorDomain, VirError, system_error
 
 #: Bytes read from the file per step (the stream cuts them into packets).
@@ -112,7 +112,7 @@ async def download(path: str, offset: int, length: int, sparse: bool,
                    send: Callable[[bytes], Awaitable[None]],
                    send_hole: Callable[[int], Awaitable[Any]]) -> None:
     """Send ``length`` bytes (0: to the end) of ``path`` from ``offset``. The file
-    is only touched on the lanes of its directory (drivers/storage/offload.py)."""
+    is only touched on the lanes of its directory (drivers/offload.py)."""
     key = os.path.dirname(path)
     fd = await offload.run(key, open_volume, path, False)
     try:

@@ -4,7 +4,7 @@ everything else the daemon serves answers at once, and the daemon starts.
 The mount is tests/hangfs.py, a passthrough FUSE file system whose process is
 stopped with SIGSTOP: every system call on it then blocks in the kernel, as on
 an NFS server gone away. The daemon runs with AIOVIRTD_STORAGE_TIMEOUT set low
-(drivers/storage/offload.py) so the hung calls fail fast. Teardown always
+(drivers/offload.py) so the hung calls fail fast. Teardown always
 continues the FUSE process and unmounts it, also when a test fails.
 """
 

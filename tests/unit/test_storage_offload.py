@@ -1,4 +1,4 @@
-"""drivers/storage/offload.py: hung work fails after the timeout, on its own lane only."""
+"""drivers/offload.py: hung work fails after the timeout, on its own lane only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from drivers.storage import offload
+from drivers import offload
 from protocol.errors import ErrorCode, VirError
 
 
@@ -31,7 +31,7 @@ def test_hung_lane_times_out_other_lanes_answer() -> None:
                 await job
             assert e.value.code == ErrorCode.OPERATION_TIMEOUT
             assert "Timed out during operation: no answer from '/hung'" in str(e.value)
-        stuck = [t for t in threading.enumerate() if t.name == "storage /hung"]
+        stuck = [t for t in threading.enumerate() if t.name == "offload /hung"]
         assert len(stuck) == offload.WORKERS  # what a hung pool holds, at most
         release.set()
         assert await offload.run("/hung", lambda: "back") == "back"

@@ -1,11 +1,11 @@
-"""Blocking work on pool paths and helper programs, kept off the event loop and bounded.
+"""Blocking work on files and helper programs, kept off the event loop and bounded.
 
 A mount that stops answering (NFS, FUSE) blocks every system call on it in
 the kernel, and no thread stuck there can be taken back. So file system work
-on a pool runs on worker threads of that pool's own (``lane``), a few at most,
-under a timeout: a hung pool fails its own calls with libvirt's timeout error
-while its stuck threads stay its own, and the loop, the other pools and the
-other drivers go on. Long data work (copies, wipes, streams) runs on a second
+on a pool, or on a guest's disk image, runs on worker threads of that
+directory's own (``lane``), a few at most, under a timeout: a hung mount fails
+its own calls with libvirt's timeout error while its stuck threads stay its
+own, and the loop, the other pools and guests and the other drivers go on. Long data work (copies, wipes, streams) runs on a second
 lane of the pool, untimed, so a big clone does not make its pool's refresh
 wait. The threads are daemon threads outside the loop's default executor, so
 one stuck in the kernel keeps neither other callers nor the daemon's exit
@@ -41,10 +41,9 @@ _IDLE = 60.0
 _REAP_WAIT = 5.0
 
 
-def timed_out(what: str) -> VirError:
+def timed_out(what: str, domain: ErrorDomain = ErrorDomain.STORAGE) -> VirError:
     """libvirt's error for a wait that ran out."""
-    return VirError(ErrorCode.OPERATION_TIMEOUT, f"Timed out during operation: {what}",
-                    ErrorDomain.STORAGE)
+    return VirError(ErrorCode.OPERATION_TIMEOUT, f"Timed out during operation: {what}", domain)
 
 
 class _Lane:
@@ -65,7 +64,7 @@ class _Lane:
         with self._lock:
             if self._jobs.qsize() > self._idle and self._threads < WORKERS:
                 self._threads += 1
-                threading.Thread(target=self._work, name=f"storage {self._name}",
+                threading.Thread(target=self._work, name=f"offload {self._name}",
                                  daemon=True).start()
         return fut
 
@@ -114,13 +113,21 @@ def _lane(key: str) -> _Lane:
     return lane
 
 
-async def run(key: str, func: Callable[..., T], *args: Any) -> T:
-    """``func(*args)`` on the lane of ``key`` (a pool's target path), failing with
-    libvirt's timeout error after TIMEOUT seconds; the thread is left to finish."""
+def submit(key: str, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``func(*args)`` on the lane of ``key``, untimed: for a caller that bounds
+    its own wait and wants to see whether the work is still under way."""
+    return _lane(key).submit(func, args)
+
+
+async def run(key: str, func: Callable[..., T], *args: Any,
+              domain: ErrorDomain = ErrorDomain.STORAGE) -> T:
+    """``func(*args)`` on the lane of ``key`` (a pool's target path, an image's
+    directory), failing with libvirt's timeout error (of ``domain``) after
+    TIMEOUT seconds; the thread is left to finish."""
     try:
         return await asyncio.wait_for(_lane(key).submit(func, args), TIMEOUT)
     except TimeoutError:
-        raise timed_out(f"no answer from '{key}' in {TIMEOUT:g} seconds") from None
+        raise timed_out(f"no answer from '{key}' in {TIMEOUT:g} seconds", domain) from None
 
 
 async def run_long(key: str, func: Callable[..., T], *args: Any) -> T:
