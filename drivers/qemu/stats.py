@@ -6,7 +6,10 @@ guest's monitor questions go out together as one batch that may take at most
 ``STATS_TIMEOUT``; while a batch is late the guest is asked nothing more and
 reports only what the host itself knows (as libvirtd does when it cannot get
 the guest's job). Everything else comes from /proc, the guest's
-cgroup and the disk images.
+cgroup and the disk images. An image is read off the loop
+(drivers/offload.py), so a hung mount holds up no other guest either: within
+``STATS_TIMEOUT`` too, or its size fields are left out, and while that read is
+late the image is not waited for again.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import struct
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from drivers import offload
 from drivers.qemu import cgroup
 from drivers.qemu.domain import proc_stat, running_process, stat_cpu_time, ticks_ns
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from drivers.qemu.process import QemuProcess
 
 Param = tuple[str, int, Any]
+Sizes = tuple[int, int, int]  # capacity, allocation, physical
 
 # virDomainStatsTypes
 STATE = 1 << 0
@@ -152,7 +157,7 @@ def tap_counters() -> dict[str, list[int]]:
     return found
 
 
-def image_sizes(path: str, fmt: str | None) -> tuple[int, int, int]:
+def image_sizes(path: str, fmt: str | None) -> Sizes:
     """(capacity, allocation, physical) of an image read from the disk, as
     libvirtd gives them for a guest that is not running.
 
@@ -175,6 +180,51 @@ def image_sizes(path: str, fmt: str | None) -> tuple[int, int, int]:
             if len(header) == 32 and header[:4] == b"QFI\xfb":
                 capacity = struct.unpack(">Q", header[24:32])[0]
     return capacity, allocation, physical
+
+
+# Image reads under way, by (path, format), and when each was started.
+_sizing: dict[tuple[str, str | None], tuple[float, asyncio.Future[Sizes]]] = {}
+
+
+async def sizes_briefly(path: str, fmt: str | None, deadline: float) -> Sizes | None:
+    """:func:`image_sizes` read off the loop, or None when the image cannot be
+    read or has not answered by ``deadline`` (loop time). A read running for
+    ``STATS_TIMEOUT`` already means a hung image: not waited for at all."""
+    loop = asyncio.get_running_loop()
+    key = (path, fmt)
+    running = _sizing.get(key)
+    if running is None:
+        job = offload.submit(os.path.dirname(path), image_sizes, path, fmt)
+        _sizing[key] = (loop.time(), job)
+        job.add_done_callback(lambda done: _read_done(key, done))
+    else:
+        started, job = running
+        if not job.done() and loop.time() - started >= STATS_TIMEOUT:
+            return None
+    try:
+        return await asyncio.wait_for(asyncio.shield(job), max(deadline - loop.time(), 0.01))
+    except (TimeoutError, OSError):
+        return None
+
+
+def _read_done(key: tuple[str, str | None], job: asyncio.Future[Sizes]) -> None:
+    _sizing.pop(key, None)
+    if not job.cancelled():
+        job.exception()  # seen: a late failure nobody waited for is no loose end
+
+
+def _local(disk: Disk) -> bool:
+    """A disk whose image is a file or device on this host."""
+    return disk.source_type in ("file", "block") and disk.source is not None
+
+
+async def _disk_sizes(dom: Domain, deadline: float) -> dict[int, Sizes]:
+    """The sizes of the guest's local images that answered, by disk index."""
+    disks = [(n, disk) for n, disk in enumerate(dom.definition.devices.disks) if _local(disk)]
+    found = await asyncio.gather(
+        *(sizes_briefly(str(disk.source), disk.driver.get("type"), deadline) for _n, disk in disks)
+    )
+    return {n: sizes for (n, _disk), sizes in zip(disks, found) if sizes is not None}
 
 
 def _invalid_arg(what: str) -> VirError:
@@ -468,19 +518,8 @@ def _wr_highest(entry: dict[str, Any]) -> int:
     return int((parent.get("stats") or {}).get("wr_highest_offset", 0))
 
 
-def running_sizes(disk: Disk) -> tuple[int, int] | None:
-    """(capacity, blocks in use) of a running guest's image, which is what
-    QEMU's virtual-size and actual-size say of it."""
-    if disk.source is None or disk.source_type not in ("file", "block"):
-        return None
-    try:
-        capacity, allocation, physical = image_sizes(disk.source, disk.driver.get("type"))
-    except OSError:
-        return None
-    return capacity, allocation if disk.source_type == "file" else 0
-
-
-def _block(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
+def _block(dom: Domain, answers: dict[str, Any], sizes: dict[int, Sizes],
+           out: list[Param]) -> None:
     disks = dom.definition.devices.disks
     out.append(("block.count", UINT, len(disks)))
     by_alias = blockstats_by_alias(answers.get("blockstats"))
@@ -488,17 +527,12 @@ def _block(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
     for n, disk in enumerate(disks):
         p = f"block.{n}."
         out.append((p + "name", STRING, disk.target))
-        local = disk.source_type in ("file", "block") and disk.source is not None
+        local = _local(disk)
         if local:
             out.append((p + "path", STRING, disk.source))
         if not dom.active:
-            if local:
-                try:
-                    capacity, allocation, physical = image_sizes(
-                        disk.source, disk.driver.get("type")
-                    )
-                except OSError:
-                    continue
+            if n in sizes:
+                capacity, allocation, physical = sizes[n]
                 for name, value in (("allocation", allocation), ("capacity", capacity)):
                     if value:
                         out.append((p + name, ULLONG, value))
@@ -525,19 +559,15 @@ def _block(dom: Domain, answers: dict[str, Any], out: list[Param]) -> None:
         if not local:
             continue
         out.append((p + "allocation", ULLONG, _wr_highest(entry)))
-        sizes = running_sizes(disk)
-        if sizes is None:
+        if n not in sizes:
             continue
-        capacity, in_use = sizes
+        # QEMU's virtual-size and actual-size (the blocks a file uses; none
+        # for a device, whose physical size is then its length).
+        capacity, allocation, physical = sizes[n]
+        in_use = allocation if disk.source_type == "file" else 0
         if capacity:
             out.append((p + "capacity", ULLONG, capacity))
-        if in_use:
-            out.append((p + "physical", ULLONG, in_use))
-        else:
-            try:
-                out.append((p + "physical", ULLONG, image_sizes(disk.source, None)[2]))
-            except OSError:
-                pass
+        out.append((p + "physical", ULLONG, in_use or physical))
 
 
 def _iothreads(answers: dict[str, Any], out: list[Param]) -> None:
@@ -579,12 +609,20 @@ async def domain_stats(
 ) -> list[Param]:
     """One guest's record for the ``groups`` asked (already limited to SUPPORTED);
     ``taps`` as :func:`tap_counters` gives them, read here if not given."""
-    proc = dom.process
-    answers: dict[str, Any] = {}
-    if dom.active and proc is not None:
-        answers = await ask_briefly(proc, _questions(proc, dom.definition, groups))
-        if "schemas" in answers:
-            _schemas[proc] = read_schemas(answers["schemas"])
+    proc = dom.process if dom.active else None
+    asking = (
+        ask_briefly(proc, _questions(proc, dom.definition, groups)) if proc is not None
+        else _none()
+    )
+    answers: dict[str, Any]
+    sizes: dict[int, Sizes] = {}
+    if groups & BLOCK:  # the images are read while the monitor answers
+        deadline = asyncio.get_running_loop().time() + STATS_TIMEOUT
+        answers, sizes = await asyncio.gather(asking, _disk_sizes(dom, deadline))
+    else:
+        answers = await asking
+    if proc is not None and "schemas" in answers:
+        _schemas[proc] = read_schemas(answers["schemas"])
     out: list[Param] = []
     if groups & STATE:
         _state(dom, out)
@@ -597,7 +635,7 @@ async def domain_stats(
     if groups & INTERFACE:
         _interfaces(dom, tap_counters() if taps is None else taps, out)
     if groups & BLOCK:
-        _block(dom, answers, out)
+        _block(dom, answers, sizes, out)
     if groups & IOTHREAD:
         _iothreads(answers, out)
     if groups & DIRTYRATE:
@@ -605,6 +643,10 @@ async def domain_stats(
     if groups & VM:
         _vm(dom, answers, out)
     return out
+
+
+async def _none() -> dict[str, Any]:
+    return {}
 
 
 async def all_stats(doms: list[Domain], groups: int) -> list[list[Param]]:
@@ -728,7 +770,10 @@ async def block_info(dom: Domain, path: str) -> tuple[int, int, int]:
     if disk.source is None or disk.source_type not in ("file", "block"):
         raise _invalid_arg(f"disk '{disk.target}' does not currently have a source assigned")
     try:
-        capacity, allocation, physical = image_sizes(disk.source, disk.driver.get("type"))
+        capacity, allocation, physical = await offload.run(
+            os.path.dirname(disk.source), image_sizes, disk.source, disk.driver.get("type"),
+            domain=ErrorDomain.QEMU,
+        )
     except OSError as e:
         raise VirError(
             ErrorCode.SYSTEM_ERROR,
