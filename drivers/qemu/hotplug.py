@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
+from drivers import offload
 from drivers.qemu import command, domain_xml, netif
 from drivers.qemu.affect import live_changed, modify
 from drivers.qemu.domain import not_running
@@ -955,18 +956,20 @@ async def refresh_from_qemu(proc: QemuProcess, d: DomainDef, taps: dict[str, str
         if len(parts) == 3 and parts[1].isdigit():
             disk.node_index = int(parts[1])
         if disk.type == "volume" and entry and entry.get("inserted"):
-            _volume_from_qemu(disk, entry["inserted"])
+            await _volume_from_qemu(disk, entry["inserted"])
 
 
-def _volume_from_qemu(disk: Disk, inserted: dict[str, Any]) -> None:
+async def _volume_from_qemu(disk: Disk, inserted: dict[str, Any]) -> None:
     """A volume disk's path is what QEMU has open: the status file keeps only the
-    pool and volume names, and the pool may have changed since the guest started."""
+    pool and volume names, and the pool may have changed since the guest started.
+    Whether it is a device is asked off the loop: its mount may hang."""
     image = inserted.get("image") or {}
     path = str(inserted.get("file") or image.get("filename") or "")
     if not path or path.startswith("json:"):
         return
     disk.source = path
     try:
-        disk.volume_type = "block" if stat.S_ISBLK(os.stat(path).st_mode) else "file"
-    except OSError:
-        disk.volume_type = "file"
+        mode = (await offload.run(os.path.dirname(path), os.stat, path)).st_mode
+    except (OSError, VirError):
+        mode = 0
+    disk.volume_type = "block" if stat.S_ISBLK(mode) else "file"
