@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.paths import DriverPaths, Paths
-from drivers import host
+from drivers import host, offload
 from drivers.events import EventBus
 from drivers.qemu import (
     capabilities,
@@ -306,20 +306,18 @@ class QemuDriver:
                 )
             nvram = self._nvram_path(dom.config) if dom.config is not None else None
             if nvram and not flags & UNDEFINE_NVRAM and not flags & UNDEFINE_KEEP_NVRAM:
-                if os.path.exists(nvram):
+                # a path the user gave, maybe on a mount that hangs: off the loop
+                if await offload.run(os.path.dirname(nvram), os.path.exists, nvram,
+                                     domain=ErrorDomain.QEMU):
                     raise VirError(
                         ErrorCode.OPERATION_INVALID,
                         "Requested operation is not valid: cannot undefine domain with nvram",
                         ErrorDomain.QEMU,
                     )
-            doomed = [self._autostart_link(dom.name), self._config_path(dom.name)]
             if nvram and flags & UNDEFINE_NVRAM:
-                doomed.append(Path(nvram))
-            for path in doomed:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+                await offload.run(os.path.dirname(nvram), _unlink, nvram, domain=ErrorDomain.QEMU)
+            for path in (self._autostart_link(dom.name), self._config_path(dom.name)):
+                _unlink(path)
             self._emit(dom, Event.UNDEFINED, Detail.UNDEFINED_REMOVED)
             dom.set_config(None)
             if not dom.active:
@@ -478,7 +476,9 @@ class QemuDriver:
         channel_dir.mkdir(parents=True, exist_ok=True)
         domain_xml.select_firmware(d, str(self.dirs.lib_dir / "nvram"))  # as _nvram_path
         try:
-            domain_xml.ensure_nvram(d)
+            if d.os.nvram:  # a path the user may give, maybe on a mount that hangs
+                await offload.run(os.path.dirname(d.os.nvram), domain_xml.ensure_nvram, d,
+                                  domain=ErrorDomain.QEMU)
         except OSError as e:
             raise VirError(
                 ErrorCode.SYSTEM_ERROR,
@@ -926,4 +926,12 @@ def _kill_quietly(pid: int) -> None:
     try:
         os.kill(pid, 9)
     except ProcessLookupError:
+        pass
+
+
+def _unlink(path: str | Path) -> None:
+    """Remove ``path`` if it is there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
         pass
