@@ -35,7 +35,11 @@ GRAPHICS_SKIPAUTH = 1 << 0
 # -- consoles and channels ------------------------------------------------------------
 
 
-def _serve_device(call: Call, path: str, fd: int, kicked: asyncio.Event) -> None:
+#: How long a forced open waits for the session it ends to be told so.
+_KICK_WAIT = 1.0
+
+
+def _serve_device(call: Call, path: str, fd: int, session: console.Session) -> None:
     stream = call.stream
     assert stream is not None
     client = call.client
@@ -43,36 +47,44 @@ def _serve_device(call: Call, path: str, fd: int, kicked: asyncio.Event) -> None
     def never_started(_client: object) -> None:
         """The connection went before the transfer began: give the device back."""
         os.close(fd)
-        console.release(path, kicked)
+        console.release(path, session)
 
     async def transfer() -> None:
         client.on_close.remove(never_started)
         try:
-            await console.pump(fd, stream.send, stream.recv, kicked)
+            await console.pump(fd, stream.send, stream.recv, session.kicked)
         finally:
-            console.release(path, kicked)
+            console.release(path, session)
 
     client.on_close.append(never_started)
     stream.serve(transfer())
 
 
-def _claim_and_serve(call: Call, path: str, force: bool, open_fd: Callable[[str], int],
-                     busy: str) -> None:
-    """One stream per device: claim it (or take it over with force), open it, serve it."""
-    kicked = console.claim(path, force, busy)
+async def _claim_and_serve(call: Call, path: str, force: bool,
+                           open_fd: Callable[[str], int], busy: str) -> None:
+    """One stream per device: claim it (or take it over with force), open it, serve it.
+
+    A forced open answers only once the session it ends has sent its error, as
+    libvirtd's does: a client that reads nothing more after the reply (the
+    forced-out stream polled without blocking) still learns of it.
+    """
+    session, previous = console.claim(path, force, busy)
     try:
         fd = open_fd(path)
     except BaseException:
-        console.release(path, kicked)
+        console.release(path, session)
         raise
-    _serve_device(call, path, fd, kicked)
+    _serve_device(call, path, fd, session)
+    if previous is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(previous.over.wait(), _KICK_WAIT)
 
 
 async def domain_open_console(call: Call, args: Any) -> None:
     check_flags(args.flags, CONSOLE_FORCE | CONSOLE_SAFE, "qemuDomainOpenConsole")
     dom = dom_of(call, args.dom)
     path = console.console_path(dom, args.dev_name)
-    _claim_and_serve(call, path, bool(args.flags & CONSOLE_FORCE), console.open_pty,
+    await _claim_and_serve(call, path, bool(args.flags & CONSOLE_FORCE), console.open_pty,
                      "Active console session exists for this domain")
 
 
@@ -80,7 +92,7 @@ async def domain_open_channel(call: Call, args: Any) -> None:
     check_flags(args.flags, CHANNEL_FORCE, "qemuDomainOpenChannel")
     dom = dom_of(call, args.dom)
     path = console.channel_path(dom, args.name)
-    _claim_and_serve(call, path, bool(args.flags & CHANNEL_FORCE), console.connect_unix,
+    await _claim_and_serve(call, path, bool(args.flags & CHANNEL_FORCE), console.connect_unix,
                      "Active channel stream exists for this domain")
 
 

@@ -27,7 +27,15 @@ from protocol.errors import ErrorCode, ErrorDomain, VirError
 READ_SIZE = 65536
 
 # Who holds each device (by path): the event that tells the session to end.
-_holders: dict[str, asyncio.Event] = {}
+class Session:
+    """One client's hold on a device: ``kicked`` asks it to end, ``over`` says it has."""
+
+    def __init__(self) -> None:
+        self.kicked = asyncio.Event()
+        self.over = asyncio.Event()
+
+
+_holders: dict[str, Session] = {}
 
 
 def _error(code: ErrorCode, text: str) -> VirError:
@@ -84,8 +92,9 @@ def channel_path(dom: Domain, name: str | None) -> str:
                  f"internal error: channel {name or dev.info.alias} is not using a UNIX socket")
 
 
-def claim(path: str, force: bool, busy_message: str) -> asyncio.Event:
-    """Take the device at ``path`` for one session; returns the event that ends it.
+def claim(path: str, force: bool, busy_message: str) -> tuple[Session, Session | None]:
+    """Take the device at ``path`` for one session; returns it, and the session
+    it forced out if any.
 
     A held device is refused (``busy_message``) unless ``force``, which ends
     the session holding it.
@@ -94,13 +103,14 @@ def claim(path: str, force: bool, busy_message: str) -> asyncio.Event:
     if holder is not None:
         if not force:
             raise _error(ErrorCode.OPERATION_FAILED, f"operation failed: {busy_message}")
-        holder.set()
-    kicked = _holders[path] = asyncio.Event()
-    return kicked
+        holder.kicked.set()
+    session = _holders[path] = Session()
+    return session, holder
 
 
-def release(path: str, kicked: asyncio.Event) -> None:
-    if _holders.get(path) is kicked:
+def release(path: str, session: Session) -> None:
+    session.over.set()
+    if _holders.get(path) is session:
         del _holders[path]
 
 

@@ -173,7 +173,8 @@ async def test_pump_moves_bytes_both_ways_until_the_client_ends() -> None:
 async def test_pump_forced_out() -> None:
     master, slave = os.openpty()
     path = os.ttyname(slave)
-    kicked = console.claim(path, False, "busy")
+    first, previous = console.claim(path, False, "busy")
+    assert previous is None
     with pytest.raises(VirError, match="busy"):
         console.claim(path, False, "busy")
     fd = console.open_pty(path)
@@ -183,14 +184,16 @@ async def test_pump_forced_out() -> None:
         pass
 
     never: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-    task = asyncio.ensure_future(console.pump(fd, send, lambda: never, kicked))
+    task = asyncio.ensure_future(console.pump(fd, send, lambda: never, first.kicked))
     await asyncio.sleep(0)
-    second = console.claim(path, True, "busy")
+    second, previous = console.claim(path, True, "busy")
+    assert previous is first and not first.over.is_set()
     with pytest.raises(VirError, match="stream had I/O failure"):
         await asyncio.wait_for(task, 5)
-    console.release(path, kicked)  # the old session's release leaves the new one
+    console.release(path, first)  # the old session's release leaves the new one
+    assert first.over.is_set()
     with pytest.raises(VirError, match="busy"):
         console.claim(path, False, "busy")
     console.release(path, second)
-    console.release(path, console.claim(path, False, "busy"))
+    console.release(path, console.claim(path, False, "busy")[0])
     os.close(master)
