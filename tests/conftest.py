@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
+from e2e.access import run_event_loop
 from e2e.daemon import DaemonProcess, cleanup_all, sweep_stale
 from e2e.netns import NetNS
 
@@ -24,6 +24,7 @@ else:
     # libvirt prints every error to stderr unless a handler takes it; the
     # tests look at the raised libvirtError instead.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    run_event_loop()  # before any connection opens: streams and event callbacks need it
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

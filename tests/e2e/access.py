@@ -6,6 +6,7 @@ enough where only QEMU itself answers (monitor, VNC, screenshots).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -62,11 +63,38 @@ def running(daemon: DaemonProcess, name: str, xml: str) -> Iterator[None]:
         daemon.virsh("undefine", name, check=False)
 
 
+@functools.cache
+def run_event_loop() -> None:
+    """libvirt's default event loop, run by a thread for the rest of the session.
+
+    With it registered before a connection opens, that connection's socket is
+    read as data comes (so a non-blocking stream receives without other calls),
+    and libvirt-python's event callbacks fire. Once per process.
+    """
+    import libvirt
+
+    libvirt.virEventRegisterDefaultImpl()
+
+    def run() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+
+
 class Console:
-    """A console stream of libvirt-python, read by a thread into a buffer."""
+    """A console stream of libvirt-python, read by a thread into a buffer.
+
+    The stream is non-blocking and the thread polls it (the event loop above
+    fills it): libvirt's client can deadlock when one thread sits in a blocking
+    virStreamRecv while another makes calls on the same connection (seen
+    against libvirtd 9.0 as well).
+    """
 
     def __init__(self, conn: Any, dom: Any, dev: str | None = None, flags: int = 0) -> None:
-        self.stream = conn.newStream(0)
+        import libvirt
+
+        self.stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
         dom.openConsole(dev, self.stream, flags)
         self.buf = bytearray()
         self.error: Any = None  # how the stream failed, if it did
@@ -78,14 +106,23 @@ class Console:
         import libvirt
 
         try:
-            while data := self.stream.recv(65536):
+            while (data := self.stream.recv(65536)) != b"":
+                if data == -2:  # nothing yet
+                    time.sleep(0.01)
+                    continue
                 self.buf.extend(data)
         except libvirt.libvirtError as e:
             self.error = e
         self.ended.set()
 
     def send(self, text: str) -> None:
-        self.stream.send(text.encode())
+        data = text.encode()
+        while data:
+            sent = self.stream.send(data)
+            if sent == -2:  # the stream's buffer is full for now
+                time.sleep(0.01)
+                continue
+            data = data[sent:]
 
     def wait_for(self, what: bytes, start: int = 0, timeout: float = 30.0) -> bytes:
         """The output from ``start`` once it holds ``what``."""

@@ -107,8 +107,7 @@ def test_monitor_event_details(guest: DaemonProcess) -> None:
 
 
 def test_monitor_event_register_and_deregister(guest: DaemonProcess) -> None:
-    libvirt.virEventRegisterDefaultImpl()
-    conn = libvirt.open(guest.uri)
+    conn = libvirt.open(guest.uri)  # callbacks run on the session's event loop (conftest)
     try:
         dom = conn.lookupByName(NAME)
         ids = [

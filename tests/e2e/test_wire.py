@@ -293,19 +293,8 @@ def test_readonly_open_flag_on_the_rw_socket(module_daemon: DaemonProcess) -> No
 
 
 def test_lifecycle_events_reach_registered_clients(module_daemon: DaemonProcess) -> None:
-    import threading
+    import libvirt  # its callbacks run on the session's event loop (tests/conftest.py)
 
-    import libvirt
-
-    libvirt.virEventRegisterDefaultImpl()
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            libvirt.virEventRunDefaultImpl()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
     seen: list[tuple[str, str, int, int]] = []
     conn = libvirt.open(module_daemon.uri)
     try:
@@ -330,7 +319,6 @@ def test_lifecycle_events_reach_registered_clients(module_daemon: DaemonProcess)
         conn.domainEventDeregisterAny(cb)
     finally:
         conn.close()
-        stop.set()
 
 
 def test_event_registration_errors(module_daemon: DaemonProcess) -> None:
