@@ -1,4 +1,4 @@
-"""Small pieces every domain handler module needs: handles both ways, flag checks.
+"""Small pieces the handler modules share: handles both ways, flag checks, drivers.
 
 The leading underscore keeps this module's functions out of the dispatch table.
 """
@@ -25,14 +25,26 @@ def dom_of(call: Call, handle: Any) -> Domain:
     return call.driver.lookup_by_uuid(handle.uuid, handle.name)
 
 
-def check_flags(flags: int, allowed: int, api: str) -> None:
+def check_flags(flags: int, allowed: int, api: str,
+                domain: ErrorDomain = ErrorDomain.QEMU) -> None:
     """libvirt's answer to flags a call does not know, named after the driver function."""
     if flags & ~allowed:
         raise VirError(
             ErrorCode.INVALID_ARG,
             f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
-            ErrorDomain.QEMU,
+            domain,
         )
+
+
+def server_driver(call: Call, name: str) -> Any:
+    """The server's driver ``name``; without one, the call is not supported, as
+    libvirtd answers when that driver is not loaded."""
+    driver = call.client.server.driver(name)
+    if driver is None:
+        raise VirError(ErrorCode.NO_SUPPORT,
+                       f"this function is not supported by the connection driver: "
+                       f"{call.procedure.api}")
+    return driver
 
 
 def rpc_limit(value: int, limit: int, text: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
+from daemon.remote._common import check_flags, server_driver
 from drivers.interface.driver import (
     DEFINE_VALIDATE,
     LIST_ACTIVE,
@@ -27,19 +28,11 @@ R = remote().module
 
 
 def _driver(call: Call) -> InterfaceDriver:
-    driver: InterfaceDriver | None = call.client.server.driver("interface")
-    if driver is None:
-        raise VirError(ErrorCode.NO_SUPPORT,
-                       "this function is not supported by the connection driver: "
-                       f"{call.procedure.api}")
-    return driver
+    return server_driver(call, "interface")
 
 
 def _check_flags(flags: int, allowed: int, api: str) -> None:
-    if flags & ~allowed:
-        raise VirError(ErrorCode.INVALID_ARG,
-                       f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
-                       ErrorDomain.INTERFACE)
+    check_flags(flags, allowed, api, ErrorDomain.INTERFACE)
 
 
 def _handle(h: Handle) -> Any:

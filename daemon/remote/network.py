@@ -12,6 +12,7 @@ from typing import Any
 
 from daemon.dispatch import Call
 from daemon.events import NETWORK_EVENT_IDS
+from daemon.remote._common import check_flags, server_driver
 from drivers.network.driver import Network, NetworkDriver
 from drivers.network.port_xml import NetworkPort
 from protocol.errors import ErrorCode, ErrorDomain, VirError
@@ -25,19 +26,11 @@ _UPDATE_FLAGS = 0x3  # AFFECT_LIVE, AFFECT_CONFIG
 
 
 def _driver(call: Call) -> NetworkDriver:
-    driver = call.client.server.driver("network")
-    if driver is None:
-        raise VirError(ErrorCode.NO_SUPPORT,
-                       "this function is not supported by the connection driver: "
-                       f"{call.procedure.api}")
-    return driver
+    return server_driver(call, "network")
 
 
 def _check_flags(flags: int, allowed: int, api: str) -> None:
-    if flags & ~allowed:
-        raise VirError(ErrorCode.INVALID_ARG,
-                       f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
-                       ErrorDomain.NETWORK)
+    check_flags(flags, allowed, api, ErrorDomain.NETWORK)
 
 
 def _handle(net: Network) -> Any:

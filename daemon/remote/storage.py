@@ -11,6 +11,7 @@ from typing import Any
 
 from daemon.dispatch import Call
 from daemon.events import POOL_EVENT_IDS
+from daemon.remote._common import check_flags, server_driver
 from drivers.storage.capabilities import pool_capabilities
 from drivers.storage.driver import StorageDriver
 from drivers.storage.pool import BACKENDS, STATE_INACTIVE, STATE_RUNNING, Pool
@@ -26,19 +27,11 @@ _VOL_INFO_PHYSICAL = 1 << 0
 
 
 def _driver(call: Call) -> StorageDriver:
-    driver = call.client.server.driver("storage")
-    if driver is None:
-        raise VirError(ErrorCode.NO_SUPPORT,
-                       "this function is not supported by the connection driver: "
-                       f"{call.procedure.api}")
-    return driver
+    return server_driver(call, "storage")
 
 
 def _check_flags(flags: int, allowed: int, api: str) -> None:
-    if flags & ~allowed:
-        raise VirError(ErrorCode.INVALID_ARG,
-                       f"unsupported flags (0x{flags & ~allowed:x}) in function {api}",
-                       ErrorDomain.STORAGE)
+    check_flags(flags, allowed, api, ErrorDomain.STORAGE)
 
 
 def _pool_handle(pool: Pool) -> Any:
