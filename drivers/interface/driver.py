@@ -22,6 +22,7 @@ from pathlib import Path
 
 from daemon.paths import Paths
 from drivers.events import EventBus
+from drivers.files import write_atomic
 from drivers.interface import lifecycle, live, rtnl
 from drivers.interface.iface_xml import InterfaceDef, format_interface, parse_interface
 from drivers.storage.schema import validate
@@ -55,15 +56,6 @@ def _no_iface(message: str) -> VirError:
 
 def _invalid(message: str) -> VirError:
     return _err(ErrorCode.OPERATION_INVALID, f"Requested operation is not valid: {message}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.new")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class InterfaceDriver:
@@ -191,7 +183,7 @@ class InterfaceDriver:
             for member in d.members:
                 if member.name != d.name and member.name in self._defs:
                     self._remove(member.name)
-            _write_atomic(self.config_dir / f"{d.name}.xml", format_interface(d))
+            write_atomic(self.config_dir / f"{d.name}.xml", format_interface(d))
             self._defs[d.name] = d
         return Handle(d.name, self._mac(d.name, rtnl.get(d.name)))
 
@@ -236,7 +228,7 @@ class InterfaceDriver:
             for path in self.config_dir.glob("*.xml"):
                 shutil.copy2(path, tmp / path.name)
             up = [link.name for link in snap.links.values() if link.up]
-            _write_atomic(tmp / _UP_FILE, "".join(f"{name}\n" for name in up))
+            write_atomic(tmp / _UP_FILE, "".join(f"{name}\n" for name in up))
             os.replace(tmp, self.snapshot_dir)
 
     async def change_commit(self) -> None:

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from daemon.paths import Paths
 from drivers.events import EventBus
+from drivers.files import write_atomic
 from drivers.network import runtime, update
 from drivers.network.leases import Lease
 from drivers.network.network_xml import (
@@ -83,15 +84,6 @@ def _no_network(message: str) -> VirError:
 def _no_port(port_uuid: bytes) -> VirError:
     return VirError(ErrorCode.NO_NETWORK_PORT, "network port not found: Network port with UUID "
                     f"{uuidlib.UUID(bytes=port_uuid)} does not exist", ErrorDomain.NETWORK)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.new")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _netdev_exists(name: str) -> bool:
@@ -301,7 +293,7 @@ class NetworkDriver:
 
     def _save(self, net: Network) -> None:
         assert net.config is not None
-        _write_atomic(self.config_dir / f"{net.name}.xml", format_network(net.config))
+        write_atomic(self.config_dir / f"{net.name}.xml", format_network(net.config))
 
     def define_xml(self, xml: str, flags: int = 0) -> Network:
         d = self._parse(xml, flags)
@@ -382,8 +374,8 @@ class NetworkDriver:
 
     def _save_state(self, net: Network) -> None:
         body = "\n".join("  " + line for line in format_network(net.live).splitlines())
-        _write_atomic(self.state_dir / f"{net.name}.xml",
-                      f"<networkstatus>\n{body}\n</networkstatus>\n")
+        write_atomic(self.state_dir / f"{net.name}.xml",
+                     f"<networkstatus>\n{body}\n</networkstatus>\n")
 
     def _ports_dir(self, name: str) -> Path:
         return self.state_dir / name / "ports"
@@ -493,7 +485,7 @@ class NetworkDriver:
         port.mtu = d.mtu
         ports_dir = self._ports_dir(net.name)
         ports_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(ports_dir / f"{port.uuid_str}.xml", port.xml())
+        write_atomic(ports_dir / f"{port.uuid_str}.xml", port.xml())
         net.ports[port.uuid] = port
         return port
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from qemu.qmp import ExecuteError, QMPClient
 
 from drivers import host
-from drivers.qemu.status import write_atomic
+from drivers.files import write_atomic
 
 log = logging.getLogger(__name__)
 

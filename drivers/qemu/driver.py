@@ -23,6 +23,7 @@ from typing import Any
 from daemon.paths import DriverPaths, Paths
 from drivers import host, offload
 from drivers.events import EventBus
+from drivers.files import write_atomic
 from drivers.qemu import (
     capabilities,
     cgroup,
@@ -56,7 +57,7 @@ from drivers.qemu.process import (
     log_timestamp,
     pid_alive,
 )
-from drivers.qemu.status import Status, format_status, parse_status, write_atomic
+from drivers.qemu.status import Status, format_status, parse_status
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 
 log = logging.getLogger(__name__)

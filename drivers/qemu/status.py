@@ -8,10 +8,7 @@ the live-only facts go in a ``<livestate>`` element of our own.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from lxml import etree
 
@@ -140,21 +137,3 @@ def parse_status(text: str) -> Status:
         bridges={t.get("alias", ""): t.get("bridge", "") for t in live.iter("tap")
                  if t.get("bridge")},
     )
-
-
-def write_atomic(path: Path, data: str, mode: int = 0o600) -> None:
-    """Replace ``path`` so that a reader (or a crash) sees the old or the new file whole."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -21,6 +21,7 @@ from typing import Any
 from daemon.paths import Paths
 from drivers import offload
 from drivers.events import EventBus
+from drivers.files import write_atomic
 from drivers.storage import transfer
 from drivers.storage.pool import Pool, backend_class
 from drivers.storage.pool_xml import (
@@ -83,15 +84,6 @@ def _failed(message: str) -> VirError:
 def _cleaned(path: str, clean: str) -> str:
     """libvirtd names the tidied path too in lookup errors when it differs."""
     return "" if path == clean else f" ({clean})"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.new")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class StorageDriver:
@@ -251,7 +243,7 @@ class StorageDriver:
 
     def _save(self, pool: Pool) -> None:
         assert pool.config is not None
-        _write_atomic(self.config_dir / f"{pool.name}.xml", pool.xml(inactive=True))
+        write_atomic(self.config_dir / f"{pool.name}.xml", pool.xml(inactive=True))
 
     def define_xml(self, xml: str, flags: int = 0) -> Pool:
         if flags & DEFINE_VALIDATE:
@@ -350,7 +342,7 @@ class StorageDriver:
             with contextlib.suppress(VirError):
                 await pool.backend.stop()
             raise
-        _write_atomic(self.state_dir / f"{pool.name}.xml", pool.xml())
+        write_atomic(self.state_dir / f"{pool.name}.xml", pool.xml())
 
     async def destroy(self, pool: Pool) -> None:
         if not pool.active:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from lxml import etree
 
+from drivers.files import write_atomic
 from drivers.qemu.domain import Paused, Running, State
-from drivers.qemu.status import Status, format_status, parse_status, write_atomic
+from drivers.qemu.status import Status, format_status, parse_status
+
 
 def _c14n(xml: str) -> bytes:
     return etree.tostring(etree.fromstring(xml), method="c14n")
