@@ -1,11 +1,19 @@
-"""Domain event (de)registration calls; delivery is daemon/events.py's job."""
+"""Event (de)registration calls (domains, storage pools, networks); delivery is
+daemon/events.py's job."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from daemon.dispatch import Call
-from daemon.events import CALLBACK_EVENT_IDS, LEGACY_EVENT_IDS, EventRelay, Registrations
+from daemon.events import (
+    CALLBACK_EVENT_IDS,
+    LEGACY_EVENT_IDS,
+    NETWORK_EVENT_IDS,
+    POOL_EVENT_IDS,
+    EventRelay,
+    Registrations,
+)
 from protocol.errors import ErrorCode, ErrorDomain, VirError
 from protocol.programs import remote
 
@@ -83,3 +91,47 @@ async def connect_domain_event_callback_deregister_any(call: Call, args: Any) ->
         raise VirError(ErrorCode.INTERNAL_ERROR,
                        f"internal error: domain event callback {args.callbackID} "
                        f"not registered", ErrorDomain.RPC)
+
+
+# -- storage pools and networks: one callback table each ------------------------------
+
+
+def _register(call: Call, table: dict[int, tuple[int, bytes | None]], event_id: int,
+              valid: range, what: str, uuid: bytes | None) -> int:
+    if event_id not in valid:
+        raise VirError(ErrorCode.INTERNAL_ERROR,
+                       f"internal error: unsupported {what} event ID {event_id}",
+                       ErrorDomain.RPC)
+    callback_id = _relay(call).new_callback_id()
+    table[callback_id] = (event_id, uuid)
+    return callback_id
+
+
+def _deregister(table: dict[int, tuple[int, bytes | None]], callback_id: int,
+                what: str) -> None:
+    if table.pop(callback_id, None) is None:
+        raise VirError(ErrorCode.INTERNAL_ERROR,
+                       f"internal error: {what} event callback {callback_id} not registered",
+                       ErrorDomain.RPC)
+
+
+async def connect_storage_pool_event_register_any(call: Call, args: Any) -> Any:
+    uuid = args.pool.uuid if args.pool is not None else None
+    callback_id = _register(call, _registrations(call).pool_callbacks, args.eventID,
+                            POOL_EVENT_IDS, "storage pool", uuid)
+    return R.remote_connect_storage_pool_event_register_any_ret(callback_id)
+
+
+async def connect_storage_pool_event_deregister_any(call: Call, args: Any) -> None:
+    _deregister(_registrations(call).pool_callbacks, args.callbackID, "storage pool")
+
+
+async def connect_network_event_register_any(call: Call, args: Any) -> Any:
+    uuid = args.net.uuid if args.net is not None else None
+    callback_id = _register(call, _registrations(call).network_callbacks, args.eventID,
+                            NETWORK_EVENT_IDS, "network", uuid)
+    return R.remote_connect_network_event_register_any_ret(callback_id)
+
+
+async def connect_network_event_deregister_any(call: Call, args: Any) -> None:
+    _deregister(_registrations(call).network_callbacks, args.callbackID, "network")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
-from daemon.events import NETWORK_EVENT_IDS
 from daemon.remote._common import check_flags, server_driver
 from drivers.network.driver import Network, NetworkDriver
 from drivers.network.port_xml import NetworkPort
@@ -222,26 +221,3 @@ async def network_port_delete(call: Call, args: Any) -> None:
     _check_flags(args.flags, 0, "networkPortDelete")
     net, port = _port(call, args.port)
     _driver(call).delete_port(net, port)
-
-
-# -- events -------------------------------------------------------------------------------
-
-
-async def connect_network_event_register_any(call: Call, args: Any) -> Any:
-    if args.eventID not in NETWORK_EVENT_IDS:
-        raise VirError(ErrorCode.INTERNAL_ERROR,
-                       f"internal error: unsupported network event ID {args.eventID}",
-                       ErrorDomain.RPC)
-    relay = call.client.server.events
-    uuid = args.net.uuid if args.net is not None else None
-    callback_id = relay.new_callback_id()
-    relay.registrations(call.client).network_callbacks[callback_id] = (args.eventID, uuid)
-    return R.remote_connect_network_event_register_any_ret(callback_id)
-
-
-async def connect_network_event_deregister_any(call: Call, args: Any) -> None:
-    regs = call.client.server.events.registrations(call.client)
-    if regs.network_callbacks.pop(args.callbackID, None) is None:
-        raise VirError(ErrorCode.INTERNAL_ERROR,
-                       f"internal error: network event callback {args.callbackID} "
-                       "not registered", ErrorDomain.RPC)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.dispatch import Call
-from daemon.events import POOL_EVENT_IDS
 from daemon.remote._common import check_flags, server_driver
 from drivers.storage.capabilities import pool_capabilities
 from drivers.storage.driver import StorageDriver
@@ -331,26 +330,3 @@ async def storage_vol_get_xml_desc(call: Call, args: Any) -> Any:
 
 async def storage_vol_get_path(call: Call, args: Any) -> Any:
     return R.remote_storage_vol_get_path_ret(_vol(call, args.vol)[1].path)
-
-
-# -- events ------------------------------------------------------------------------------------
-
-
-async def connect_storage_pool_event_register_any(call: Call, args: Any) -> Any:
-    if args.eventID not in POOL_EVENT_IDS:
-        raise VirError(ErrorCode.INTERNAL_ERROR,
-                       f"internal error: unsupported storage pool event ID {args.eventID}",
-                       ErrorDomain.RPC)
-    relay = call.client.server.events
-    uuid = args.pool.uuid if args.pool is not None else None
-    callback_id = relay.new_callback_id()
-    relay.registrations(call.client).pool_callbacks[callback_id] = (args.eventID, uuid)
-    return R.remote_connect_storage_pool_event_register_any_ret(callback_id)
-
-
-async def connect_storage_pool_event_deregister_any(call: Call, args: Any) -> None:
-    regs = call.client.server.events.registrations(call.client)
-    if regs.pool_callbacks.pop(args.callbackID, None) is None:
-        raise VirError(ErrorCode.INTERNAL_ERROR,
-                       f"internal error: storage pool event callback {args.callbackID} "
-                       f"not registered", ErrorDomain.RPC)
