@@ -8,13 +8,18 @@ the exit status and the tool's own message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from drivers import offload
 from drivers.storage.perms import Perms
 from drivers.storage.vol_xml import Backing, Volume
 from protocol.errors import ErrorCode, ErrorDomain, VirError
+
+if TYPE_CHECKING:
+    from drivers.storage.backend import Backend
 
 #: What libvirt zeroes at both ends of a device before labelling it.
 ZERO_SIZE = 1 << 20
@@ -146,6 +151,19 @@ def wipe_zero(path: str, length: int) -> None:
 
 VOL_CREATE_PREALLOC_METADATA = 1 << 0
 VOL_CREATE_REFLINK = 1 << 1
+
+
+async def create_from(backend: Backend, vol: Volume, source: Volume, flags: int) -> None:
+    """A new volume of ``backend`` (a partition, an LV) holding ``source``'s
+    contents; removed again when the copy fails."""
+    await backend.create_vol(vol, 0)
+    vol.path = backend.vol_path(vol.name)
+    try:
+        await copy_from(vol, source, flags)
+    except BaseException:
+        with contextlib.suppress(VirError):
+            await backend.delete_vol(vol, 0)
+        raise
 
 
 async def copy_from(vol: Volume, source: Volume, flags: int) -> None:

@@ -295,14 +295,7 @@ class DiskBackend(Backend):
         return known or vol
 
     async def create_vol_from(self, vol: Volume, source: Volume, flags: int) -> None:
-        await self.create_vol(vol, 0)
-        vol.path = self.vol_path(vol.name)
-        try:
-            await blockdev.copy_from(vol, source, flags)
-        except BaseException:
-            with contextlib.suppress(VirError):
-                await self.delete_vol(vol, 0)
-            raise
+        await blockdev.create_from(self, vol, source, flags)
 
     async def create_vol(self, vol: Volume, flags: int) -> None:
         if self.last is None or self.layout is None:

@@ -7,7 +7,6 @@ patterns). Only active LVs are volumes: an LV without a device node is skipped.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 
@@ -272,14 +271,7 @@ class LogicalBackend(Backend):
             raise
 
     async def create_vol_from(self, vol: Volume, source: Volume, flags: int) -> None:
-        await self.create_vol(vol, 0)
-        vol.path = self.vol_path(vol.name)
-        try:
-            await blockdev.copy_from(vol, source, flags)
-        except BaseException:
-            with contextlib.suppress(VirError):
-                await self.delete_vol(vol, 0)
-            raise
+        await blockdev.create_from(self, vol, source, flags)
 
     async def delete_vol(self, vol: Volume, flags: int) -> None:
         """lvremove; when that fails, deactivate the LV and try once more."""
