@@ -21,20 +21,20 @@ from typing import Any
 
 import pytest
 
-from e2e import test_storage_hang
 from e2e.access import KVM
 from e2e.daemon import DaemonProcess
+from e2e.hang import (
+    AT_ONCE,
+    TIMEOUT,
+    HangFS,
+    timed,
+    virsh_at_once,
+    virsh_times_out,
+)
 from e2e.test_stats import define, domstats
-from e2e.test_storage_hang import HangFS
 
-pytestmark = test_storage_hang.pytestmark  # the same needs: root, /dev/fuse, fusepy
-
-#: The file system timeout the test daemon runs with (seconds).
-TIMEOUT = 2.0
 #: How long domstats waits on one guest (its monitor or its images) at most.
 STATS_WAIT = 1.0
-#: What "at once" means for calls about other guests while a disk hangs.
-AT_ONCE = 1.0
 GUESTS = ("hq-hung", "hq-calm", "hq-off")
 
 
@@ -103,23 +103,6 @@ def _wait_for(ok: Callable[[], bool], limit: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.monotonic()
-    result = fn()
-    return time.monotonic() - start, result
-
-
-def _virsh_at_once(d: DaemonProcess, *args: str) -> str:
-    took, res = _timed(lambda: d.virsh(*args))
-    assert took < AT_ONCE, f"virsh {' '.join(args)} took {took:.2f}s"
-    return res.stdout
-
-
-def _virsh_times_out(d: DaemonProcess, *args: str) -> None:
-    took, res = _timed(lambda: d.virsh(*args, check=False))
-    assert res.returncode != 0, res.stdout
-    assert "Timed out during operation" in res.stderr, res.stderr
-    assert TIMEOUT - 0.5 < took < TIMEOUT + 4, f"virsh {' '.join(args)} failed in {took:.2f}s"
 
 
 def test_sizes_of_all_guests_while_the_mount_answers(setup: tuple[DaemonProcess, HangFS]) -> None:
@@ -128,7 +111,7 @@ def test_sizes_of_all_guests_while_the_mount_answers(setup: tuple[DaemonProcess,
     for name in GUESTS:
         assert s[name]["block.0.capacity"] == str(1 << 20), (name, s[name])
         assert s[name]["block.0.physical"] == str(1 << 20), (name, s[name])
-    assert _virsh_at_once(d, "domblkinfo", "hq-hung", "vda").split()[1] == str(1 << 20)
+    assert virsh_at_once(d, "domblkinfo", "hq-hung", "vda").split()[1] == str(1 << 20)
 
 
 def test_others_answer_while_a_disk_hangs(frozen: DaemonProcess) -> None:
@@ -155,7 +138,7 @@ def test_others_answer_while_a_disk_hangs(frozen: DaemonProcess) -> None:
     worker.start()
     try:
         time.sleep(0.3)  # domblkinfo is waiting on the mount now
-        took, s = _timed(lambda: domstats(d))
+        took, s = timed(lambda: domstats(d))
         assert took < STATS_WAIT + AT_ONCE, f"domstats took {took:.2f}s"
         for name in GUESTS:
             assert s[name]["block.0.name"] == "vda", (name, s[name])
@@ -164,17 +147,17 @@ def test_others_answer_while_a_disk_hangs(frozen: DaemonProcess) -> None:
         assert "block.0.capacity" not in s["hq-off"] and "block.0.path" in s["hq-off"]
         assert s["hq-hung"]["state.state"] == "1" and "cpu.time" in s["hq-hung"]
         for _ in range(2):  # the hung images are known now: not waited for again
-            _virsh_at_once(d, "domstats")
-        assert "hq-off" in _virsh_at_once(d, "list", "--all")
-        _virsh_at_once(d, "suspend", "hq-calm")
-        _virsh_at_once(d, "resume", "hq-calm")
-        assert _virsh_at_once(d, "domblkinfo", "hq-calm", "vda").split()[1] == str(1 << 20)
+            virsh_at_once(d, "domstats")
+        assert "hq-off" in virsh_at_once(d, "list", "--all")
+        virsh_at_once(d, "suspend", "hq-calm")
+        virsh_at_once(d, "resume", "hq-calm")
+        assert virsh_at_once(d, "domblkinfo", "hq-calm", "vda").split()[1] == str(1 << 20)
         conn = d.conn()
         for call in (lambda: conn.listAllDomains(0),
                      lambda: conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_BLOCK, 0),
                      lambda: conn.lookupByName("hq-calm").blockInfo("vda", 0),
                      lambda: conn.lookupByName("hq-hung").info()):
-            took, _ = _timed(call)
+            took, _ = timed(call)
             assert took < AT_ONCE, f"a call took {took:.2f}s"
         assert worker.is_alive(), "domblkinfo of the hung disk did not wait for the mount"
     finally:
@@ -190,9 +173,9 @@ def test_hung_disks_fail_after_the_timeout(frozen: DaemonProcess) -> None:
     """domblkinfo of a hung image fails with libvirt's timeout error, the
     guest running or not; the other guest's answers at once."""
     d = frozen
-    _virsh_times_out(d, "domblkinfo", "hq-hung", "vda")
-    _virsh_times_out(d, "domblkinfo", "hq-off", "vda")
-    _virsh_at_once(d, "domblkinfo", "hq-calm", "vda")
+    virsh_times_out(d, "domblkinfo", "hq-hung", "vda")
+    virsh_times_out(d, "domblkinfo", "hq-off", "vda")
+    virsh_at_once(d, "domblkinfo", "hq-calm", "vda")
 
 
 def test_sizes_come_back_once_the_mount_answers(setup: tuple[DaemonProcess, HangFS]) -> None:
@@ -203,4 +186,4 @@ def test_sizes_come_back_once_the_mount_answers(setup: tuple[DaemonProcess, Hang
     finally:
         fs.thaw()
     _wait_for(lambda: "block.0.capacity" in domstats(d, "--block", "hq-off")["hq-off"])
-    assert _virsh_at_once(d, "domblkinfo", "hq-off", "vda").split()[1] == str(1 << 20)
+    assert virsh_at_once(d, "domblkinfo", "hq-off", "vda").split()[1] == str(1 << 20)

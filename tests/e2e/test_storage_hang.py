@@ -10,98 +10,23 @@ continues the FUSE process and unmounts it, also when a test fails.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from e2e.daemon import DaemonProcess
-
-HANGFS = Path(__file__).resolve().parent.parent / "hangfs.py"
-#: The storage timeout the test daemon runs with (seconds).
-TIMEOUT = 2.0
-#: What "at once" means for calls about other objects while a pool hangs.
-AT_ONCE = 1.0
-
-
-def _unusable() -> str | None:
-    """Why a FUSE mount cannot be made here, if it cannot."""
-    if os.geteuid() != 0:
-        return "needs root to mount FUSE"
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse on this machine"
-    if shutil.which("fusermount") is None and shutil.which("fusermount3") is None:
-        return "no fusermount (Debian package fuse3)"
-    try:
-        import fuse  # noqa: F401
-    except (ImportError, OSError) as e:  # fusepy raises OSError without libfuse2
-        return f"fusepy is not usable: {e}"
-    return None
-
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_unusable() is not None,
-                                                   reason=str(_unusable()))]
-
-
-def _mounted(point: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == str(point) for line in f)
-
-
-class HangFS:
-    """tests/hangfs.py mounted on ``mnt`` over ``src``; ``freeze`` stops it."""
-
-    def __init__(self, base: Path) -> None:
-        self.src, self.mnt = base / "src", base / "mnt"
-        self.log = base / "hangfs.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.src.mkdir()
-        self.mnt.mkdir()
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(HANGFS), str(self.src), str(self.mnt)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        deadline = time.monotonic() + 10
-        while not _mounted(self.mnt):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"hangfs did not mount: {self.log.read_text()}")
-            time.sleep(0.05)
-
-    def freeze(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-
-    def close(self) -> None:
-        """Continue, unmount (lazily if need be), end the process."""
-        self.thaw()
-        if _mounted(self.mnt):
-            tool = shutil.which("fusermount") or shutil.which("fusermount3") or "fusermount"
-            if subprocess.run([tool, "-u", str(self.mnt)], capture_output=True,
-                              timeout=10, check=False).returncode:
-                subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True,
-                               timeout=10, check=False)
-        if self.proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
+from e2e.hang import (
+    AT_ONCE,
+    TIMEOUT,
+    HangFS,
+    timed,
+    virsh_at_once,
+    virsh_times_out,
+)
 
 
 @pytest.fixture(scope="module")
@@ -151,23 +76,6 @@ def _wait_for(ok: Any, limit: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-def _timed(fn: Any, *args: Any) -> tuple[float, Any]:
-    start = time.monotonic()
-    result = fn(*args)
-    return time.monotonic() - start, result
-
-
-def _virsh_at_once(d: DaemonProcess, *args: str) -> str:
-    took, res = _timed(lambda: d.virsh(*args))
-    assert took < AT_ONCE, f"virsh {' '.join(args)} took {took:.2f}s"
-    return res.stdout
-
-
-def _virsh_times_out(d: DaemonProcess, *args: str) -> None:
-    took, res = _timed(lambda: d.virsh(*args, check=False))
-    assert res.returncode != 0, res.stdout
-    assert "Timed out during operation" in res.stderr, res.stderr
-    assert TIMEOUT - 0.5 < took < TIMEOUT + 4, f"virsh {' '.join(args)} failed in {took:.2f}s"
 
 
 def test_others_answer_while_a_refresh_hangs(frozen: DaemonProcess) -> None:
@@ -192,20 +100,20 @@ def test_others_answer_while_a_refresh_hangs(frozen: DaemonProcess) -> None:
     worker.start()
     try:
         time.sleep(0.3)  # the refresh is waiting on the mount now
-        assert "hang" in _virsh_at_once(d, "pool-list", "--all")
-        _virsh_at_once(d, "list", "--all")
-        _virsh_at_once(d, "net-list", "--all")
-        assert "c.img" in _virsh_at_once(d, "vol-list", "calm", "--details")
-        _virsh_at_once(d, "vol-info", "--pool", "calm", "c.img")
-        _virsh_at_once(d, "pool-refresh", "calm")
+        assert "hang" in virsh_at_once(d, "pool-list", "--all")
+        virsh_at_once(d, "list", "--all")
+        virsh_at_once(d, "net-list", "--all")
+        assert "c.img" in virsh_at_once(d, "vol-list", "calm", "--details")
+        virsh_at_once(d, "vol-info", "--pool", "calm", "c.img")
+        virsh_at_once(d, "pool-refresh", "calm")
         # what a pool's last refresh found answers at once too, as in libvirtd
-        assert "running" in _virsh_at_once(d, "pool-info", "hang")
-        assert "a.img" in _virsh_at_once(d, "vol-list", "hang")
+        assert "running" in virsh_at_once(d, "pool-info", "hang")
+        assert "a.img" in virsh_at_once(d, "vol-list", "hang")
         conn = d.conn()
         for call in (lambda: conn.listAllStoragePools(0), lambda: conn.listAllDomains(0),
                      lambda: conn.listAllNetworks(0), lambda: conn.getStoragePoolCapabilities(0),
                      lambda: conn.storagePoolLookupByName("calm").listAllVolumes(0)):
-            took, _ = _timed(call)
+            took, _ = timed(call)
             assert took < AT_ONCE, f"a call took {took:.2f}s"
         assert worker.is_alive(), "the hung refresh did not wait for the mount"
     finally:
@@ -220,19 +128,19 @@ def test_hung_pool_calls_fail_after_the_timeout(frozen: DaemonProcess) -> None:
     """What must read the mount fails with libvirt's timeout error; the pool
     stays running (its mount may answer again)."""
     d = frozen
-    _virsh_times_out(d, "pool-refresh", "hang")
-    _virsh_times_out(d, "vol-info", "--pool", "hang", "a.img")
-    _virsh_times_out(d, "vol-dumpxml", "--pool", "hang", "a.img")
-    _virsh_times_out(d, "vol-create-as", "hang", "b.img", "1M")
-    assert "running" in _virsh_at_once(d, "pool-info", "hang")
-    _virsh_at_once(d, "vol-info", "--pool", "calm", "c.img")
+    virsh_times_out(d, "pool-refresh", "hang")
+    virsh_times_out(d, "vol-info", "--pool", "hang", "a.img")
+    virsh_times_out(d, "vol-dumpxml", "--pool", "hang", "a.img")
+    virsh_times_out(d, "vol-create-as", "hang", "b.img", "1M")
+    assert "running" in virsh_at_once(d, "pool-info", "hang")
+    virsh_at_once(d, "vol-info", "--pool", "calm", "c.img")
 
 
 def test_pool_answers_again_once_the_mount_does(setup: tuple[DaemonProcess, HangFS]) -> None:
     d, fs = setup
     fs.freeze()
     try:
-        _virsh_times_out(d, "pool-refresh", "hang")
+        virsh_times_out(d, "pool-refresh", "hang")
     finally:
         fs.thaw()
     _wait_for(lambda: d.virsh("pool-refresh", "hang", check=False).returncode == 0)
@@ -250,17 +158,17 @@ def test_daemon_starts_with_a_hung_pool(setup: tuple[DaemonProcess, HangFS]) -> 
     try:
         fs.freeze()
         try:
-            _virsh_times_out(d, "pool-refresh", "hang")  # its thread still waits
-            took, _ = _timed(d.stop)
+            virsh_times_out(d, "pool-refresh", "hang")  # its thread still waits
+            took, _ = timed(d.stop)
             assert took < 5, f"the daemon took {took:.1f}s to stop"
-            took, _ = _timed(d.start)
+            took, _ = timed(d.start)
             assert took < 2 * TIMEOUT + 8, f"the daemon took {took:.1f}s to start"
             log = d.log_path.read_text()
             assert "storage pool hang does not answer" in log, log
             assert "cannot autostart storage pool hang-auto" in log, log
-            assert "running" in _virsh_at_once(d, "pool-info", "hang")
-            assert "c.img" in _virsh_at_once(d, "vol-list", "calm")
-            _virsh_times_out(d, "pool-refresh", "hang")
+            assert "running" in virsh_at_once(d, "pool-info", "hang")
+            assert "c.img" in virsh_at_once(d, "vol-list", "calm")
+            virsh_times_out(d, "pool-refresh", "hang")
         finally:
             fs.thaw()
         _wait_for(lambda: d.virsh("pool-refresh", "hang", check=False).returncode == 0)
