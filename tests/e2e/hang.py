@@ -41,8 +41,9 @@ def _unusable() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_unusable() is not None,
-                                                   reason=str(_unusable()))]
+#: For the modules that need the mount: root, /dev/fuse, fusermount and fusepy.
+NEEDS_FUSE = [pytest.mark.slow, pytest.mark.skipif(_unusable() is not None,
+                                                  reason=str(_unusable()))]
 
 
 def _mounted(point: Path) -> bool:

@@ -25,6 +25,7 @@ from e2e.access import KVM
 from e2e.daemon import DaemonProcess
 from e2e.hang import (
     AT_ONCE,
+    NEEDS_FUSE,
     TIMEOUT,
     HangFS,
     timed,
@@ -32,6 +33,8 @@ from e2e.hang import (
     virsh_times_out,
 )
 from e2e.test_stats import define, domstats
+
+pytestmark = NEEDS_FUSE
 
 #: How long domstats waits on one guest (its monitor or its images) at most.
 STATS_WAIT = 1.0

@@ -21,12 +21,15 @@ import pytest
 from e2e.daemon import DaemonProcess
 from e2e.hang import (
     AT_ONCE,
+    NEEDS_FUSE,
     TIMEOUT,
     HangFS,
     timed,
     virsh_at_once,
     virsh_times_out,
 )
+
+pytestmark = NEEDS_FUSE
 
 
 @pytest.fixture(scope="module")
